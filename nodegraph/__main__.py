@@ -1,0 +1,3 @@
+from nodegraph.cli import main
+
+raise SystemExit(main())
