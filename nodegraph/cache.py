@@ -1,0 +1,189 @@
+"""The output cache: signature -> node outputs, LRU-evicted under per-device byte budgets.
+
+Only tensor bytes count (found inside tuples, lists, dicts, dataclasses, plain objects and
+nn.Module parameters/buffers); a budget is kept per device ("cpu", "cuda:0", ...), and an entry
+holding tensors on several devices is charged to each. Entries are never moved between devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+from collections import OrderedDict
+from collections.abc import KeysView, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_SCALARS = (int, float, str, bool, bytes, type(None))
+# Walking these would reach whole libraries, not a node's data.
+_OPAQUE = (type, types.ModuleType, types.FunctionType, types.MethodType, types.BuiltinFunctionType)
+_MAX_DEPTH = 8  # objects nest models in wrappers; deeper than this is not worth walking
+
+
+class CacheEntry:
+    __slots__ = ("outputs", "ui", "files", "nbytes")
+
+    def __init__(
+        self,
+        outputs: tuple[Any, ...],
+        ui: dict[str, Any] | None,
+        files: list[Path] | None,
+        nbytes: dict[str, int],
+    ) -> None:
+        self.outputs = outputs
+        self.ui = ui
+        self.files = files
+        self.nbytes = nbytes  # device key -> bytes
+
+
+def tensor_bytes(value: Any) -> dict[str, int]:
+    """Bytes of tensor storage reachable from `value`, per device key; shared storages count once."""
+    totals: dict[str, int] = {}
+    if type(value) is tuple:
+        for item in value:
+            if type(item) not in _SCALARS:
+                break
+        else:
+            return totals  # the common case of scalar outputs, without the walk's bookkeeping
+    seen: set[int] = set()
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, _SCALARS) or depth > _MAX_DEPTH:
+            continue
+        identity = id(item)
+        if identity in seen:
+            continue
+        seen.add(identity)
+        if isinstance(item, torch.Tensor):
+            _add_tensor(item, totals, seen)
+        elif isinstance(item, torch.nn.Module):
+            for tensor in item.parameters():
+                _add_tensor(tensor, totals, seen)
+            for tensor in item.buffers():
+                _add_tensor(tensor, totals, seen)
+        elif isinstance(item, (tuple, list, set, frozenset)):
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, Mapping):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            stack.extend((getattr(item, f.name), depth + 1) for f in dataclasses.fields(item))
+        elif hasattr(item, "__dict__") and not isinstance(item, _OPAQUE):
+            stack.extend((child, depth + 1) for child in vars(item).values())
+    return totals
+
+
+def _add_tensor(tensor: torch.Tensor, totals: dict[str, int], seen: set[int]) -> None:
+    if tensor.is_meta:
+        return
+    try:
+        storage = tensor.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # sparse and other storage-less layouts
+        totals[str(tensor.device)] = totals.get(str(tensor.device), 0) + tensor.nbytes
+        return
+    key = storage.data_ptr()
+    if key and -key in seen:  # negative: kept apart from the id()s stored in the same set
+        return
+    seen.add(-key)
+    device = str(tensor.device)
+    totals[device] = totals.get(device, 0) + storage.nbytes()
+
+
+def default_budget(device: str) -> int:
+    """Half of physical RAM for "cpu"; 80% of the device's memory for an accelerator."""
+    if device.startswith("cuda"):
+        index = torch.device(device).index
+        total = torch.cuda.get_device_properties(index if index is not None else 0).total_memory
+        return int(total * 0.8)
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+class OutputCache:
+    """LRU over entries; `budgets` maps "cpu", "cuda" (every CUDA device) or "cuda:N" to bytes."""
+
+    def __init__(self, budgets: Mapping[str, int] | None = None, max_entries: int = 100_000) -> None:
+        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._budgets_given = dict(budgets or {})
+        self._budgets: dict[str, int] = {}
+        self.used: dict[str, int] = {}
+        self.max_entries = max_entries
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, signature: str) -> bool:
+        return signature in self._entries
+
+    def signatures(self) -> KeysView[str]:
+        """A live view of the cached signatures (membership tests without touching LRU order)."""
+        return self._entries.keys()
+
+    def get(self, signature: str) -> CacheEntry | None:
+        """The entry for `signature` (marking it most recently used), or None."""
+        entry = self._entries.get(signature)
+        if entry is not None:
+            self._entries.move_to_end(signature)
+        return entry
+
+    def put(self, signature: str, entry: CacheEntry) -> bool:
+        """Store an entry, evicting least recently used ones; False if it alone exceeds a budget."""
+        for device, size in entry.nbytes.items():
+            if size > self.budget(device):
+                return False
+        old = self._entries.pop(signature, None)
+        if old is not None:
+            self._release(old)
+        self._entries[signature] = entry
+        for device, size in entry.nbytes.items():
+            self.used[device] = self.used.get(device, 0) + size
+        for device in entry.nbytes:
+            self._evict_until_within(device, keep=signature)
+        while len(self._entries) > self.max_entries:
+            self._release(self._entries.popitem(last=False)[1])
+            self.evictions += 1
+        return True
+
+    def discard(self, signature: str) -> None:
+        entry = self._entries.pop(signature, None)
+        if entry is not None:
+            self._release(entry)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.used.clear()
+
+    def budget(self, device: str) -> int:
+        budget = self._budgets.get(device)
+        if budget is None:
+            kind = device.split(":", 1)[0]
+            budget = self._budgets_given.get(device, self._budgets_given.get(kind))
+            if budget is None:
+                budget = default_budget(device)
+            self._budgets[device] = budget
+        return budget
+
+    def _evict_until_within(self, device: str, keep: str) -> None:
+        budget = self.budget(device)
+        if self.used.get(device, 0) <= budget:
+            return
+        for signature in list(self._entries):
+            if self.used.get(device, 0) <= budget:
+                break
+            if signature == keep:
+                continue
+            entry = self._entries[signature]
+            if entry.nbytes.get(device):
+                del self._entries[signature]
+                self._release(entry)
+                self.evictions += 1
+
+    def _release(self, entry: CacheEntry) -> None:
+        for device, size in entry.nbytes.items():
+            self.used[device] -= size

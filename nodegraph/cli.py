@@ -1,0 +1,380 @@
+"""The `nodegraph` command: run, validate, nodes, serve.
+
+Exit codes: 0 success, 1 a node failed at run time, 2 invalid input (workflow, param, file or
+option), 130 interrupted with Ctrl-C. Invalid input is reported as messages, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+EXIT_OK = 0
+EXIT_NODE_FAILED = 1
+EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print("nodegraph: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nodegraph", description="A typed node-graph engine for image synthesis."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a workflow", description="Run a workflow JSON file.")
+    run.add_argument("workflow", type=Path, help="workflow JSON (ComfyUI API format, bare or wrapped)")
+    _add_param_options(run)
+    run.add_argument(
+        "--params-file", type=Path, metavar="RUNS.jsonl", help="one run per line: a JSON object of params"
+    )
+    run.add_argument(
+        "--out", type=Path, default=Path("out"), metavar="DIR", help="output directory (default: out)"
+    )
+    run.add_argument(
+        "--input-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where input files are read from (default: .)",
+    )
+    run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda (default: auto)")
+    run.add_argument(
+        "--json", action="store_true", help="print a JSON summary (files written per run) on stdout"
+    )
+    run.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failing nodes")
+    run.set_defaults(handler=_cmd_run)
+
+    validate = commands.add_parser("validate", help="check a workflow without running it")
+    validate.add_argument("workflow", type=Path)
+    _add_param_options(validate)
+    validate.set_defaults(handler=_cmd_validate)
+
+    nodes = commands.add_parser("nodes", help="list the available nodes")
+    nodes.add_argument(
+        "--json", action="store_true", help="the catalogue as JSON (inputs, types, ranges, outputs)"
+    )
+    nodes.set_defaults(handler=_cmd_nodes)
+
+    serve = commands.add_parser("serve", help="start the websocket server and GUI")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8188)
+    serve.add_argument("--device", default=None, help="passed to the server (default: its own)")
+    serve.add_argument("--out", default=None, help="passed to the server (default: its own)")
+    serve.set_defaults(handler=_cmd_serve)
+    return parser
+
+
+def _add_param_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="set a workflow param (repeatable)"
+    )
+
+
+# ---------------------------------------------------------------- run
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from nodegraph.engine import Engine
+    from nodegraph.errors import ConfigError, WorkflowError
+    from nodegraph.workflow import load_workflow
+
+    try:
+        workflow = load_workflow(args.workflow)
+        base = _parse_param_args(args.param)
+        runs, problems = (
+            _read_params_file(args.params_file, base) if args.params_file else ([(None, base)], [])
+        )
+        engine = Engine(args.device, input_dir=args.input_dir, output_dir=args.out)
+        _check_runs(engine, workflow, runs, base, args.params_file, problems)
+    except WorkflowError as exc:
+        _report_invalid(exc.errors, as_json=args.json)
+        return EXIT_INVALID
+    except ConfigError as exc:
+        _report_invalid([_config_issue(exc)], as_json=args.json)
+        return EXIT_INVALID
+
+    summaries = []
+    codes = []
+    show_bars = sys.stderr.isatty()
+    for index, (line, params) in enumerate(runs):
+        label = f"run {index + 1}/{len(runs)} " if len(runs) > 1 else ""
+        summary, code = _run_once(engine, workflow, params, line, label, show_bars, args)
+        summaries.append(summary)
+        codes.append(code)
+    if args.json:
+        json.dump({"runs": summaries}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    failures = [code for code in codes if code != EXIT_OK]
+    if not failures:
+        return EXIT_OK
+    return EXIT_INVALID if all(code == EXIT_INVALID for code in failures) else EXIT_NODE_FAILED
+
+
+def _run_once(
+    engine: Any,
+    workflow: Any,
+    params: dict[str, Any],
+    line: int | None,
+    label: str,
+    show_bars: bool,
+    args: Any,
+) -> tuple[dict[str, Any], int]:
+    from nodegraph.cli_progress import ProgressBars
+    from nodegraph.errors import Interrupted, NodeExecutionError, WorkflowError
+
+    bars = ProgressBars(sys.stderr, label) if show_bars else None
+    where = f"{args.params_file} line {line}: " if line is not None else ""
+    try:
+        result = engine.run(workflow, params, on_event=bars)
+    except NodeExecutionError as exc:
+        code = EXIT_INVALID if exc.is_input_error else EXIT_NODE_FAILED
+        print(f"nodegraph: {where}{exc}", file=sys.stderr)
+        if args.verbose:
+            print("".join(exc.traceback), file=sys.stderr, end="")
+        error = {
+            "node_id": exc.node_id,
+            "node_type": exc.node_type,
+            "exception_type": type(exc.exception).__name__,
+            "exception_message": str(exc.exception),
+        }
+        return {"status": "error", "line": line, "params": params, "error": error, "files": []}, code
+    except WorkflowError as exc:  # e.g. a LoadImage file vanished between the check and the run
+        _report_invalid(exc.errors, as_json=False, prefix=where)
+        return {
+            "status": "invalid",
+            "line": line,
+            "params": params,
+            **exc.to_json(),
+            "files": [],
+        }, EXIT_INVALID
+    except Interrupted as exc:
+        print(f"nodegraph: {where}{exc}", file=sys.stderr)
+        return {"status": "interrupted", "line": line, "params": params, "files": []}, EXIT_INTERRUPTED
+    finally:
+        if bars is not None:
+            bars.close()
+    summary = result.to_json()
+    summary["line"] = line
+    if not args.json:
+        _print_result(result, engine, sys.stdout)
+    return summary, EXIT_OK
+
+
+def _print_result(result: Any, engine: Any, out: TextIO) -> None:
+    from nodegraph.events import jsonable
+
+    for node_id, ui in result.outputs.items():
+        for key, value in ui.items():
+            if key == "images":
+                continue  # listed below as files
+            text = json.dumps(jsonable(value)) if not isinstance(value, str) else value
+            out.write(f"{node_id}.{key}: {text}\n")
+    for path in result.files:
+        out.write(f"wrote {_display_path(path)}\n")
+    out.write(
+        f"done: {len(result.executed)} node(s) executed, {len(result.cached)} cached, "
+        f"{result.seconds:.3f} s\n"
+    )
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _parse_param_args(items: list[str]) -> dict[str, str]:
+    from nodegraph.errors import WorkflowError
+    from nodegraph.workflow import issue
+
+    params: dict[str, str] = {}
+    problems = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            problems.append(issue("invalid_param_syntax", f"--param {item!r}: expected NAME=VALUE"))
+            continue
+        params[name.strip()] = value
+    if problems:
+        raise WorkflowError(problems)
+    return params
+
+
+def _read_params_file(path: Path, base: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], list[Any]]:
+    """(line number, params) per non-blank line, and an issue naming each line that is not JSON."""
+    from nodegraph.errors import WorkflowError
+    from nodegraph.workflow import decode_text, issue, read_file_bytes
+
+    text = decode_text(read_file_bytes(path, what="params"), source=str(path))
+    runs: list[tuple[int, dict[str, Any]]] = []
+    problems = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            values = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(
+                issue("invalid_json", f"{path} line {number}: invalid JSON at column {exc.colno}: {exc.msg}")
+            )
+            continue
+        except (RecursionError, ValueError) as exc:
+            problems.append(
+                issue("invalid_json", f"{path} line {number}: invalid JSON: {type(exc).__name__}")
+            )
+            continue
+        if not isinstance(values, dict):
+            problems.append(
+                issue(
+                    "invalid_params_line",
+                    f'{path} line {number}: expected a JSON object of params, e.g. {{"seed": 1}}',
+                )
+            )
+            continue
+        runs.append((number, {**base, **values}))
+    if not runs and not problems:
+        raise WorkflowError([issue("invalid_params_line", f"{path} has no runs (no non-blank lines)")])
+    return runs, problems
+
+
+def _check_runs(
+    engine: Any,
+    workflow: Any,
+    runs: list[tuple[int | None, dict[str, Any]]],
+    base: dict[str, Any],
+    params_file: Any,
+    problems: list[Any],
+) -> None:
+    """Validate every run before the first one starts, so a bad line 40 does not waste 39 runs."""
+    from nodegraph.errors import WorkflowError
+
+    per_run = [(line, engine.validate(workflow, params)) for line, params in runs]
+    if not problems and not any(issues for _, issues in per_run):
+        return
+    # Issues the workflow has without the file's params are reported once; the rest name their line.
+    own = set(engine.validate(workflow, base)) if params_file is not None else set()
+    errors = []
+    for line, issues in per_run:
+        for issue in issues:
+            if issue in own:
+                if issue not in errors:
+                    errors.append(issue)
+                continue
+            if line is not None:
+                issue = issue.model_copy(update={"message": f"{params_file} line {line}: {issue.message}"})
+            errors.append(issue)
+    raise WorkflowError(errors + problems)
+
+
+def _config_issue(exc: Exception) -> Any:
+    from nodegraph.workflow import issue
+
+    return issue("invalid_option", str(exc))
+
+
+def _report_invalid(errors: list[Any], *, as_json: bool, prefix: str = "") -> None:
+    if as_json:
+        json.dump({"errors": [error.model_dump() for error in errors]}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    print(
+        f"nodegraph: {prefix}invalid input ({len(errors)} problem{'s' if len(errors) != 1 else ''}):",
+        file=sys.stderr,
+    )
+    for error in errors:
+        print(f"  {error.where()}: {error.message} [{error.type}]", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- validate, nodes, serve
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from nodegraph.engine import Engine
+    from nodegraph.errors import WorkflowError
+    from nodegraph.workflow import load_workflow
+
+    try:
+        params = _parse_param_args(args.param)
+        workflow = load_workflow(args.workflow)
+        errors = Engine("cpu").validate(workflow, params)
+    except WorkflowError as exc:
+        errors = exc.errors
+    json.dump({"errors": [error.model_dump() for error in errors]}, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return EXIT_INVALID if errors else EXIT_OK
+
+
+def _cmd_nodes(args: argparse.Namespace) -> int:
+    from nodegraph.registry import Registry
+
+    registry = Registry.discover()
+    for error in registry.load_errors:
+        print(f"nodegraph: warning: could not load {error}", file=sys.stderr)
+    catalogue = registry.catalogue()
+    if args.json:
+        json.dump(catalogue, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    category = None
+    for name, info in catalogue.items():
+        if info["category"] != category:
+            category = info["category"]
+            print(f"{category}:")
+        inputs = ", ".join(_describe_input(input_name, spec) for input_name, spec in info["inputs"].items())
+        outputs = ", ".join(f"{out['name']}: {out['type']}" for out in info["outputs"]) or "nothing"
+        marker = "  [output]" if info["output_node"] else ""
+        print(f"  {name}({inputs}) -> {outputs}{marker}")
+        if info["description"]:
+            print(f"      {info['description'].splitlines()[0]}")
+    return EXIT_OK
+
+
+def _describe_input(name: str, spec: dict[str, Any]) -> str:
+    text = f"{name}: {spec['type']}"
+    if "choices" in spec:
+        text += " in {" + ", ".join(json.dumps(choice) for choice in spec["choices"]) + "}"
+    if "min" in spec or "max" in spec:
+        text += f" [{spec.get('min', '')}..{spec.get('max', '')}]"
+    if "default" in spec:
+        text += f" = {json.dumps(spec['default'])}"
+    elif spec["optional"]:
+        text += " (optional)"
+    return text
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        server = importlib.import_module("nodegraph.server")
+    except ImportError as exc:
+        print(f"nodegraph serve: the server package cannot be imported ({exc})", file=sys.stderr)
+        return EXIT_INVALID
+    entry = getattr(server, "main", None)
+    if not callable(entry):
+        print(
+            "nodegraph serve: the websocket server is not implemented in this installation yet "
+            "(nodegraph.server has no main()); use `nodegraph run` meanwhile",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    argv = ["--host", args.host, "--port", str(args.port)]
+    if args.device is not None:
+        argv += ["--device", args.device]
+    if args.out is not None:
+        argv += ["--out", args.out]
+    result = entry(argv)
+    return int(result) if isinstance(result, int) else EXIT_OK

@@ -1,0 +1,239 @@
+"""The Engine: owns a node registry and an output cache, and runs workflows against them.
+
+    engine = Engine(device="auto", output_dir="out")
+    result = engine.run("workflows/utility_add.json", params={"a": 2, "b": 3})
+    result.outputs["4"]   # {"value": 5.0}
+
+Runs are serialised (one at a time per Engine); `interrupt()` may be called from any thread.
+Validated plans are memoised by the workflow's content, so re-running a workflow skips validation
+and planning; fingerprinted nodes (e.g. LoadImage) are re-fingerprinted on every run.
+"""
+
+from __future__ import annotations
+
+import logging
+import marshal
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nodegraph.cache import OutputCache
+from nodegraph.context import RunContext, RunState
+from nodegraph.errors import ConfigError, InputValueError, ValidationIssue, WorkflowError
+from nodegraph.events import EventCallback
+from nodegraph.executor import RunResult, execute
+from nodegraph.plan import Plan, build_plan, signatures
+from nodegraph.registry import Registry
+from nodegraph.validate import validate_nodes
+from nodegraph.workflow import Workflow, apply_params, load_workflow
+
+logger = logging.getLogger("nodegraph")
+
+WorkflowSource = Workflow | Mapping[str, Any] | Path | str
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """ "auto" (or None) means CUDA when available, else CPU; an unavailable device is a ConfigError."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {device!r} ({exc}); use auto, cpu or cuda") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "device cuda was requested but CUDA is not available here; use --device cpu or auto"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{resolved} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif resolved.type != "cpu":
+        raise ConfigError(f"device {device!r} is not supported; use auto, cpu or cuda")
+    return resolved
+
+
+class Engine:
+    """Keeps nodes, models and cached outputs across runs. See the module docstring."""
+
+    def __init__(
+        self,
+        device: str | torch.device | None = "auto",
+        *,
+        input_dir: Path | str | None = None,
+        output_dir: Path | str | None = None,
+        cache_budgets: Mapping[str, int] | None = None,
+        max_cache_entries: int = 100_000,
+        registry: Registry | None = None,
+        plugins: bool = True,
+        deterministic: bool = True,
+        plan_memo_size: int = 32,
+    ) -> None:
+        """`cache_budgets` maps "cpu", "cuda" (each CUDA device) or "cuda:N" to bytes of tensors kept."""
+        self.device = resolve_device(device)
+        self.input_dir = Path(input_dir if input_dir is not None else Path.cwd()).absolute()
+        self.output_dir = Path(output_dir if output_dir is not None else "out").absolute()
+        self.registry = registry if registry is not None else Registry.discover(plugins=plugins)
+        self.cache = OutputCache(cache_budgets, max_cache_entries)
+        self._plans: OrderedDict[tuple[Any, ...], Plan] = OrderedDict()
+        self._plan_memo_size = plan_memo_size
+        self._run_lock = threading.Lock()
+        self._active_flag: threading.Event | None = None
+        if deterministic and self.device.type == "cuda":
+            # Autotuned kernels may differ between runs; seeded nodes should give identical images.
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+
+    def validate(
+        self,
+        workflow: WorkflowSource,
+        params: Mapping[str, Any] | None = None,
+        outputs: list[str] | None = None,
+    ) -> list[ValidationIssue]:
+        """Every problem with the workflow (and params); an empty list when it can run."""
+        try:
+            self._prepare(workflow, params, outputs)
+        except WorkflowError as exc:
+            return exc.errors
+        return []
+
+    def run(
+        self,
+        workflow: WorkflowSource,
+        params: Mapping[str, Any] | None = None,
+        on_event: EventCallback | None = None,
+        prompt_id: str | None = None,
+        interrupt: Any = None,
+        outputs: list[str] | None = None,
+    ) -> RunResult:
+        """Run a workflow (path, parsed JSON or Workflow) and return its outputs and files.
+
+        `interrupt` is a threading.Event (or a callable returning bool) that stops the run when set.
+        `outputs` restricts the run to these output nodes (default: all of them).
+        Raises WorkflowError (invalid input), NodeExecutionError (a node failed) or Interrupted.
+        """
+        emit = _safe_emitter(on_event) if on_event is not None else None
+        with self._run_lock:
+            nodes, resolved, plan = self._prepare(workflow, params, outputs)
+            flag = threading.Event()
+            state = RunState(
+                prompt_id=prompt_id or uuid.uuid4().hex,
+                device=self.device,
+                input_dir=self.input_dir,
+                output_dir=self.output_dir,
+                workflow=nodes,
+                params=resolved,
+                emit=emit,
+                flags=(flag,) if interrupt is None else (flag, interrupt),
+            )
+            self._active_flag = flag
+            try:
+                node_signatures = plan.static_signatures
+                if node_signatures is None:
+                    node_signatures = signatures(plan, self._fingerprints(plan, state))
+                return execute(plan, node_signatures, self.cache, state)
+            finally:
+                self._active_flag = None
+
+    def interrupt(self) -> bool:
+        """Ask the current run to stop at its next interrupt point; False if nothing is running."""
+        flag = self._active_flag
+        if flag is None:
+            return False
+        flag.set()
+        return True
+
+    def clear_cache(self) -> None:
+        """Forget every cached output and memoised plan (the next run is cold)."""
+        with self._run_lock:
+            self.cache.clear()
+            self._plans.clear()
+
+    def catalogue(self) -> dict[str, dict[str, Any]]:
+        return self.registry.catalogue()
+
+    def _prepare(
+        self, workflow: WorkflowSource, params: Mapping[str, Any] | None, outputs: list[str] | None
+    ) -> tuple[dict[str, Any], dict[str, Any], Plan]:
+        loaded = load_workflow(workflow)
+        nodes, resolved, issues = apply_params(loaded, params, self.registry)
+        key = _content_key(nodes, outputs, self.registry.version)
+        plan = self._plans.get(key) if key is not None and not issues else None
+        if plan is not None:
+            self._plans.move_to_end(key)
+            return nodes, resolved, plan
+        compiled, node_issues = validate_nodes(nodes, self.registry)
+        plan, plan_issues = build_plan(compiled, outputs)
+        issues = node_issues + plan_issues + issues
+        if issues or plan is None:
+            raise WorkflowError(issues)
+        if key is not None:
+            self._plans[key] = plan
+            if len(self._plans) > self._plan_memo_size:
+                self._plans.popitem(last=False)
+        return nodes, resolved, plan
+
+    def _fingerprints(self, plan: Plan, state: RunState) -> dict[str, str]:
+        fingerprints: dict[str, str] = {}
+        issues: list[ValidationIssue] = []
+        for node_id in plan.fingerprinted:
+            node = plan.nodes[node_id]
+            ctx = RunContext(state, node_id, node.spec.name)
+            try:
+                fingerprints[node_id] = str(node.spec.cls.fingerprint(ctx, **node.constants))  # type: ignore[attr-defined]
+            except InputValueError as exc:
+                issues.append(
+                    ValidationIssue(node=node_id, input=exc.input, type=exc.code, message=exc.message)
+                )
+            except Exception as exc:
+                issues.append(
+                    ValidationIssue(
+                        node=node_id,
+                        type="fingerprint_failed",
+                        message=f"{node.spec.name} could not check its inputs: {type(exc).__name__}: {exc}",
+                    )
+                )
+        if issues:
+            raise WorkflowError(issues)
+        return fingerprints
+
+
+def run(
+    workflow: WorkflowSource,
+    params: Mapping[str, Any] | None = None,
+    on_event: EventCallback | None = None,
+    *,
+    prompt_id: str | None = None,
+    interrupt: Any = None,
+    **engine_options: Any,
+) -> RunResult:
+    """One-shot form: build an Engine with `engine_options` and run the workflow once."""
+    return Engine(**engine_options).run(workflow, params, on_event, prompt_id=prompt_id, interrupt=interrupt)
+
+
+def _content_key(nodes: Mapping[str, Any], outputs: list[str] | None, version: int) -> tuple[Any, ...] | None:
+    # marshal is several times faster than json.dumps and exact about types (1, 1.0 and True
+    # differ, str subclasses are refused). Format 0 writes no back-references, so equal
+    # workflows give equal bytes whatever objects they share; unequal ones can never collide.
+    try:
+        content = marshal.dumps(nodes, 0)
+    except (ValueError, TypeError, RecursionError):
+        return None  # holds objects marshal cannot write: validate it every time
+    return (version, tuple(outputs) if outputs is not None else None, content)
+
+
+def _safe_emitter(callback: EventCallback) -> EventCallback:
+    # A listener's bug (or a client gone away) must not corrupt a run or the cache.
+    def emit(kind: str, data: dict[str, Any]) -> None:
+        try:
+            callback(kind, data)
+        except Exception:
+            logger.exception("on_event callback failed while handling %r", kind)
+
+    return emit

@@ -1,0 +1,87 @@
+"""Exceptions a user can cause, and the validation issue record that crosses every boundary.
+
+The engine turns these into events (Python API, websocket) or exit codes (CLI): WorkflowError and
+InputValueError mean invalid input (exit 2), NodeExecutionError a node failed at run time (exit 1).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ValidationIssue(BaseModel):
+    """One problem found in a workflow; `type` is a stable code that tools can match on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    node: str | None = None
+    input: str | None = None
+    type: str
+    message: str
+
+    def where(self) -> str:
+        if self.node is None:
+            return "workflow"
+        if self.input is None:
+            return f"node {self.node!r}"
+        return f"node {self.node!r} input {self.input!r}"
+
+
+class NodegraphError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class WorkflowError(NodegraphError):
+    """The workflow (or its params, or a file it names) is invalid; `errors` lists every problem."""
+
+    def __init__(self, errors: list[ValidationIssue]) -> None:
+        self.errors = list(errors)
+        lines = [f"  {issue.where()}: {issue.message} [{issue.type}]" for issue in self.errors]
+        count = len(self.errors)
+        super().__init__(
+            f"invalid workflow ({count} problem{'s' if count != 1 else ''}):\n" + "\n".join(lines)
+        )
+
+    def to_json(self) -> dict[str, list[dict[str, str | None]]]:
+        return {"errors": [issue.model_dump() for issue in self.errors]}
+
+
+class InputValueError(NodegraphError):
+    """Raised by a node (in `run` or `fingerprint`) when one of its input values is unusable.
+
+    It is the user's input that is wrong, not the node, so the CLI exits 2 rather than 1.
+    """
+
+    def __init__(self, input: str | None, message: str, code: str = "invalid_value") -> None:
+        self.input = input
+        self.code = code
+        self.message = message
+        super().__init__(message if input is None else f"input {input!r}: {message}")
+
+
+class NodeExecutionError(NodegraphError):
+    """A node raised while running; names the node, its class and the original exception."""
+
+    def __init__(self, node_id: str, node_type: str, exception: BaseException, traceback: list[str]) -> None:
+        self.node_id = node_id
+        self.node_type = node_type
+        self.exception = exception
+        self.traceback = traceback
+        super().__init__(f"node {node_id!r} ({node_type}) failed: {type(exception).__name__}: {exception}")
+
+    @property
+    def is_input_error(self) -> bool:
+        """True when the node rejected one of its input values (a user error, not a crash)."""
+        return isinstance(self.exception, InputValueError)
+
+
+class Interrupted(NodegraphError):
+    """The run was interrupted (Engine.interrupt(), the run's interrupt event, or Ctrl-C)."""
+
+
+class NodeDefinitionError(NodegraphError):
+    """A node class declares something inconsistent; raised when it is registered."""
+
+
+class ConfigError(NodegraphError):
+    """An engine setting cannot be honoured (e.g. --device cuda on a machine without CUDA)."""

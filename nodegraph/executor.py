@@ -1,0 +1,241 @@
+"""Executing a plan: decide what the cache already covers, run the rest in order, emit events.
+
+Only nodes whose outputs are needed and missing from the cache run: the decision walks back from the
+requested output nodes and stops at every cached node, so an identical re-run executes nothing and a
+changed input re-executes exactly that node and what depends on it. Values needed later in the run
+are held locally (the cache may evict them meanwhile) and dropped once their last consumer has run.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nodegraph import events
+from nodegraph.cache import CacheEntry, OutputCache, tensor_bytes
+from nodegraph.context import RunContext, RunState
+from nodegraph.errors import Interrupted, NodeExecutionError
+from nodegraph.plan import Plan
+
+
+@dataclass
+class RunResult:
+    """What a run produced. `outputs[node_id]` is an output node's recorded values (real objects)."""
+
+    prompt_id: str
+    outputs: dict[str, dict[str, Any]]
+    files: list[Path]
+    executed: list[str]
+    cached: list[str]
+    params: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-friendly summary (tensors described by shape and dtype)."""
+        return {
+            "prompt_id": self.prompt_id,
+            "status": "success",
+            "params": events.jsonable(self.params),
+            "outputs": {node_id: events.jsonable(ui) for node_id, ui in self.outputs.items()},
+            "files": [str(path) for path in self.files],
+            "executed": len(self.executed),
+            "cached": len(self.cached),
+            "seconds": round(self.seconds, 6),
+        }
+
+
+def execute(plan: Plan, signatures: dict[str, str], cache: OutputCache, state: RunState) -> RunResult:
+    started = time.perf_counter()
+    emit = state.emit
+    prompt_id = state.prompt_id
+    nodes = plan.nodes
+    if emit is not None:
+        emit(events.EXECUTION_START, {"prompt_id": prompt_id, "timestamp": events.timestamp()})
+
+    # Walk back from the outputs, stopping at cached nodes: what is left must run.
+    outputs = set(plan.outputs)
+    entries: dict[str, CacheEntry] = {}  # cached nodes the run reads (marked recently used)
+    to_run: set[str] = set()
+    stack = list(plan.outputs)
+    while stack:
+        node_id = stack.pop()
+        if node_id in to_run or node_id in entries:
+            continue
+        entry = cache.get(signatures[node_id])
+        if (
+            entry is not None
+            and entry.files
+            and node_id in outputs
+            and not all(p.exists() for p in entry.files)
+        ):
+            # Someone deleted what this output wrote: produce it again rather than report ghosts.
+            cache.discard(signatures[node_id])
+            entry = None
+        if entry is not None:
+            entries[node_id] = entry
+            continue
+        to_run.add(node_id)
+        stack.extend([source for source, _, _ in nodes[node_id].links.values()])
+    present = cache.signatures()
+    cached = [node_id for node_id in plan.order if node_id not in to_run and signatures[node_id] in present]
+
+    # How many pending consumers each value has, so it can be released after the last one.
+    consumers: dict[str, int] = {}
+    for node_id in to_run:
+        for source, _, _ in nodes[node_id].links.values():
+            consumers[source] = consumers.get(source, 0) + 1
+    values: dict[str, tuple[Any, ...]] = {
+        node_id: entries[node_id].outputs for node_id in consumers if node_id in entries
+    }
+
+    if emit is not None:
+        emit(
+            events.EXECUTION_CACHED,
+            {"nodes": cached, "prompt_id": prompt_id, "timestamp": events.timestamp()},
+        )
+        for node_id in plan.outputs:
+            entry = entries.get(node_id)
+            if entry is not None and entry.ui is not None:
+                _emit_executed(emit, node_id, entry.ui, prompt_id)
+
+    executed: list[str] = []
+    produced: dict[str, CacheEntry] = {}  # this run's results by signature: identical nodes run once
+    current: tuple[str, str] | None = None
+    finished = False
+    try:
+        for node_id in plan.order:
+            if node_id not in to_run:
+                continue
+            node = nodes[node_id]
+            spec = node.spec
+            current = (node_id, spec.name)
+            if state.interrupted():
+                raise Interrupted(f"interrupted before node {node_id!r} ({spec.name})")
+            signature = signatures[node_id]
+            entry = produced.get(signature)
+            if entry is None:
+                entry = _run_node(node_id, node, values, state, emit, executed)
+                cache.put(signature, entry)
+                produced[signature] = entry
+                executed.append(node_id)
+            else:
+                cached.append(node_id)
+            entries[node_id] = entry
+            if node_id in consumers:
+                values[node_id] = entry.outputs
+            if entry.ui is not None and emit is not None:
+                _emit_executed(emit, node_id, entry.ui, prompt_id)
+            for source, _, _ in node.links.values():
+                left = consumers[source] - 1
+                consumers[source] = left
+                if left == 0:
+                    values.pop(source, None)
+        finished = True
+    except (Interrupted, KeyboardInterrupt):
+        if emit is not None:
+            node_id, node_type = current if current is not None else (None, None)
+            emit(
+                events.EXECUTION_INTERRUPTED,
+                {
+                    "prompt_id": prompt_id,
+                    "node_id": node_id,
+                    "node_type": node_type,
+                    "executed": executed,
+                    "timestamp": events.timestamp(),
+                },
+            )
+        raise
+    finally:
+        if emit is not None and not finished:
+            emit(events.EXECUTING, {"node": None, "display_node": None, "prompt_id": prompt_id})
+
+    outputs: dict[str, dict[str, Any]] = {}
+    files: list[Path] = []
+    for node_id in plan.outputs:
+        entry = entries[node_id]
+        outputs[node_id] = entry.ui if entry.ui is not None else {}
+        if entry.files:
+            files.extend(entry.files)
+    if emit is not None:
+        emit(events.EXECUTION_SUCCESS, {"prompt_id": prompt_id, "timestamp": events.timestamp()})
+        emit(events.EXECUTING, {"node": None, "display_node": None, "prompt_id": prompt_id})
+    return RunResult(
+        prompt_id=prompt_id,
+        outputs=outputs,
+        files=files,
+        executed=executed,
+        cached=cached,
+        params=dict(state.params),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _run_node(
+    node_id: str,
+    node: Any,
+    values: dict[str, tuple[Any, ...]],
+    state: RunState,
+    emit: events.EventCallback | None,
+    executed: list[str],
+) -> CacheEntry:
+    spec = node.spec
+    if emit is not None:
+        emit(events.EXECUTING, {"node": node_id, "display_node": node_id, "prompt_id": state.prompt_id})
+    if node.links:
+        kwargs = dict(node.constants)
+        for name, (source, index, convert) in node.links.items():
+            value = values[source][index]
+            kwargs[name] = convert(value) if convert is not None else value
+    else:
+        kwargs = node.constants
+    ctx = RunContext(state, node_id, spec.name)
+    try:
+        result = spec.cls().run(ctx, **kwargs)
+        result = _check_result(spec, result)
+    except Interrupted:
+        raise
+    except Exception as exc:
+        lines = traceback.format_exception(exc)
+        if emit is not None:
+            emit(
+                events.EXECUTION_ERROR,
+                {
+                    "prompt_id": state.prompt_id,
+                    "node_id": node_id,
+                    "node_type": spec.name,
+                    "executed": list(executed),
+                    "exception_message": str(exc),
+                    "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                    "traceback": lines,
+                    "current_inputs": events.jsonable(kwargs),
+                    "timestamp": events.timestamp(),
+                },
+            )
+        raise NodeExecutionError(node_id, spec.name, exc, lines) from exc
+    return CacheEntry(result, ctx.ui, ctx.files, tensor_bytes(result))
+
+
+def _check_result(spec: Any, result: Any) -> tuple[Any, ...]:
+    expected = len(spec.outputs)
+    if result is None and expected == 0:
+        return ()
+    if type(result) is tuple and len(result) == expected:
+        return result
+    if isinstance(result, (tuple, list)) and len(result) == expected:
+        return tuple(result)
+    declared = ", ".join(out.type for out in spec.outputs) or "nothing"
+    raise TypeError(
+        f"{spec.name}.run returned {type(result).__name__}"
+        f"{f' of length {len(result)}' if isinstance(result, (tuple, list)) else ''}; "
+        f"it must return a tuple of {expected} value(s) ({declared})"
+    )
+
+
+def _emit_executed(emit: events.EventCallback, node_id: str, ui: dict[str, Any], prompt_id: str) -> None:
+    emit(
+        events.EXECUTED,
+        {"node": node_id, "display_node": node_id, "output": events.jsonable(ui), "prompt_id": prompt_id},
+    )

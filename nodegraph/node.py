@@ -1,0 +1,252 @@
+"""The node protocol: a class declares typed inputs and outputs and one `run` function.
+
+    class Add(Node):
+        '''Adds two numbers.'''
+        category = "utility"
+        inputs = {"a": In("FLOAT", default=0.0), "b": In("FLOAT", default=0.0)}
+        outputs = (Out("FLOAT", "sum"),)
+
+        def run(self, ctx: RunContext, a: float, b: float) -> tuple[float]:
+            return (a + b,)
+
+A node is instantiated afresh for every execution, so it cannot carry state between runs. It may
+define `fingerprint(cls, ctx, **constants) -> str` (a classmethod) whose result joins its cache key,
+e.g. the hash of a file it reads. `NodeSpec.from_class` checks a declaration once, at registration,
+so that mistakes surface when a module is loaded rather than in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from nodegraph import types
+from nodegraph.errors import NodeDefinitionError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from nodegraph.context import RunContext
+
+
+class _NoDefault:
+    def __repr__(self) -> str:
+        return "NO_DEFAULT"
+
+
+NO_DEFAULT: Any = _NoDefault()
+
+
+@dataclass(frozen=True, slots=True)
+class In:
+    """An input socket: its type and, for constant types, default, range and choices."""
+
+    type: str
+    default: Any = NO_DEFAULT
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    choices: tuple[Any, ...] | None = None
+    optional: bool = False
+    description: str = ""
+    multiline: bool = False
+
+    @property
+    def has_default(self) -> bool:
+        return self.default is not NO_DEFAULT
+
+    def describe(self) -> dict[str, Any]:
+        """The catalogue entry for this input (JSON-friendly; absent fields are omitted)."""
+        info: dict[str, Any] = {"type": self.type}
+        if self.has_default:
+            info["default"] = self.default
+        for key in ("min", "max", "step"):
+            value = getattr(self, key)
+            if value is not None:
+                info[key] = value
+        if self.choices is not None:
+            info["choices"] = list(self.choices)
+        info["optional"] = self.optional
+        info["link_only"] = self.type not in types.CONSTANT_TYPES and self.type != types.ANY
+        info["accepts"] = types.accepted_link_types(self.type)
+        if self.multiline:
+            info["multiline"] = True
+        if self.description:
+            info["description"] = self.description
+        return info
+
+
+@dataclass(frozen=True, slots=True)
+class Out:
+    """An output socket: its type and a name shown in the catalogue and GUI."""
+
+    type: str
+    name: str = ""
+    description: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"type": self.type, "name": self.name or self.type.lower()}
+        if self.description:
+            info["description"] = self.description
+        return info
+
+
+class Node:
+    """Base class of every node. Subclasses set the class attributes and implement `run`."""
+
+    category: ClassVar[str] = "misc"
+    description: ClassVar[str] = ""  # defaults to the class docstring
+    version: ClassVar[int | str] = 1  # bump when outputs change for the same inputs (joins the cache key)
+    inputs: ClassVar[Mapping[str, In]] = {}
+    outputs: ClassVar[tuple[Out, ...]] = ()
+    output_node: ClassVar[bool] = False
+    node_name: ClassVar[str | None] = None  # the workflow's class_type; defaults to the class name
+
+    def run(self, ctx: RunContext, **inputs: Any) -> tuple[Any, ...] | None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement run()")
+
+
+@dataclass(slots=True)
+class NodeSpec:
+    """A checked, precomputed view of a node class, used on the hot path instead of the class."""
+
+    name: str
+    cls: type[Node]
+    inputs: dict[str, In]
+    outputs: tuple[Out, ...]
+    output_node: bool
+    version: int | str
+    category: str
+    description: str
+    has_fingerprint: bool
+    # per input: the constant check to run on inline values (None for link-only inputs)
+    constant_checks: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_class(cls, node_cls: type[Node], name: str | None = None) -> NodeSpec:
+        if not (isinstance(node_cls, type) and issubclass(node_cls, Node)):
+            raise NodeDefinitionError(f"{node_cls!r} is not a subclass of nodegraph.Node")
+        node_name = name or node_cls.node_name or node_cls.__name__
+        where = f"node {node_name} ({node_cls.__module__}.{node_cls.__qualname__})"
+        if not isinstance(node_name, str) or not node_name.isidentifier():
+            raise NodeDefinitionError(f"{where}: name must be an identifier, got {node_name!r}")
+        if node_cls.run is Node.run:
+            raise NodeDefinitionError(f"{where}: does not implement run(self, ctx, ...)")
+        inputs = dict(node_cls.inputs)
+        for input_name, spec in inputs.items():
+            _check_input(where, input_name, spec)
+        outputs = tuple(node_cls.outputs)
+        for index, out in enumerate(outputs):
+            if not isinstance(out, Out):
+                raise NodeDefinitionError(f"{where}: outputs[{index}] must be Out(...), got {out!r}")
+            if not types.is_valid_type_name(out.type) or out.type == types.ANY:
+                raise NodeDefinitionError(f"{where}: outputs[{index}] has an invalid type {out.type!r}")
+        _check_run_signature(where, node_cls, inputs)
+        fingerprint = getattr(node_cls, "fingerprint", None)
+        if fingerprint is not None and not inspect.ismethod(fingerprint):
+            raise NodeDefinitionError(f"{where}: fingerprint must be a classmethod")
+        description = node_cls.description or inspect.cleandoc(node_cls.__doc__ or "")
+        checks = {input_name: types.CONSTANT_CHECKS.get(spec.type) for input_name, spec in inputs.items()}
+        return cls(
+            name=node_name,
+            cls=node_cls,
+            inputs=inputs,
+            outputs=outputs,
+            output_node=bool(node_cls.output_node),
+            version=node_cls.version,
+            category=str(node_cls.category),
+            description=description,
+            has_fingerprint=fingerprint is not None,
+            constant_checks=checks,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """This node's catalogue entry (what `nodegraph nodes --json` prints)."""
+        return {
+            "name": self.name,
+            "category": self.category,
+            "description": self.description,
+            "version": self.version,
+            "output_node": self.output_node,
+            "inputs": {name: spec.describe() for name, spec in self.inputs.items()},
+            "outputs": [out.describe() for out in self.outputs],
+        }
+
+
+def _check_input(where: str, name: str, spec: In) -> None:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise NodeDefinitionError(f"{where}: input name {name!r} must be an identifier")
+    if not isinstance(spec, In):
+        raise NodeDefinitionError(f"{where}: input {name!r} must be In(...), got {spec!r}")
+    if not types.is_valid_type_name(spec.type):
+        raise NodeDefinitionError(
+            f"{where}: input {name!r} has invalid type {spec.type!r} (use an UPPER_CASE name or '*')"
+        )
+    constant = spec.type in types.CONSTANT_TYPES
+    if not constant and (spec.min is not None or spec.max is not None or spec.choices is not None):
+        raise NodeDefinitionError(f"{where}: input {name!r}: min/max/choices only apply to constant types")
+    if spec.min is not None and spec.max is not None and spec.min > spec.max:
+        raise NodeDefinitionError(f"{where}: input {name!r}: min {spec.min} > max {spec.max}")
+    for bound in (spec.min, spec.max, spec.step):
+        if bound is not None and (isinstance(bound, bool) or not math.isfinite(bound)):
+            raise NodeDefinitionError(f"{where}: input {name!r}: bounds must be finite numbers")
+    if spec.choices is not None:
+        if not isinstance(spec.choices, tuple) or not spec.choices:
+            raise NodeDefinitionError(f"{where}: input {name!r}: choices must be a non-empty tuple")
+        for choice in spec.choices:
+            _check_value(where, name, spec, choice, "choice")
+    if spec.has_default:
+        if not constant and spec.type != types.ANY:
+            raise NodeDefinitionError(
+                f"{where}: input {name!r}: link-only type {spec.type} cannot have a default"
+            )
+        _check_value(where, name, spec, spec.default, "default")
+        if spec.choices is not None and spec.default not in spec.choices:
+            raise NodeDefinitionError(
+                f"{where}: input {name!r}: default {spec.default!r} is not among choices"
+            )
+        if spec.type in (types.INT, types.FLOAT):
+            if (spec.min is not None and spec.default < spec.min) or (
+                spec.max is not None and spec.default > spec.max
+            ):
+                raise NodeDefinitionError(
+                    f"{where}: input {name!r}: default {spec.default!r} is out of range"
+                )
+
+
+def _check_value(where: str, name: str, spec: In, value: Any, what: str) -> None:
+    try:
+        converted = types.check_constant(spec.type, value)
+    except types.ConstantError as exc:
+        raise NodeDefinitionError(f"{where}: input {name!r}: {what} {value!r}: {exc}") from None
+    if type(converted) is not type(value):
+        # Defaults are stored as written; require the exact Python type so signatures stay stable.
+        raise NodeDefinitionError(
+            f"{where}: input {name!r}: {what} {value!r} must be a {type(converted).__name__}"
+        )
+
+
+def _check_run_signature(where: str, node_cls: type[Node], inputs: dict[str, In]) -> None:
+    try:
+        params = inspect.signature(node_cls.run).parameters
+    except (TypeError, ValueError):
+        return  # builtins or C callables: nothing to introspect
+    names = list(params)[2:]  # skip self and ctx
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    missing = [name for name in inputs if name not in names]
+    if missing:
+        raise NodeDefinitionError(
+            f"{where}: run() does not accept input(s) {missing}; add them as parameters"
+        )
+    extra = [
+        name
+        for name in names
+        if name not in inputs
+        and params[name].default is inspect.Parameter.empty
+        and params[name].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if extra:
+        raise NodeDefinitionError(f"{where}: run() requires {extra} which are not declared inputs")
