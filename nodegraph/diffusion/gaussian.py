@@ -219,6 +219,14 @@ class GaussianDiffusion:
         a = self.abar(t, x_t)
         return (x_t - (1 - a) ** 0.5 * eps) / a**0.5
 
+    @staticmethod
+    def process_x0(x0: Tensor, clip_denoised: bool = False, denoised_fn: DenoisedFn | None = None) -> Tensor:
+        """Post-process x̂0: ``denoised_fn`` first (e.g. pasting known pixels, dynamic thresholding), then
+        static clipping to [-1, 1] — ADM's order."""
+        if denoised_fn is not None:
+            x0 = denoised_fn(x0)
+        return x0.clamp(-1.0, 1.0) if clip_denoised else x0
+
     def denoise(
         self,
         model_output: Tensor,
@@ -227,7 +235,7 @@ class GaussianDiffusion:
         clip_denoised: bool = False,
         denoised_fn: DenoisedFn | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """(x̂0, ε̂) with x̂0 post-processed (``denoised_fn`` first, then clipping to [-1, 1], as ADM does).
+        """(x̂0, ε̂), x̂0 post-processed by :meth:`process_x0`.
 
         When x̂0 is changed, ε̂ is recomputed from it so that the pair still reproduces x_t; a step built
         from them then moves towards the processed x̂0 (ADM and diffusers do the same for DDIM).
@@ -237,10 +245,7 @@ class GaussianDiffusion:
         x0, eps = self._x0_eps(pred, x_t, a)
         if denoised_fn is None and not clip_denoised:
             return x0, eps
-        if denoised_fn is not None:
-            x0 = denoised_fn(x0)
-        if clip_denoised:
-            x0 = x0.clamp(-1.0, 1.0)
+        x0 = self.process_x0(x0, clip_denoised, denoised_fn)
         return x0, (x_t - a**0.5 * x0) / (1 - a) ** 0.5
 
     # ----------------------------------------------------------------------------------- reverse steps
