@@ -1,0 +1,248 @@
+"""ADM-style UNet (Dhariwal & Nichol; GLIDE; unCLIP decoder), sized for CPU training.
+
+One class serves the decoder, the inpainting decoder and the upsamplers; the config says which
+conditioning it takes:
+
+- timestep: sinusoidal embedding -> MLP; every ResBlock applies it by scale-shift GroupNorm.
+- CLIP image embedding (unCLIP): projected and added to the timestep embedding, and projected to
+  `image_tokens` extra context tokens.
+- CLIP text token sequence (GLIDE): projected into every attention layer's keys and values
+  (concatenated to the image's own tokens); the pooled text embedding is added to the timestep
+  embedding.
+- extra input channels: the upsampler's low-res image, the inpainting model's [image * mask, mask].
+- noise-augmentation level of the low-res conditioning (upsampler): embedded like a timestep.
+
+Conditions can be switched off per sample (classifier-free guidance): an absent image embedding or
+text is replaced by a learned null vector, and absent text tokens are masked out of attention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class UNetConfig:
+    in_channels: int = 3
+    out_channels: int = 6  # 2C: eps and the learned-range variance interpolation
+    model_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attention_resolutions: tuple[int, ...] = (16, 8)  # feature-map sizes that get attention
+    image_size: int = 32
+    head_channels: int = 32
+    norm_groups: int = 16
+    dropout: float = 0.0
+    clip_dim: int = 0  # CLIP image-embedding width; 0 = no image conditioning
+    image_tokens: int = 4
+    text_dim: int = 0  # width of the CLIP text token sequence; 0 = no text conditioning
+    text_embed_dim: int = 0  # width of the pooled text embedding added to the time embedding
+    aug_level: bool = False  # condition on a noise-augmentation level (upsampler)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> UNetConfig:
+        d = dict(d)
+        for k in ("channel_mult", "attention_resolutions"):
+            d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def zero(module: nn.Module) -> nn.Module:
+    """Zero-initialise the last layer of a residual branch so each block starts as the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb_dim: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = nn.GroupNorm(groups, cout)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = zero(nn.Conv2d(cout, cout, 3, padding=1))
+        self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.drop(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the feature map whose keys/values also include the context tokens."""
+
+    def __init__(self, channels: int, head_channels: int, groups: int, context_dim: int):
+        super().__init__()
+        self.heads = max(1, channels // head_channels)
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.context_kv = nn.Linear(context_dim, 2 * channels) if context_dim else None
+        self.proj = zero(nn.Conv1d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None, context_mask: torch.Tensor | None):
+        b, c, hgt, wid = x.shape
+        q, k, v = self.qkv(self.norm(x).view(b, c, -1)).chunk(3, dim=1)  # [B, C, N] each
+        mask = None
+        if self.context_kv is not None and context is not None:
+            ck, cv = self.context_kv(context).transpose(1, 2).chunk(2, dim=1)  # [B, C, L]
+            k, v = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)
+            # Image tokens are always visible, so a fully masked context never empties a row.
+            mask = torch.cat([context_mask, context_mask.new_ones(b, hgt * wid)], dim=1)
+            mask = mask[:, None, None, :]
+        split = lambda t: t.reshape(b, self.heads, c // self.heads, -1).transpose(2, 3)  # [B, H, N, d]
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
+        out = out.transpose(2, 3).reshape(b, c, -1)
+        return x + self.proj(out).view(b, c, hgt, wid)
+
+
+class UNet(nn.Module):
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        mc, g = cfg.model_channels, cfg.norm_groups
+        emb_dim = 4 * mc
+        self.time_mlp = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        context_dim = 0
+        if cfg.aug_level:
+            self.aug_mlp = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if cfg.clip_dim:
+            self.image_emb = nn.Linear(cfg.clip_dim, emb_dim)
+            self.image_to_tokens = nn.Linear(cfg.clip_dim, cfg.image_tokens * emb_dim)
+            self.null_image = nn.Parameter(torch.zeros(cfg.clip_dim))
+            context_dim = emb_dim
+        if cfg.text_dim:
+            self.text_proj = nn.Linear(cfg.text_dim, emb_dim)
+            context_dim = emb_dim
+        if cfg.text_embed_dim:
+            self.text_emb = nn.Linear(cfg.text_embed_dim, emb_dim)
+            self.null_text = nn.Parameter(torch.zeros(cfg.text_embed_dim))
+        self.context_norm = nn.LayerNorm(emb_dim) if context_dim else None
+
+        self.inp = nn.Conv2d(cfg.in_channels, mc, 3, padding=1)
+        self.down = nn.ModuleList()
+        skips, ch, res = [mc], mc, cfg.image_size
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                block = nn.ModuleList([ResBlock(ch, mult * mc, emb_dim, g, cfg.dropout)])
+                ch = mult * mc
+                if res in cfg.attention_resolutions:
+                    block.append(AttentionBlock(ch, cfg.head_channels, g, context_dim))
+                self.down.append(block)
+                skips.append(ch)
+            if level < len(cfg.channel_mult) - 1:
+                self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
+                skips.append(ch)
+                res //= 2
+        self.mid = nn.ModuleList([
+            ResBlock(ch, ch, emb_dim, g, cfg.dropout),
+            AttentionBlock(ch, cfg.head_channels, g, context_dim),
+            ResBlock(ch, ch, emb_dim, g, cfg.dropout),
+        ])
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                block = nn.ModuleList([ResBlock(ch + skips.pop(), mult * mc, emb_dim, g, cfg.dropout)])
+                ch = mult * mc
+                if res in cfg.attention_resolutions:
+                    block.append(AttentionBlock(ch, cfg.head_channels, g, context_dim))
+                if level > 0 and i == cfg.num_res_blocks:
+                    block.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                    block.append(nn.Conv2d(ch, ch, 3, padding=1))
+                    res *= 2
+                self.up.append(block)
+        self.out = nn.Sequential(nn.GroupNorm(g, ch), nn.SiLU(), zero(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        image_embed: torch.Tensor | None = None,
+        image_on: torch.Tensor | None = None,
+        text_tokens: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        text_embed: torch.Tensor | None = None,
+        extra: torch.Tensor | None = None,
+        aug_level: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x: [B, C, H, W]; t: [B] timesteps; `*_on` / `text_mask` switch conditions off per sample.
+
+        `extra` is concatenated to x along channels (low-res image, or [image * mask, mask]).
+        """
+        cfg, b = self.cfg, x.shape[0]
+        emb = self.time_mlp(timestep_embedding(t, cfg.model_channels))
+        if cfg.aug_level:
+            emb = emb + self.aug_mlp(timestep_embedding(aug_level, cfg.model_channels))
+        tokens, masks = [], []
+        if cfg.clip_dim:
+            on = image_on if image_on is not None else x.new_ones(b)
+            if image_embed is None:
+                image_embed, on = x.new_zeros(b, cfg.clip_dim), x.new_zeros(b)
+            img = torch.where(on.view(b, 1) > 0.5, image_embed, self.null_image.expand(b, -1))
+            # Embeddings arrive unit-norm (the sphere DALL-E 2 works on); scale to unit variance per entry.
+            img = img * math.sqrt(cfg.clip_dim)
+            emb = emb + self.image_emb(img)
+            tokens.append(self.image_to_tokens(img).view(b, cfg.image_tokens, -1))
+            masks.append(torch.ones(b, cfg.image_tokens, dtype=torch.bool, device=x.device))
+        if cfg.text_dim:
+            if text_tokens is None:
+                text_tokens = x.new_zeros(b, 1, cfg.text_dim)
+                text_mask = torch.zeros(b, 1, dtype=torch.bool, device=x.device)
+            tokens.append(self.text_proj(text_tokens))
+            masks.append(text_mask.bool())
+        if cfg.text_embed_dim:
+            text_on = (
+                text_mask.any(dim=1) if text_mask is not None
+                else torch.zeros(b, dtype=torch.bool, device=x.device)
+            )
+            te = text_embed if text_embed is not None else x.new_zeros(b, cfg.text_embed_dim)
+            emb = emb + self.text_emb(torch.where(text_on.view(b, 1), te, self.null_text.expand(b, -1)))
+        context = self.context_norm(torch.cat(tokens, dim=1)) if tokens else None
+        context_mask = torch.cat(masks, dim=1) if masks else None
+
+        h = self.inp(torch.cat([x, extra], dim=1) if extra is not None else x)
+        hs = [h]
+        for block in self.down:
+            h = self._run_block(block, h, emb, context, context_mask)
+            hs.append(h)
+        h = self._run_block(self.mid, h, emb, context, context_mask)
+        for block in self.up:
+            h = self._run_block(block, torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
+        return self.out(h)
+
+    @staticmethod
+    def _run_block(block: nn.ModuleList, h, emb, context, context_mask) -> torch.Tensor:
+        for layer in block:
+            if isinstance(layer, ResBlock):
+                h = layer(h, emb)
+            elif isinstance(layer, AttentionBlock):
+                h = layer(h, context, context_mask)
+            else:
+                h = layer(h)
+        return h
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["UNet", "UNetConfig", "count_params", "timestep_embedding"]

@@ -1,0 +1,58 @@
+"""`python -m nodegraph.train MODEL [options]`: train one bundled model (seeded, resumable).
+
+A run resumes from `runs/<MODEL>/last.pt` when it exists; `--steps` may be raised to continue a
+finished run. The best weights (raw or EMA, by the model's own metric) go to `models/<MODEL>.safetensors`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from nodegraph.train.common import TrainConfig
+
+MODELS = ("clip", "prior", "decoder", "upsampler", "inpaint", "classifier", "noised_clip")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m nodegraph.train", description=__doc__)
+    ap.add_argument("model", choices=MODELS)
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--run-dir", default="", help="default: runs/MODEL")
+    ap.add_argument("--out-dir", default="", help="where best weights are exported; default: models/")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="model-specific option (see the model's DEFAULTS), e.g. --set pool=20000")
+    args = ap.parse_args(argv)
+    module = importlib.import_module(f"nodegraph.train.{args.model}")
+    defaults = dict(module.DEFAULTS)
+    extra = dict(defaults.pop("extra", {}))
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set expects KEY=VALUE, got {item!r}")
+        extra[key] = _parse(value)
+    for key in ("steps", "batch_size", "lr"):
+        if getattr(args, key) is not None:
+            defaults[key] = getattr(args, key)
+    cfg = TrainConfig(name=args.model, seed=args.seed, threads=args.threads, run_dir=args.run_dir, out_dir=args.out_dir,
+                      extra=extra, **defaults)
+    module.main(cfg)
+    return 0
+
+
+def _parse(value: str) -> object:
+    for conv in (int, float):
+        try:
+            return conv(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

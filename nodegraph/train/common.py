@@ -1,0 +1,221 @@
+"""What every training run shares: seeding, EMA with warm-up, resumable checkpoints, logging, export.
+
+A run lives in `runs/<name>/`: `last.pt` (model, EMA, optimiser, step, RNG state; written atomically
+every `ckpt_every` steps so a killed job resumes where it stopped) and `log.jsonl`. Exported
+weights go to `models/<name>.safetensors` in fp16 with the config in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nodegraph.models.checkpoint import save_safetensors
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int = 0
+    warmup: int = 200
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    ckpt_every: int = 100
+    log_every: int = 20
+    eval_every: int = 500
+    threads: int = 2
+    run_dir: str = ""
+    out_dir: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else REPO_ROOT / "runs" / self.name
+
+    def out(self, filename: str) -> Path:
+        """Where exported weights go: models/ unless the run says otherwise (tests do)."""
+        return (Path(self.out_dir) if self.out_dir else REPO_ROOT / "models") / filename
+
+
+class EMA:
+    """Exponential moving average with warm-up: decay = min(max, (1 + n) / (10 + n)).
+
+    A plain 0.999 average is still mostly the initial weights after 1000 steps; the warm-up lets
+    the average follow early training and only later smooth it.
+    """
+
+    def __init__(self, model: nn.Module, max_decay: float):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.max_decay = max_decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.max_decay, (1 + self.updates) / (10 + self.updates))
+        ema_params = list(self.model.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - d)
+        for eb, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            eb.copy_(b)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10%."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(frac * torch.pi)).item()))
+
+
+@dataclass
+class RunState:
+    model: nn.Module
+    ema: EMA
+    opt: torch.optim.Optimizer
+    step: int
+    gen: torch.Generator
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_state(state: RunState, cfg: TrainConfig) -> None:
+    cfg.dir().mkdir(parents=True, exist_ok=True)
+    _atomic_save(
+        {
+            "model": state.model.state_dict(),
+            "ema": state.ema.model.state_dict(),
+            "ema_updates": state.ema.updates,
+            "opt": state.opt.state_dict(),
+            "step": state.step,
+            "gen": state.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "config": asdict(cfg),
+        },
+        cfg.dir() / "last.pt",
+    )
+
+
+def start_or_resume(model: nn.Module, cfg: TrainConfig, params: list | None = None) -> RunState:
+    """Fresh state seeded from cfg.seed, or the run's last checkpoint if one exists."""
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(
+        params if params is not None else model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    state = RunState(model, EMA(model, cfg.ema_decay), opt, 0, gen)
+    ckpt = cfg.dir() / "last.pt"
+    if ckpt.exists():
+        data = torch.load(ckpt, weights_only=True, map_location="cpu")
+        model.load_state_dict(data["model"])
+        state.ema.model.load_state_dict(data["ema"])
+        state.ema.updates = data["ema_updates"]
+        opt.load_state_dict(data["opt"])
+        state.step = data["step"]
+        gen.set_state(data["gen"])
+        torch.set_rng_state(data["torch_rng"])
+        print(f"[{cfg.name}] resumed at step {state.step} from {ckpt}")
+    return state
+
+
+def init_from(model: nn.Module, path: Path) -> None:
+    """Initialise from an exported safetensors file (e.g. the committed weights of an earlier session)."""
+    from nodegraph.models.checkpoint import load_state_dict
+
+    model.load_state_dict(load_state_dict(path, dtype=torch.float32))
+
+
+class Logger:
+    def __init__(self, cfg: TrainConfig):
+        cfg.dir().mkdir(parents=True, exist_ok=True)
+        self.path = cfg.dir() / "log.jsonl"
+        self.t0 = time.time()
+
+    def log(self, **row: object) -> None:
+        row = {"time": round(time.time() - self.t0, 1), **row}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+
+def train_loop(
+    cfg: TrainConfig,
+    state: RunState,
+    loss_fn: Callable[[nn.Module, int], tuple[torch.Tensor, dict[str, float]]],
+    evaluate: Callable[[RunState], dict[str, float]] | None = None,
+    on_checkpoint: Callable[[RunState], None] | None = None,
+) -> RunState:
+    """The shared optimisation loop: lr schedule, clipping, EMA, periodic checkpoint and eval."""
+    torch.set_num_threads(cfg.threads)
+    log = Logger(cfg)
+    model = state.model.train()
+    params = [p for g in state.opt.param_groups for p in g["params"]]
+    window: list[float] = []
+    t_last = time.time()
+    while state.step < cfg.steps:
+        for g in state.opt.param_groups:
+            g["lr"] = lr_at(state.step, cfg)
+        loss, stats = loss_fn(model, state.step)
+        state.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        state.opt.step()
+        state.ema.update(model)
+        state.step += 1
+        window.append(loss.item())
+        if state.step % cfg.log_every == 0:
+            now = time.time()
+            log.log(step=state.step, loss=sum(window) / len(window), gnorm=float(gnorm),
+                    lr=state.opt.param_groups[0]["lr"], s_per_step=(now - t_last) / cfg.log_every, **stats)
+            window.clear()
+            t_last = now
+        if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps:
+            save_state(state, cfg)
+            if on_checkpoint is not None:
+                on_checkpoint(state)
+        if evaluate is not None and (state.step % cfg.eval_every == 0 or state.step == cfg.steps):
+            model.eval()
+            log.log(step=state.step, **evaluate(state))
+            model.train()
+    return state
+
+
+def export(model: nn.Module, path: Path, metadata: dict[str, object]) -> None:
+    """Write fp16 weights with the architecture config in the metadata."""
+    save_safetensors(model.state_dict(), path, {k: json.dumps(v) for k, v in metadata.items()}, dtype=torch.float16)
+
+
+def export_if_best(
+    state: RunState, cfg: TrainConfig, scores: dict[str, float], out: Path, metadata: dict[str, object]
+) -> dict[str, float]:
+    """Export whichever of raw / EMA weights scores higher, if it beats the run's best so far.
+
+    `scores` holds "raw" and "ema" (higher is better). The best score is kept in the run directory
+    so a resumed run does not overwrite better weights with worse ones.
+    """
+    best_file = cfg.dir() / "best.json"
+    best = json.loads(best_file.read_text()) if best_file.exists() else {"score": float("-inf")}
+    which = "ema" if scores["ema"] >= scores["raw"] else "raw"
+    if scores[which] > best["score"]:
+        model = state.ema.model if which == "ema" else state.model
+        meta = {**metadata, "weights": which, "step": state.step, "score": scores[which]}
+        export(model, out, meta)
+        best = {"score": scores[which], "step": state.step, "weights": which}
+        best_file.write_text(json.dumps(best))
+    return {"best": best["score"], "best_step": best.get("step", -1)}
