@@ -11,7 +11,7 @@ import dataclasses
 import os
 import types
 from collections import OrderedDict
-from collections.abc import KeysView, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +121,13 @@ class OutputCache:
     def __contains__(self, signature: str) -> bool:
         return signature in self._entries
 
-    def signatures(self) -> KeysView[str]:
-        """A live view of the cached signatures (membership tests without touching LRU order)."""
-        return self._entries.keys()
+    def touch(self, signature: str) -> bool:
+        """Mark an entry most recently used; False if it is not cached."""
+        try:
+            self._entries.move_to_end(signature)
+        except KeyError:
+            return False
+        return True
 
     def get(self, signature: str) -> CacheEntry | None:
         """The entry for `signature` (marking it most recently used), or None."""

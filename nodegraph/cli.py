@@ -30,20 +30,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nodegraph", description="A typed node-graph engine for image synthesis."
-    )
+    parser = argparse.ArgumentParser(prog="nodegraph", description="A typed node-graph engine for image synthesis.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run a workflow", description="Run a workflow JSON file.")
     run.add_argument("workflow", type=Path, help="workflow JSON (ComfyUI API format, bare or wrapped)")
     _add_param_options(run)
-    run.add_argument(
-        "--params-file", type=Path, metavar="RUNS.jsonl", help="one run per line: a JSON object of params"
-    )
-    run.add_argument(
-        "--out", type=Path, default=Path("out"), metavar="DIR", help="output directory (default: out)"
-    )
+    run.add_argument("--params-file", type=Path, metavar="RUNS.jsonl", help="one run per line: a JSON object of params")
+    run.add_argument("--out", type=Path, default=Path("out"), metavar="DIR", help="output directory (default: out)")
     run.add_argument(
         "--input-dir",
         type=Path,
@@ -52,9 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         help="where input files are read from (default: .)",
     )
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda (default: auto)")
-    run.add_argument(
-        "--json", action="store_true", help="print a JSON summary (files written per run) on stdout"
-    )
+    run.add_argument("--json", action="store_true", help="print a JSON summary (files written per run) on stdout")
     run.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failing nodes")
     run.set_defaults(handler=_cmd_run)
 
@@ -64,9 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_cmd_validate)
 
     nodes = commands.add_parser("nodes", help="list the available nodes")
-    nodes.add_argument(
-        "--json", action="store_true", help="the catalogue as JSON (inputs, types, ranges, outputs)"
-    )
+    nodes.add_argument("--json", action="store_true", help="the catalogue as JSON (inputs, types, ranges, outputs)")
     nodes.set_defaults(handler=_cmd_nodes)
 
     serve = commands.add_parser("serve", help="start the websocket server and GUI")
@@ -95,9 +85,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         workflow = load_workflow(args.workflow)
         base = _parse_param_args(args.param)
-        runs, problems = (
-            _read_params_file(args.params_file, base) if args.params_file else ([(None, base)], [])
-        )
+        runs, problems = _read_params_file(args.params_file, base) if args.params_file else ([(None, base)], [])
         engine = Engine(args.device, input_dir=args.input_dir, output_dir=args.out)
         _check_runs(engine, workflow, runs, base, args.params_file, problems)
     except WorkflowError as exc:
@@ -185,10 +173,7 @@ def _print_result(result: Any, engine: Any, out: TextIO) -> None:
             out.write(f"{node_id}.{key}: {text}\n")
     for path in result.files:
         out.write(f"wrote {_display_path(path)}\n")
-    out.write(
-        f"done: {len(result.executed)} node(s) executed, {len(result.cached)} cached, "
-        f"{result.seconds:.3f} s\n"
-    )
+    out.write(f"done: {len(result.executed)} node(s) executed, {len(result.cached)} cached, {result.seconds:.3f} s\n")
 
 
 def _display_path(path: Path) -> str:
@@ -234,9 +219,7 @@ def _read_params_file(path: Path, base: dict[str, Any]) -> tuple[list[tuple[int,
             )
             continue
         except (RecursionError, ValueError) as exc:
-            problems.append(
-                issue("invalid_json", f"{path} line {number}: invalid JSON: {type(exc).__name__}")
-            )
+            problems.append(issue("invalid_json", f"{path} line {number}: invalid JSON: {type(exc).__name__}"))
             continue
         if not isinstance(values, dict):
             problems.append(

@@ -47,13 +47,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ConfigError(f"unknown device {device!r} ({exc}); use auto, cpu or cuda") from None
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(
-                "device cuda was requested but CUDA is not available here; use --device cpu or auto"
-            )
+            raise ConfigError("device cuda was requested but CUDA is not available here; use --device cpu or auto")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"{resolved} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
+            raise ConfigError(f"{resolved} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif resolved.type != "cpu":
         raise ConfigError(f"device {device!r} is not supported; use auto, cpu or cuda")
     return resolved
@@ -188,9 +184,7 @@ class Engine:
             try:
                 fingerprints[node_id] = str(node.spec.cls.fingerprint(ctx, **node.constants))  # type: ignore[attr-defined]
             except InputValueError as exc:
-                issues.append(
-                    ValidationIssue(node=node_id, input=exc.input, type=exc.code, message=exc.message)
-                )
+                issues.append(ValidationIssue(node=node_id, input=exc.input, type=exc.code, message=exc.message))
             except Exception as exc:
                 issues.append(
                     ValidationIssue(

@@ -38,9 +38,7 @@ class WorkflowError(NodegraphError):
         self.errors = list(errors)
         lines = [f"  {issue.where()}: {issue.message} [{issue.type}]" for issue in self.errors]
         count = len(self.errors)
-        super().__init__(
-            f"invalid workflow ({count} problem{'s' if count != 1 else ''}):\n" + "\n".join(lines)
-        )
+        super().__init__(f"invalid workflow ({count} problem{'s' if count != 1 else ''}):\n" + "\n".join(lines))
 
     def to_json(self) -> dict[str, list[dict[str, str | None]]]:
         return {"errors": [issue.model_dump() for issue in self.errors]}

@@ -65,12 +65,7 @@ def execute(plan: Plan, signatures: dict[str, str], cache: OutputCache, state: R
         if node_id in to_run or node_id in entries:
             continue
         entry = cache.get(signatures[node_id])
-        if (
-            entry is not None
-            and entry.files
-            and node_id in outputs
-            and not all(p.exists() for p in entry.files)
-        ):
+        if entry is not None and entry.files and node_id in outputs and not all(p.exists() for p in entry.files):
             # Someone deleted what this output wrote: produce it again rather than report ghosts.
             cache.discard(signatures[node_id])
             entry = None
@@ -79,8 +74,10 @@ def execute(plan: Plan, signatures: dict[str, str], cache: OutputCache, state: R
             continue
         to_run.add(node_id)
         stack.extend([source for source, _, _ in nodes[node_id].links.values()])
-    present = cache.signatures()
-    cached = [node_id for node_id in plan.order if node_id not in to_run and signatures[node_id] in present]
+    # Everything the workflow still has cached counts as in use, so a model loaded upstream of a
+    # cached output stays resident while the workflow keeps being re-run.
+    touch = cache.touch
+    cached = [node_id for node_id in plan.order if node_id not in to_run and touch(signatures[node_id])]
 
     # How many pending consumers each value has, so it can be released after the last one.
     consumers: dict[str, int] = {}
@@ -215,7 +212,9 @@ def _run_node(
                 },
             )
         raise NodeExecutionError(node_id, spec.name, exc, lines) from exc
-    return CacheEntry(result, ctx.ui, ctx.files, tensor_bytes(result))
+    # Recorded UI values are real objects (Preview keeps the tensor itself), so they count too.
+    nbytes = tensor_bytes(result) if ctx.ui is None else tensor_bytes((result, ctx.ui))
+    return CacheEntry(result, ctx.ui, ctx.files, nbytes)
 
 
 def _check_result(spec: Any, result: Any) -> tuple[Any, ...]:

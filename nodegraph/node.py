@@ -199,21 +199,13 @@ def _check_input(where: str, name: str, spec: In) -> None:
             _check_value(where, name, spec, choice, "choice")
     if spec.has_default:
         if not constant and spec.type != types.ANY:
-            raise NodeDefinitionError(
-                f"{where}: input {name!r}: link-only type {spec.type} cannot have a default"
-            )
+            raise NodeDefinitionError(f"{where}: input {name!r}: link-only type {spec.type} cannot have a default")
         _check_value(where, name, spec, spec.default, "default")
         if spec.choices is not None and spec.default not in spec.choices:
-            raise NodeDefinitionError(
-                f"{where}: input {name!r}: default {spec.default!r} is not among choices"
-            )
+            raise NodeDefinitionError(f"{where}: input {name!r}: default {spec.default!r} is not among choices")
         if spec.type in (types.INT, types.FLOAT):
-            if (spec.min is not None and spec.default < spec.min) or (
-                spec.max is not None and spec.default > spec.max
-            ):
-                raise NodeDefinitionError(
-                    f"{where}: input {name!r}: default {spec.default!r} is out of range"
-                )
+            if (spec.min is not None and spec.default < spec.min) or (spec.max is not None and spec.default > spec.max):
+                raise NodeDefinitionError(f"{where}: input {name!r}: default {spec.default!r} is out of range")
 
 
 def _check_value(where: str, name: str, spec: In, value: Any, what: str) -> None:
@@ -223,9 +215,7 @@ def _check_value(where: str, name: str, spec: In, value: Any, what: str) -> None
         raise NodeDefinitionError(f"{where}: input {name!r}: {what} {value!r}: {exc}") from None
     if type(converted) is not type(value):
         # Defaults are stored as written; require the exact Python type so signatures stay stable.
-        raise NodeDefinitionError(
-            f"{where}: input {name!r}: {what} {value!r} must be a {type(converted).__name__}"
-        )
+        raise NodeDefinitionError(f"{where}: input {name!r}: {what} {value!r} must be a {type(converted).__name__}")
 
 
 def _check_run_signature(where: str, node_cls: type[Node], inputs: dict[str, In]) -> None:
@@ -238,9 +228,7 @@ def _check_run_signature(where: str, node_cls: type[Node], inputs: dict[str, In]
         return
     missing = [name for name in inputs if name not in names]
     if missing:
-        raise NodeDefinitionError(
-            f"{where}: run() does not accept input(s) {missing}; add them as parameters"
-        )
+        raise NodeDefinitionError(f"{where}: run() does not accept input(s) {missing}; add them as parameters")
     extra = [
         name
         for name in names

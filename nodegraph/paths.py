@@ -45,9 +45,7 @@ def confine(base: Path, name: str, *, input_name: str | None = None, must_exist:
         )
     if must_exist:
         if not resolved.exists():
-            raise InputValueError(
-                input_name, f"{name!r} not found in {where} ({root})", code="file_not_found"
-            )
+            raise InputValueError(input_name, f"{name!r} not found in {where} ({root})", code="file_not_found")
         if not resolved.is_file():
             raise InputValueError(input_name, f"{name!r} is not a regular file", code="file_not_found")
     return resolved

@@ -53,8 +53,7 @@ def build_plan(
             issues.append(
                 ValidationIssue(
                     type="no_output_node",
-                    message="the workflow has no output node (such as Preview or SaveImage), "
-                    "so nothing would run",
+                    message="the workflow has no output node (such as Preview or SaveImage), so nothing would run",
                 )
             )
     else:
@@ -76,9 +75,7 @@ def build_plan(
     needed = _ancestors_and_self(compiled, outputs)
     order = [node_id for node_id in order if node_id in needed]
     fingerprinted = [node_id for node_id in order if compiled[node_id].spec.has_fingerprint]
-    plan = Plan(
-        order=order, nodes=compiled, outputs=outputs, fingerprinted=fingerprinted, static_signatures=None
-    )
+    plan = Plan(order=order, nodes=compiled, outputs=outputs, fingerprinted=fingerprinted, static_signatures=None)
     if not fingerprinted:
         plan.static_signatures = signatures(plan, {})
     return plan, []
@@ -102,9 +99,7 @@ def _cycle_issues(graph: nx.DiGraph) -> list[ValidationIssue]:
         if len(component) == 1:
             (node_id,) = component
             if graph.has_edge(node_id, node_id):
-                issues.append(
-                    ValidationIssue(node=node_id, type="cycle", message=f"node {node_id!r} links to itself")
-                )
+                issues.append(ValidationIssue(node=node_id, type="cycle", message=f"node {node_id!r} links to itself"))
             continue
         members = sorted(component)
         path = [edge[0] for edge in nx.find_cycle(graph.subgraph(component))]

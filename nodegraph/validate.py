@@ -27,9 +27,7 @@ class CompiledNode:
 
     __slots__ = ("id", "spec", "constants", "links")
 
-    def __init__(
-        self, node_id: str, spec: NodeSpec, constants: dict[str, Any], links: dict[str, Link]
-    ) -> None:
+    def __init__(self, node_id: str, spec: NodeSpec, constants: dict[str, Any], links: dict[str, Link]) -> None:
         self.id = node_id
         self.spec = spec
         self.constants = constants
@@ -49,9 +47,7 @@ def validate_nodes(
     pending: list[tuple[CompiledNode, str, str, str, int]] = []  # links to check once all nodes are known
     for node_id, raw in nodes.items():
         if type(node_id) is not str:
-            issues.append(
-                _issue("invalid_node_id", f"node ids must be strings, not {node_id!r}", str(node_id))
-            )
+            issues.append(_issue("invalid_node_id", f"node ids must be strings, not {node_id!r}", str(node_id)))
             continue
         if not isinstance(raw, dict):
             issues.append(
@@ -64,9 +60,7 @@ def validate_nodes(
             continue
         class_type = raw.get("class_type", _MISSING)
         if class_type is _MISSING:
-            issues.append(
-                _issue("missing_class_type", 'node has no class_type; add "class_type": NODE_NAME', node_id)
-            )
+            issues.append(_issue("missing_class_type", 'node has no class_type; add "class_type": NODE_NAME', node_id))
             continue
         if type(class_type) is not str:
             issues.append(
@@ -178,9 +172,7 @@ def _compile(
         elif input_spec.choices is not None and value not in input_spec.choices:
             allowed = ", ".join(repr(choice) for choice in input_spec.choices)
             issues.append(
-                _issue(
-                    "not_in_choices", f"input {name!r} is {value!r}; choose one of {allowed}", node_id, name
-                )
+                _issue("not_in_choices", f"input {name!r} is {value!r}; choose one of {allowed}", node_id, name)
             )
         constants[name] = value
     if present != len(inputs):
@@ -254,9 +246,7 @@ def _unknown_class(node_id: str, class_type: str, registry: Registry) -> Validat
     close = [name for name in registry if name.lower() == lowered or lowered in name.lower()][:5]
     hint = f"; did you mean {', '.join(close)}?" if close else "; `nodegraph nodes` lists them"
     if registry.load_errors:
-        hint += (
-            f" (note: {len(registry.load_errors)} node module(s) failed to load: {registry.load_errors[0]})"
-        )
+        hint += f" (note: {len(registry.load_errors)} node module(s) failed to load: {registry.load_errors[0]})"
     return _issue("unknown_class_type", f"unknown class_type {class_type!r}{hint}", node_id)
 
 

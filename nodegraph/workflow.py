@@ -62,24 +62,22 @@ def issue(type_: str, message: str, node: str | None = None, input: str | None =
     return ValidationIssue(node=node, input=input, type=type_, message=message)
 
 
-def read_json_file(path: Path | str, *, what: str = "workflow", max_bytes: int = MAX_WORKFLOW_BYTES) -> Any:
+def read_json_file(path: Path | str, *, what: str = "workflow", max_bytes: int | None = None) -> Any:
     """Read and parse a JSON file, turning every way it can be unusable into a WorkflowError."""
     return parse_json_bytes(read_file_bytes(path, what=what, max_bytes=max_bytes), source=str(path))
 
 
-def read_file_bytes(
-    path: Path | str, *, what: str = "workflow", max_bytes: int = MAX_WORKFLOW_BYTES
-) -> bytes:
+def read_file_bytes(path: Path | str, *, what: str = "workflow", max_bytes: int | None = None) -> bytes:
     """A file's bytes, or a WorkflowError saying why it cannot be used (missing, a directory, too big)."""
     path = Path(path)
+    if max_bytes is None:
+        max_bytes = MAX_WORKFLOW_BYTES
     try:
         info = path.stat()
     except FileNotFoundError:
         raise WorkflowError([issue("file_not_found", f"{what} file {str(path)!r} does not exist")]) from None
     except OSError as exc:
-        raise WorkflowError(
-            [issue("unreadable_file", f"cannot read {what} file {str(path)!r}: {exc}")]
-        ) from None
+        raise WorkflowError([issue("unreadable_file", f"cannot read {what} file {str(path)!r}: {exc}")]) from None
     if stat.S_ISDIR(info.st_mode):
         raise WorkflowError([issue("not_a_file", f"{str(path)!r} is a directory; give a {what} JSON file")])
     if not stat.S_ISREG(info.st_mode):
@@ -90,9 +88,7 @@ def read_file_bytes(
         with path.open("rb") as handle:
             raw = handle.read(max_bytes + 1)  # the file may grow between stat and read
     except OSError as exc:
-        raise WorkflowError(
-            [issue("unreadable_file", f"cannot read {what} file {str(path)!r}: {exc}")]
-        ) from None
+        raise WorkflowError([issue("unreadable_file", f"cannot read {what} file {str(path)!r}: {exc}")]) from None
     if len(raw) > max_bytes:
         raise WorkflowError([_too_large(path, len(raw), max_bytes, what)])
     return raw
@@ -199,9 +195,7 @@ def check_param_specs(workflow: Workflow, registry: Registry) -> list[Validation
         node = workflow.nodes.get(spec.node)
         if node is None:
             issues.append(
-                issue(
-                    "param_missing_node", f"param {name!r} points at node {spec.node!r}, which does not exist"
-                )
+                issue("param_missing_node", f"param {name!r} points at node {spec.node!r}, which does not exist")
             )
             continue
         node_spec = registry.get(node.get("class_type")) if isinstance(node, dict) else None
@@ -261,9 +255,7 @@ def apply_params(
             else:
                 converted = types.check_constant(input_type, value)
         except types.ConstantError as exc:
-            issues.append(
-                issue("invalid_param_value", f"param {name!r}: {exc}", node=spec.node, input=spec.input)
-            )
+            issues.append(issue("invalid_param_value", f"param {name!r}: {exc}", node=spec.node, input=spec.input))
             continue
         inputs = node.get("inputs")
         inputs = dict(inputs) if isinstance(inputs, dict) else {}

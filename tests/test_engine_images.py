@@ -1,0 +1,188 @@
+"""LoadImage / SaveImage: conversions, PNG metadata, naming, and paths confined to their folders."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from nodegraph.engine import Engine
+from nodegraph.errors import NodeExecutionError, WorkflowError
+from nodegraph.imageio import from_pil, mask_from_alpha, mask_to_pil, preview_image, to_pil
+
+
+def save_workflow(image: str = "in.png", prefix: str = "result") -> dict[str, Any]:
+    return {
+        "nodes": {
+            "load": {"class_type": "LoadImage", "inputs": {"image": image}},
+            "save": {"class_type": "SaveImage", "inputs": {"images": ["load", 0], "filename_prefix": prefix}},
+            "mask": {"class_type": "Preview", "inputs": {"value": ["load", 1]}},
+        },
+        "params": {"prefix": {"node": "save", "input": "filename_prefix"}, "image": {"node": "load", "input": "image"}},
+    }
+
+
+@pytest.fixture
+def picture(engine: Engine) -> Image.Image:
+    image = Image.new("RGB", (6, 4), (255, 0, 0))
+    image.putpixel((1, 1), (0, 128, 255))
+    image.save(engine.input_dir / "in.png")
+    return image
+
+
+def test_imageio_round_trip_is_exact_for_uint8() -> None:
+    image = Image.frombytes("RGB", (3, 2), bytes(range(18)))
+    tensor = from_pil(image)
+    assert tensor.shape == (1, 3, 2, 3) and tensor.dtype == torch.float32
+    assert tensor.min() >= -1 and tensor.max() <= 1
+    assert to_pil(tensor)[0].tobytes() == image.tobytes()
+
+
+def test_imageio_modes_and_masks() -> None:
+    assert to_pil(torch.zeros(2, 1, 4, 4))[1].mode == "L"
+    assert to_pil(torch.zeros(3, 4, 4))[0].mode == "RGB"
+    with pytest.raises(ValueError, match="channels"):
+        to_pil(torch.zeros(1, 2, 4, 4))
+    rgba = Image.new("RGBA", (2, 1), (0, 0, 0, 255))
+    rgba.putpixel((1, 0), (0, 0, 0, 0))
+    mask = mask_from_alpha(rgba)
+    assert mask is not None and mask.tolist() == [[[[0.0, 1.0]]]]
+    assert mask_from_alpha(Image.new("RGB", (2, 2))) is None
+    assert mask_to_pil(mask)[0].getpixel((1, 0)) == 255
+    big = preview_image(torch.zeros(1, 3, 1024, 600))
+    assert max(big.size) == 512
+
+
+def test_load_and_save(engine: Engine, picture: Image.Image) -> None:
+    result = engine.run(save_workflow(), {"prefix": "batch/result"})
+    (path,) = result.files
+    assert path == engine.output_dir.resolve() / "batch" / "result_00001_.png"
+    assert result.outputs["save"] == {
+        "images": [{"filename": "result_00001_.png", "subfolder": "batch", "type": "output"}]
+    }
+    with Image.open(path) as saved:
+        assert saved.convert("RGB").tobytes() == picture.tobytes()
+        prompt = json.loads(saved.text["prompt"])
+        params = json.loads(saved.text["params"])
+    assert prompt["save"]["inputs"]["filename_prefix"] == "batch/result"
+    assert prompt["load"]["class_type"] == "LoadImage"
+    assert params == {"prefix": "batch/result"}
+    mask = result.outputs["mask"]["value"]
+    assert mask.shape == (1, 1, 4, 6) and float(mask.abs().sum()) == 0.0
+
+
+def test_alpha_becomes_the_mask(engine: Engine) -> None:
+    image = Image.new("RGBA", (2, 2), (10, 20, 30, 255))
+    image.putpixel((0, 1), (10, 20, 30, 0))
+    image.save(engine.input_dir / "alpha.png")
+    result = engine.run(save_workflow("alpha.png"))
+    assert result.outputs["mask"]["value"].tolist() == [[[[0.0, 0.0], [1.0, 0.0]]]]
+
+
+def test_save_never_overwrites(engine: Engine, picture: Image.Image) -> None:
+    engine.output_dir.mkdir(parents=True)
+    (engine.output_dir / "result_00001_.png").write_bytes(b"someone else's file")
+    (engine.output_dir / "result_00007_.png").write_bytes(b"and another")
+    first = engine.run(save_workflow())
+    assert [path.name for path in first.files] == ["result_00008_.png"]
+    assert (engine.output_dir / "result_00001_.png").read_bytes() == b"someone else's file"
+    second = engine.run(save_workflow(), {"prefix": "other"})
+    assert [path.name for path in second.files] == ["other_00001_.png"]
+
+
+def test_a_batch_writes_one_file_per_image(engine: Engine) -> None:
+    from nodegraph.context import RunContext
+    from nodegraph.node import Node, Out
+
+    class Batch(Node):
+        outputs = (Out("IMAGE"),)
+
+        def run(self, ctx: RunContext) -> tuple[torch.Tensor]:
+            return (torch.linspace(-1, 1, 3 * 3 * 4 * 4).reshape(3, 3, 4, 4),)
+
+    engine.registry.register(Batch)
+    result = engine.run(
+        {"b": {"class_type": "Batch"}, "s": {"class_type": "SaveImage", "inputs": {"images": ["b", 0]}}}
+    )
+    assert [path.name for path in result.files] == [f"nodegraph_0000{i}_.png" for i in (1, 2, 3)]
+
+
+def test_cached_save_reports_its_files_and_a_deleted_file_is_written_again(
+    engine: Engine, picture: Image.Image
+) -> None:
+    first = engine.run(save_workflow())
+    again = engine.run(save_workflow())
+    assert again.executed == [] and again.files == first.files
+    first.files[0].unlink()
+    third = engine.run(save_workflow())
+    assert "save" in third.executed and third.files[0].exists()
+
+
+def test_load_image_rereads_a_changed_file(engine: Engine, picture: Image.Image) -> None:
+    first = engine.run(save_workflow())
+    Image.new("RGB", (6, 4), (0, 0, 0)).save(engine.input_dir / "in.png")
+    second = engine.run(save_workflow())
+    assert "load" in second.executed and second.files != first.files
+
+
+def test_missing_input_file_is_invalid_input(engine: Engine) -> None:
+    with pytest.raises(WorkflowError) as caught:
+        engine.run(save_workflow("nope.png"))
+    (issue,) = caught.value.errors
+    assert (issue.node, issue.input, issue.type) == ("load", "image", "file_not_found")
+
+
+def test_unreadable_image_is_an_input_error(engine: Engine) -> None:
+    (engine.input_dir / "fake.png").write_bytes(b"not a png at all")
+    with pytest.raises(NodeExecutionError) as caught:
+        engine.run(save_workflow("fake.png"))
+    assert caught.value.is_input_error and caught.value.node_id == "load"
+
+
+@pytest.mark.parametrize("name", ["../secret.png", "a/../../secret.png", "/etc/passwd", ""])
+def test_load_refuses_paths_leaving_the_input_dir(engine: Engine, name: str) -> None:
+    (engine.input_dir.parent / "secret.png").write_bytes(b"x")
+    with pytest.raises(WorkflowError) as caught:
+        engine.run(save_workflow(name))
+    (issue,) = caught.value.errors
+    assert (issue.node, issue.input, issue.type) == ("load", "image", "path_not_allowed")
+
+
+def test_load_refuses_symlinks_leaving_the_input_dir(engine: Engine, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (2, 2)).save(outside)
+    os.symlink(outside, engine.input_dir / "link.png")
+    with pytest.raises(WorkflowError) as caught:
+        engine.run(save_workflow("link.png"))
+    assert caught.value.errors[0].type == "path_not_allowed"
+    assert "symlink" in caught.value.errors[0].message
+
+
+def test_symlinks_inside_the_input_dir_are_fine(engine: Engine, picture: Image.Image) -> None:
+    os.symlink(engine.input_dir / "in.png", engine.input_dir / "alias.png")
+    assert engine.run(save_workflow("alias.png")).files
+
+
+@pytest.mark.parametrize("prefix", ["../escape", "/tmp/escape", "a/../../escape"])
+def test_save_refuses_prefixes_leaving_the_output_dir(engine: Engine, picture: Image.Image, prefix: str) -> None:
+    with pytest.raises(NodeExecutionError) as caught:
+        engine.run(save_workflow(), {"prefix": prefix})
+    assert caught.value.is_input_error and caught.value.node_id == "save"
+    assert "output directory" in str(caught.value)
+
+
+def test_save_refuses_a_symlinked_folder_leaving_the_output_dir(
+    engine: Engine, picture: Image.Image, tmp_path: Path
+) -> None:
+    engine.output_dir.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", engine.output_dir / "sub")
+    with pytest.raises(NodeExecutionError) as caught:
+        engine.run(save_workflow(), {"prefix": "sub/x"})
+    assert caught.value.is_input_error
+    assert list((tmp_path / "elsewhere").iterdir()) == []
