@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a workflow without running it")
     validate.add_argument("workflow", type=Path)
     _add_param_options(validate)
+    validate.add_argument("--input-dir", type=Path, default=None, metavar="DIR", help="where input files are read from")
     validate.set_defaults(handler=_cmd_validate)
 
     nodes = commands.add_parser("nodes", help="list the available nodes")
@@ -294,7 +295,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     try:
         params = _parse_param_args(args.param)
         workflow = load_workflow(args.workflow)
-        errors = Engine("cpu").validate(workflow, params)
+        errors = Engine("cpu", input_dir=args.input_dir).validate(workflow, params)
     except WorkflowError as exc:
         errors = exc.errors
     json.dump({"errors": [error.model_dump() for error in errors]}, sys.stdout, indent=2)

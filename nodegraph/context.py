@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class RunState:
     """Per-run settings shared by every node's RunContext in that run."""
 
-    __slots__ = ("prompt_id", "device", "input_dir", "output_dir", "workflow", "params", "emit", "_flags")
+    __slots__ = ("prompt_id", "device", "input_dir", "output_dir", "workflow", "params", "emit", "_checks")
 
     def __init__(
         self,
@@ -38,13 +38,12 @@ class RunState:
         self.workflow = workflow
         self.params = params
         self.emit = emit
-        self._flags = flags
+        # Flags are threading.Event-like objects (is_set) or plain callables returning a bool.
+        self._checks = tuple(getattr(flag, "is_set", flag) for flag in flags)
 
     def interrupted(self) -> bool:
-        # Flags are threading.Event-like objects (is_set) or plain callables returning a bool.
-        for flag in self._flags:
-            is_set = getattr(flag, "is_set", None)
-            if is_set() if is_set is not None else flag():
+        for check in self._checks:
+            if check():
                 return True
         return False
 

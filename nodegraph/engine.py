@@ -79,7 +79,8 @@ class Engine:
         self.cache = OutputCache(cache_budgets, max_cache_entries)
         self._plans: OrderedDict[tuple[Any, ...], Plan] = OrderedDict()
         self._plan_memo_size = plan_memo_size
-        self._run_lock = threading.Lock()
+        self._run_lock = threading.Lock()  # one run at a time: the cache is shared
+        self._memo_lock = threading.Lock()  # validate() may be called while a run is in progress
         self._active_flag: threading.Event | None = None
         if deterministic and self.device.type == "cuda":
             # Autotuned kernels may differ between runs; seeded nodes should give identical images.
@@ -92,9 +93,11 @@ class Engine:
         params: Mapping[str, Any] | None = None,
         outputs: list[str] | None = None,
     ) -> list[ValidationIssue]:
-        """Every problem with the workflow (and params); an empty list when it can run."""
+        """Every problem with the workflow, its params and the files it reads; [] when it can run."""
         try:
-            self._prepare(workflow, params, outputs)
+            nodes, resolved, plan = self._prepare(workflow, params, outputs)
+            if plan.fingerprinted:  # e.g. LoadImage: the file must exist inside input_dir
+                self._fingerprints(plan, self._state("validate", nodes, resolved, None, ()))
         except WorkflowError as exc:
             return exc.errors
         return []
@@ -118,16 +121,8 @@ class Engine:
         with self._run_lock:
             nodes, resolved, plan = self._prepare(workflow, params, outputs)
             flag = threading.Event()
-            state = RunState(
-                prompt_id=prompt_id or uuid.uuid4().hex,
-                device=self.device,
-                input_dir=self.input_dir,
-                output_dir=self.output_dir,
-                workflow=nodes,
-                params=resolved,
-                emit=emit,
-                flags=(flag,) if interrupt is None else (flag, interrupt),
-            )
+            flags = (flag,) if interrupt is None else (flag, interrupt)
+            state = self._state(prompt_id or uuid.uuid4().hex, nodes, resolved, emit, flags)
             self._active_flag = flag
             try:
                 node_signatures = plan.static_signatures
@@ -147,12 +142,31 @@ class Engine:
 
     def clear_cache(self) -> None:
         """Forget every cached output and memoised plan (the next run is cold)."""
-        with self._run_lock:
+        with self._run_lock, self._memo_lock:
             self.cache.clear()
             self._plans.clear()
 
     def catalogue(self) -> dict[str, dict[str, Any]]:
         return self.registry.catalogue()
+
+    def _state(
+        self,
+        prompt_id: str,
+        nodes: dict[str, Any],
+        params: dict[str, Any],
+        emit: EventCallback | None,
+        flags: tuple[Any, ...],
+    ) -> RunState:
+        return RunState(
+            prompt_id=prompt_id,
+            device=self.device,
+            input_dir=self.input_dir,
+            output_dir=self.output_dir,
+            workflow=nodes,
+            params=params,
+            emit=emit,
+            flags=flags,
+        )
 
     def _prepare(
         self, workflow: WorkflowSource, params: Mapping[str, Any] | None, outputs: list[str] | None
@@ -160,19 +174,22 @@ class Engine:
         loaded = load_workflow(workflow)
         nodes, resolved, issues = apply_params(loaded, params, self.registry)
         key = _content_key(nodes, outputs, self.registry.version)
-        plan = self._plans.get(key) if key is not None and not issues else None
-        if plan is not None:
-            self._plans.move_to_end(key)
-            return nodes, resolved, plan
+        if key is not None and not issues:
+            with self._memo_lock:
+                plan = self._plans.get(key)
+                if plan is not None:
+                    self._plans.move_to_end(key)
+                    return nodes, resolved, plan
         compiled, node_issues = validate_nodes(nodes, self.registry)
         plan, plan_issues = build_plan(compiled, outputs)
         issues = node_issues + plan_issues + issues
         if issues or plan is None:
             raise WorkflowError(issues)
         if key is not None:
-            self._plans[key] = plan
-            if len(self._plans) > self._plan_memo_size:
-                self._plans.popitem(last=False)
+            with self._memo_lock:
+                self._plans[key] = plan
+                if len(self._plans) > self._plan_memo_size:
+                    self._plans.popitem(last=False)
         return nodes, resolved, plan
 
     def _fingerprints(self, plan: Plan, state: RunState) -> dict[str, str]:

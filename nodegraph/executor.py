@@ -153,7 +153,7 @@ def execute(plan: Plan, signatures: dict[str, str], cache: OutputCache, state: R
     files: list[Path] = []
     for node_id in plan.outputs:
         entry = entries[node_id]
-        outputs[node_id] = entry.ui if entry.ui is not None else {}
+        outputs[node_id] = dict(entry.ui) if entry.ui is not None else {}  # a copy: callers may edit it
         if entry.files:
             files.extend(entry.files)
     if emit is not None:

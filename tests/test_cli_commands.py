@@ -235,3 +235,19 @@ def test_serve_hands_its_options_to_the_server(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "nodegraph.server", server)
     assert cli.main(["serve", "--port", "9000", "--device", "cpu"]) == 0
     assert seen == [["--host", "127.0.0.1", "--port", "9000", "--device", "cpu"]]
+
+
+def test_progress_bars_follow_the_events() -> None:
+    import io
+
+    from nodegraph.cli_progress import ProgressBars
+
+    stream = io.StringIO()
+    bars = ProgressBars(stream, "run 1/2 ")
+    bars("execution_start", {"prompt_id": "p"})
+    bars("executing", {"node": "1", "prompt_id": "p"})
+    for step in (1, 2, 3):
+        bars("progress", {"value": step, "max": 3, "node": "1", "prompt_id": "p"})
+    bars("executing", {"node": None, "prompt_id": "p"})
+    text = stream.getvalue()
+    assert "run 1/2 nodes" in text and "node 1" in text and "3/3" in text

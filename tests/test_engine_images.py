@@ -137,6 +137,12 @@ def test_missing_input_file_is_invalid_input(engine: Engine) -> None:
     assert (issue.node, issue.input, issue.type) == ("load", "image", "file_not_found")
 
 
+def test_validate_checks_input_files(engine: Engine, picture: Image.Image) -> None:
+    assert engine.validate(save_workflow()) == []
+    (issue,) = engine.validate(save_workflow("nope.png"))
+    assert (issue.node, issue.input, issue.type) == ("load", "image", "file_not_found")
+
+
 def test_unreadable_image_is_an_input_error(engine: Engine) -> None:
     (engine.input_dir / "fake.png").write_bytes(b"not a png at all")
     with pytest.raises(NodeExecutionError) as caught:
