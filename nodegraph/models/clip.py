@@ -36,6 +36,7 @@ class TextEncoding:
     embed: torch.Tensor
     tokens: torch.Tensor
     mask: torch.Tensor
+    prompts: tuple[str, ...] = ()
 
 
 class ClipModel:
@@ -87,7 +88,9 @@ class ClipModel:
         return TextEncoding(embed=embed, tokens=seq, mask=mask)
 
     def encode_text(self, texts: list[str]) -> TextEncoding:
-        return self.encode_tokens(self.tokenize(texts))
+        enc = self.encode_tokens(self.tokenize(texts))
+        enc.prompts = tuple(texts)
+        return enc
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Socket images [B, 3, H, W] in [-1, 1] -> the image tower's normalised input."""

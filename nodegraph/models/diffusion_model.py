@@ -72,4 +72,4 @@ def load_diffusion_model(path: Path, expect_kind: str | None = None) -> Diffusio
     check_compatible(net, state, str(path))
     net.load_state_dict(state)
     spec = DiffusionSpec(**meta.get("diffusion", {}))
-    return DiffusionModel(kind, net.eval(), spec.build(), spec, meta)
+    return DiffusionModel(kind, net.eval().requires_grad_(False), spec.build(), spec, meta)

@@ -25,7 +25,7 @@ from nodegraph.world.render import render, to_model_range
 from nodegraph.world.scene import random_scenes
 
 DEFAULTS = dict(
-    steps=4000, batch_size=256, lr=3e-4, warmup=200, eval_every=500, ckpt_every=200, ema_decay=0.999,
+    steps=3000, batch_size=128, lr=3e-4, warmup=200, eval_every=500, ckpt_every=200, ema_decay=0.999,
     weight_decay=0.01, extra=dict(pool=60_000, p_drop_text=0.1, width=256, layers=4, eval_n=256),
 )
 EVAL_SEED = 30_000

@@ -1,0 +1,148 @@
+"""What the denoisers are conditioned and guided on: the values that travel on CONDITIONING-like sockets.
+
+- `Condition`: text (a CLIP `TextEncoding`), a unit-norm CLIP image embedding, both, or neither (the null
+  condition of classifier-free guidance).
+- `Guidance`: weighted conditions for (composable) classifier-free guidance, ε = ε_∅ + Σ s_i (ε_i − ε_∅),
+  plus optional classifier and CLIP guidance terms.
+
+Each model family turns a Condition into the keyword tensors its network takes (`unet_condition`,
+`prior_condition`); batching all conditions into one forward is `nodegraph.diffusion.guidance`'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from nodegraph.models.clip import TextEncoding
+from nodegraph.models.unet import UNetConfig
+
+
+class ConditionError(ValueError):
+    """A condition a model cannot take (e.g. text for a model with no text input)."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    text: TextEncoding | None = None
+    image_embed: Tensor | None = None  # [B or 1, D], unit norm
+
+    @property
+    def is_null(self) -> bool:
+        return self.text is None and self.image_embed is None
+
+    def describe(self) -> str:
+        parts = []
+        if self.text is not None:
+            parts.append("text " + " | ".join(repr(p) for p in self.text.prompts[:2]))
+        if self.image_embed is not None:
+            parts.append(f"image embedding x{self.image_embed.shape[0]}")
+        return " + ".join(parts) or "null"
+
+
+@dataclass(frozen=True)
+class ClassifierTerm:
+    """Classifier guidance toward named attributes, e.g. {"kind": "circle", "color": "red"}."""
+
+    model: torch.nn.Module  # nodegraph.models.classifier.NoisyClassifier
+    labels: dict[str, str]
+    scale: float
+
+
+@dataclass(frozen=True)
+class ClipTerm:
+    """CLIP guidance toward a text embedding.
+
+    mode "x0": the bundled CLIP's image tower on x̂0-blends with cutouts (Crowson); mode "noised": a
+    noise-aware image tower on (x_t, t) (GLIDE).
+    """
+
+    mode: str
+    encoder: object  # ClipModel for "x0", NoisedImageTower for "noised"
+    target: Tensor  # [B or 1, D] text embedding
+    scale: float
+    cutn: int = 8
+    tv_scale: float = 0.0
+    range_scale: float = 0.0
+    grad_clamp: float | None = None
+
+
+@dataclass(frozen=True)
+class Guidance:
+    conditions: tuple[tuple[Condition, float], ...] = ()
+    classifier: ClassifierTerm | None = None
+    clip: ClipTerm | None = None
+    extra: dict = field(default_factory=dict)
+
+    @staticmethod
+    def cfg(condition: Condition, scale: float) -> Guidance:
+        """Plain classifier-free guidance with one condition."""
+        return Guidance(conditions=((condition, scale),))
+
+
+def _batched(t: Tensor, batch: int, what: str) -> Tensor:
+    if t.shape[0] not in (1, batch):
+        raise ConditionError(f"{what} has batch {t.shape[0]} but the noise has batch {batch}; use 1 or {batch}")
+    return t.expand(batch, *t.shape[1:])
+
+
+def unet_condition(cfg: UNetConfig, cond: Condition, batch: int, context_length: int, device: torch.device,
+                   dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """The keyword tensors `UNet.forward` takes for this condition, every key present (null = switched off),
+    so conditions batch together. `context_length` pads text so all conditions have one token length."""
+    out: dict[str, Tensor] = {}
+    if cfg.clip_dim:
+        if cond.image_embed is not None:
+            if cond.image_embed.shape[-1] != cfg.clip_dim:
+                raise ConditionError(
+                    f"image embedding has width {cond.image_embed.shape[-1]}, the decoder expects {cfg.clip_dim}: "
+                    "use the CLIP the decoder was trained with"
+                )
+            out["image_embed"] = _batched(cond.image_embed.to(device, dtype), batch, "the image embedding")
+            out["image_on"] = torch.ones(batch, device=device, dtype=dtype)
+        else:
+            out["image_embed"] = torch.zeros(batch, cfg.clip_dim, device=device, dtype=dtype)
+            out["image_on"] = torch.zeros(batch, device=device, dtype=dtype)
+    elif cond.image_embed is not None:
+        raise ConditionError("this model takes no image embedding; connect text only, or use a decoder")
+    if cfg.text_dim:
+        if cond.text is not None:
+            enc = cond.text
+            if enc.tokens.shape[-1] != cfg.text_dim:
+                raise ConditionError(
+                    f"text tokens have width {enc.tokens.shape[-1]}, the decoder expects {cfg.text_dim}: "
+                    "use the CLIP the decoder was trained with"
+                )
+            out["text_tokens"] = _batched(enc.tokens.to(device, dtype), batch, "the text")
+            out["text_mask"] = _batched(enc.mask.to(device), batch, "the text")
+            out["text_embed"] = _batched(enc.embed.to(device, dtype), batch, "the text")
+        else:
+            out["text_tokens"] = torch.zeros(batch, context_length, cfg.text_dim, device=device, dtype=dtype)
+            out["text_mask"] = torch.zeros(batch, context_length, dtype=torch.bool, device=device)
+            out["text_embed"] = torch.zeros(batch, cfg.text_embed_dim or cfg.text_dim, device=device, dtype=dtype)
+    elif cond.text is not None:
+        raise ConditionError("this model takes no text; leave the text input unconnected")
+    return out
+
+
+def prior_condition(cond: Condition, batch: int, context_length: int, text_width: int, clip_dim: int,
+                    device: torch.device) -> dict[str, Tensor]:
+    """The keyword tensors `PriorTransformer.forward` takes; the null condition switches text off."""
+    if cond.image_embed is not None:
+        raise ConditionError("the prior is conditioned on text only; connect a TEXT_EMBED")
+    if cond.text is None:
+        return {
+            "text_tokens": torch.zeros(batch, context_length, text_width, device=device),
+            "text_mask": torch.zeros(batch, context_length, dtype=torch.bool, device=device),
+            "text_embed": torch.zeros(batch, clip_dim, device=device),
+            "text_on": torch.zeros(batch, dtype=torch.bool, device=device),
+        }
+    enc = cond.text
+    return {
+        "text_tokens": _batched(enc.tokens.to(device), batch, "the text"),
+        "text_mask": _batched(enc.mask.to(device), batch, "the text"),
+        "text_embed": _batched(enc.embed.to(device), batch, "the text"),
+        "text_on": torch.ones(batch, dtype=torch.bool, device=device),
+    }

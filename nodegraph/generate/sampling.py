@@ -1,0 +1,287 @@
+"""Running the bundled denoisers: guidance assembly and the sampling entry points nodes and benches call.
+
+Everything here is plain library code over `nodegraph.diffusion` and `nodegraph.models`: a graph node
+adapts its inputs to these functions and nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nodegraph.diffusion import guidance as G
+from nodegraph.diffusion.inpainting import inpaint_conditioned, inpaint_repaint
+from nodegraph.diffusion.inversion import ddim_invert
+from nodegraph.diffusion.samplers import CondFn, ModelFn, sample
+from nodegraph.diffusion.schedules import timestep_sequence
+from nodegraph.generate.conditions import (
+    Condition,
+    ConditionError,
+    Guidance,
+    prior_condition,
+    unet_condition,
+)
+from nodegraph.models.diffusion_model import DiffusionModel
+
+Callback = Callable[[int, int, Tensor, Tensor], "bool | None"]
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    sampler: str = "ddim"  # "ddpm", "ddim" or "dpmpp_2m"
+    steps: int = 50
+    respacing: str = ""  # ADM section string ("10,10,3,2,2", "ddim25"); overrides steps when given
+    eta: float = 0.0
+    clip_denoised: bool = True
+    dynamic_threshold: float | None = None  # percentile, e.g. 0.995; None = off
+
+    def timesteps(self, num_timesteps: int) -> list[int]:
+        return timestep_sequence(num_timesteps, self.steps, self.respacing or None)
+
+
+def _net_fn(model: DiffusionModel) -> G.CondModel:
+    net = model.net
+    return lambda x, t, cond: net(x, t, **cond)
+
+
+def _context_length(guidance: Guidance) -> int:
+    lengths = {c.text.tokens.shape[1] for c, _ in guidance.conditions if c.text is not None}
+    if len(lengths) > 1:
+        raise ConditionError("all texts of one guidance must come from the same CLIP (token lengths differ)")
+    return lengths.pop() if lengths else 1
+
+
+def condition_tensors(model: DiffusionModel, cond: Condition, batch: int, context_length: int) -> dict[str, Tensor]:
+    if model.kind == "prior":
+        c = model.net.cfg
+        return prior_condition(cond, batch, c.context_length, c.text_width, c.clip_dim, model.device)
+    return unet_condition(model.net.cfg, cond, batch, context_length, model.device)
+
+
+def guided_model_fn(model: DiffusionModel, guidance: Guidance, batch: int,
+                    fixed: dict[str, Tensor] | None = None) -> ModelFn:
+    """model_fn(x_t, t) applying classifier-free guidance over the guidance's weighted conditions.
+
+    `fixed` holds inputs that are the same under every condition (the upsampler's low-res image, the
+    inpainting channels). One condition at scale 1 is just the conditional model: no null forward.
+    """
+    fixed = fixed or {}
+    length = _context_length(guidance)
+    net = _net_fn(model)
+    conds = [{**condition_tensors(model, c, batch, length), **fixed} for c, _ in guidance.conditions]
+    scales = [s for _, s in guidance.conditions]
+    if not conds:
+        return G.bind_cond(net, {**condition_tensors(model, Condition(), batch, length), **fixed})
+    if len(conds) == 1 and scales[0] == 1.0:
+        return G.bind_cond(net, conds[0])
+    null = {**condition_tensors(model, Condition(), batch, length), **fixed}
+    return G.classifier_free_guidance(net, conds, scales, null)
+
+
+def guidance_cond_fn(model: DiffusionModel, guidance: Guidance, model_fn: ModelFn,
+                     generator: torch.Generator | None) -> CondFn | None:
+    """The classifier / CLIP gradient terms of a guidance as one cond_fn (None when it has neither)."""
+    fns: list[CondFn] = []
+    if guidance.classifier is not None:
+        from nodegraph.models.classifier import labels_for
+
+        term = guidance.classifier
+        clf = term.model
+
+        def log_prob(x: Tensor, t: Tensor) -> Tensor:
+            return clf.log_prob(x, t, labels_for(term.labels, x.shape[0], x.device))
+
+        fns.append(G.classifier_guidance(log_prob, term.scale))
+    if guidance.clip is not None:
+        term = guidance.clip
+        target = F.normalize(term.target.to(model.device), dim=-1)
+        if term.mode == "noised":
+            tower = term.encoder
+            fns.append(G.noised_clip_guidance(lambda x, t: F.normalize(tower(x, t), dim=-1), target, term.scale))
+        elif term.mode == "x0":
+            clip = term.encoder
+            fns.append(G.clip_x0_guidance(
+                model.diffusion, model_fn, clip.encode_image, target, scale=term.scale, cutn=term.cutn,
+                cut_size=clip.image_size, tv_scale=term.tv_scale, range_scale=term.range_scale,
+                grad_clamp=term.grad_clamp, generator=generator,
+            ))
+        else:
+            raise ConditionError(f"unknown CLIP guidance mode {term.mode!r}; use 'x0' or 'noised'")
+    if not fns:
+        return None
+    if len(fns) == 1:
+        return fns[0]
+    return lambda x, t: sum(f(x, t) for f in fns)
+
+
+@torch.no_grad()
+def run_denoiser(
+    model: DiffusionModel,
+    x_T: Tensor,
+    guidance: Guidance,
+    settings: SamplerSettings,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    fixed: dict[str, Tensor] | None = None,
+    timesteps: list[int] | None = None,
+) -> Tensor:
+    """Sample from x_T with the guidance's conditions and gradient terms."""
+    model_fn = guided_model_fn(model, guidance, x_T.shape[0], fixed)
+    cond_fn = guidance_cond_fn(model, guidance, model_fn, generator if x_T.device.type == "cpu" else None)
+    return sample(
+        model.diffusion, model_fn, x_T, sampler=settings.sampler,
+        timesteps=timesteps or settings.timesteps(model.diffusion.num_timesteps), eta=settings.eta,
+        generator=generator, callback=callback, cond_fn=cond_fn, clip_denoised=settings.clip_denoised,
+        dynamic_threshold_percentile=settings.dynamic_threshold,
+    )
+
+
+@torch.no_grad()
+def sample_prior(
+    prior: DiffusionModel,
+    text: Condition,
+    scale: float,
+    settings: SamplerSettings,
+    batch: int,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    best_of: int = 1,
+    guidance: Guidance | None = None,
+) -> Tensor:
+    """Unit-norm CLIP image embeddings [batch, D] for a text (DALL·E 2 prior).
+
+    With `best_of` = k, k candidates are drawn per sample and the one whose embedding is closest to the
+    text embedding is kept (DALL·E 2 draws two).
+    """
+    if text.text is None:
+        raise ConditionError("the prior needs text: connect a TEXT_EMBED")
+    d = prior.net.cfg.clip_dim
+    n = batch * best_of
+    guidance = guidance or Guidance.cfg(text, scale)
+    repeated = Guidance(
+        conditions=tuple((_repeat(c, best_of), s) for c, s in guidance.conditions),
+        classifier=guidance.classifier, clip=guidance.clip,
+    )
+    x = torch.randn(n, d, generator=generator, device=prior.device)
+    z = run_denoiser(prior, x, repeated, settings, generator=generator, callback=callback)
+    emb = prior.net.denormalize(z)  # [best_of * batch, D], candidate-major
+    if best_of == 1:
+        return emb
+    target = F.normalize(_batched_embed(text, batch), dim=-1)
+    cands = emb.view(best_of, batch, d)
+    best = (cands * target[None]).sum(-1).argmax(dim=0)
+    return cands[best, torch.arange(batch, device=emb.device)]
+
+
+def _batched_embed(cond: Condition, batch: int) -> Tensor:
+    e = cond.text.embed
+    return e.expand(batch, -1) if e.shape[0] == 1 else e
+
+
+def _repeat(cond: Condition, k: int) -> Condition:
+    if k == 1 or cond.text is None or cond.text.embed.shape[0] == 1:
+        return cond  # batch-1 text broadcasts to every candidate
+    t = cond.text
+    rep = type(t)(embed=t.embed.repeat(k, 1), tokens=t.tokens.repeat(k, 1, 1), mask=t.mask.repeat(k, 1),
+                  prompts=t.prompts)
+    return Condition(text=rep, image_embed=cond.image_embed)
+
+
+@torch.no_grad()
+def upsample(
+    model: DiffusionModel,
+    low: Tensor,
+    settings: SamplerSettings,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    aug_level: int | None = None,
+    guidance: Guidance | None = None,
+) -> Tensor:
+    """Diffusion upsampling of [B, 3, h, w] images in [-1, 1] to the model's resolution.
+
+    The low-res image is noised to `aug_level` (default: the level in the checkpoint's metadata) as in
+    training, so the upsampler treats artefacts of the decoder's samples like augmentation noise.
+    """
+    cfg = model.net.cfg
+    size = cfg.image_size
+    level = int(aug_level if aug_level is not None else model.meta.get("aug_level", 0))
+    b = low.shape[0]
+    levels = torch.full((b,), level, dtype=torch.long, device=low.device)
+    noisy = model.diffusion.q_sample(low, levels, torch.randn(low.shape, generator=generator, device=low.device))
+    cond_img = F.interpolate(noisy, size=(size, size), mode="bilinear", align_corners=False)
+    x = torch.randn(b, 3, size, size, generator=generator, device=low.device)
+    return run_denoiser(model, x, guidance or Guidance(), settings, generator=generator, callback=callback,
+                        fixed={"extra": cond_img, "aug_level": levels}).clamp(-1, 1)
+
+
+@torch.no_grad()
+def inpaint(
+    model: DiffusionModel,
+    image: Tensor,
+    mask: Tensor,
+    guidance: Guidance,
+    settings: SamplerSettings,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    method: str = "model",
+    jump_length: int = 10,
+    n_resample: int = 1,
+) -> Tensor:
+    """Fill the pixels where mask = 0 (mask = 1 marks known pixels, as in nodegraph.diffusion.inpainting).
+
+    method "model": an inpainting checkpoint that sees [image * mask, mask] (GLIDE); the known pixels
+    are pasted into x̂0 every step. method "repaint": any decoder, known pixels re-noised every step
+    (RePaint), optionally with resampling jumps. The known region of the result equals `image` exactly.
+    """
+    b = image.shape[0]
+    mask = mask.to(image)
+    x = torch.randn(image.shape, generator=generator, device=image.device)
+    if method == "model":
+        if model.kind != "inpaint":
+            raise ConditionError(f"method 'model' needs an inpainting checkpoint, got a {model.kind}; "
+                                 "load inpaint.safetensors or use method 'repaint'")
+        fixed = {"extra": torch.cat([image * mask, mask.expand(b, 1, *image.shape[2:])], dim=1)}
+        model_fn = guided_model_fn(model, guidance, b, fixed)
+        cond_fn = guidance_cond_fn(model, guidance, model_fn, generator)
+        return inpaint_conditioned(
+            model.diffusion, model_fn, image, mask, x, sampler=settings.sampler,
+            timesteps=settings.timesteps(model.diffusion.num_timesteps), eta=settings.eta, generator=generator,
+            callback=callback, cond_fn=cond_fn, clip_denoised=settings.clip_denoised,
+        )
+    if method == "repaint":
+        if model.kind == "inpaint":
+            raise ConditionError("method 'repaint' runs a plain decoder; load decoder.safetensors")
+        model_fn = guided_model_fn(model, guidance, b)
+        return inpaint_repaint(
+            model.diffusion, model_fn, image, mask, x, settings.timesteps(model.diffusion.num_timesteps),
+            jump_length=jump_length, n_resample=n_resample, generator=generator, callback=callback,
+            clip_denoised=settings.clip_denoised,
+        )
+    raise ConditionError(f"unknown inpainting method {method!r}; use 'model' or 'repaint'")
+
+
+@torch.no_grad()
+def invert(
+    model: DiffusionModel,
+    image: Tensor,
+    cond: Condition,
+    settings: SamplerSettings,
+    *,
+    callback: Callback | None = None,
+) -> tuple[Tensor, list[int]]:
+    """DDIM-invert images to x_T under a condition (no guidance: CFG breaks exact inversion).
+
+    Returns x_T and the timestep sequence; sampling with DDIM (eta 0) along the same sequence and the
+    same condition reconstructs the image.
+    """
+    ts = settings.timesteps(model.diffusion.num_timesteps)
+    model_fn = guided_model_fn(model, Guidance.cfg(cond, 1.0), image.shape[0])
+    return ddim_invert(model.diffusion, model_fn, image, ts, callback=callback), ts
