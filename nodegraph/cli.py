@@ -110,6 +110,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     failures = [code for code in codes if code != EXIT_OK]
     if not failures:
         return EXIT_OK
+    if EXIT_INTERRUPTED in failures:
+        return EXIT_INTERRUPTED
+    # A node crash outranks bad input in another line: it is the one that needs a developer.
     return EXIT_INVALID if all(code == EXIT_INVALID for code in failures) else EXIT_NODE_FAILED
 
 

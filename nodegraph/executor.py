@@ -54,30 +54,7 @@ def execute(plan: Plan, signatures: dict[str, str], cache: OutputCache, state: R
     nodes = plan.nodes
     if emit is not None:
         emit(events.EXECUTION_START, {"prompt_id": prompt_id, "timestamp": events.timestamp()})
-
-    # Walk back from the outputs, stopping at cached nodes: what is left must run.
-    outputs = set(plan.outputs)
-    entries: dict[str, CacheEntry] = {}  # cached nodes the run reads (marked recently used)
-    to_run: set[str] = set()
-    stack = list(plan.outputs)
-    while stack:
-        node_id = stack.pop()
-        if node_id in to_run or node_id in entries:
-            continue
-        entry = cache.get(signatures[node_id])
-        if entry is not None and entry.files and node_id in outputs and not all(p.exists() for p in entry.files):
-            # Someone deleted what this output wrote: produce it again rather than report ghosts.
-            cache.discard(signatures[node_id])
-            entry = None
-        if entry is not None:
-            entries[node_id] = entry
-            continue
-        to_run.add(node_id)
-        stack.extend([source for source, _, _ in nodes[node_id].links.values()])
-    # Everything the workflow still has cached counts as in use, so a model loaded upstream of a
-    # cached output stays resident while the workflow keeps being re-run.
-    touch = cache.touch
-    cached = [node_id for node_id in plan.order if node_id not in to_run and touch(signatures[node_id])]
+    entries, to_run, cached = _find_work(plan, signatures, cache)
 
     # How many pending consumers each value has, so it can be released after the last one.
     consumers: dict[str, int] = {}
@@ -168,6 +145,36 @@ def execute(plan: Plan, signatures: dict[str, str], cache: OutputCache, state: R
         params=dict(state.params),
         seconds=time.perf_counter() - started,
     )
+
+
+def _find_work(
+    plan: Plan, signatures: dict[str, str], cache: OutputCache
+) -> tuple[dict[str, CacheEntry], set[str], list[str]]:
+    """(cached entries the run reads, nodes that must run, planned nodes found in the cache)."""
+    nodes = plan.nodes
+    outputs = set(plan.outputs)
+    entries: dict[str, CacheEntry] = {}
+    to_run: set[str] = set()
+    stack = list(plan.outputs)
+    while stack:  # walk back from the outputs, stopping at cached nodes
+        node_id = stack.pop()
+        if node_id in to_run or node_id in entries:
+            continue
+        entry = cache.get(signatures[node_id])
+        if entry is not None and entry.files and node_id in outputs and not all(p.exists() for p in entry.files):
+            # Someone deleted what this output wrote: produce it again rather than report ghosts.
+            cache.discard(signatures[node_id])
+            entry = None
+        if entry is not None:
+            entries[node_id] = entry
+            continue
+        to_run.add(node_id)
+        stack.extend([source for source, _, _ in nodes[node_id].links.values()])
+    # Everything the workflow still has cached counts as in use, so a model loaded upstream of a
+    # cached output stays resident while the workflow keeps being re-run.
+    touch = cache.touch
+    cached = [node_id for node_id in plan.order if node_id not in to_run and touch(signatures[node_id])]
+    return entries, to_run, cached
 
 
 def _run_node(

@@ -103,16 +103,21 @@ def _cycle_issues(graph: nx.DiGraph) -> list[ValidationIssue]:
             continue
         members = sorted(component)
         path = [edge[0] for edge in nx.find_cycle(graph.subgraph(component))]
-        loop = " -> ".join(repr(node_id) for node_id in [*path, path[0]])
         issues.append(
             ValidationIssue(
                 node=members[0],
                 type="cycle",
-                message=f"nodes {', '.join(repr(m) for m in members)} form a cycle ({loop}); "
+                message=f"nodes {_some(members, ', ')} form a cycle ({_some([*path, path[0]], ' -> ')}); "
                 "a workflow must be acyclic",
             )
         )
     return issues
+
+
+def _some(node_ids: list[str], separator: str, limit: int = 12) -> str:
+    """Node ids for a message; a cycle through thousands of nodes should not become a megabyte."""
+    shown = separator.join(repr(node_id) for node_id in node_ids[:limit])
+    return shown if len(node_ids) <= limit else f"{shown}{separator}... ({len(node_ids) - limit} more)"
 
 
 def signatures(plan: Plan, fingerprints: Mapping[str, str]) -> dict[str, str]:

@@ -103,6 +103,8 @@ def _compile(
     checks = spec.constant_checks
     for name, input_spec in spec.inputs.items():
         value = inputs.get(name, _MISSING)
+        if value is None and input_spec.optional:
+            value = _MISSING  # an explicit null leaves an optional input unconnected
         if value is _MISSING:
             if input_spec.has_default:
                 constants[name] = input_spec.default

@@ -318,3 +318,25 @@ def test_budgets_are_per_device_and_entries_on_other_devices_are_untouched() -> 
     assert cache.used == {"cuda:0": 800, "cpu": 60}
     assert cache.budget("cuda:3") == 1000
     assert not cache.put("huge", CacheEntry((), None, None, {"cpu": 101}))
+
+
+def test_long_chains_need_no_recursion(engine: Engine, calls: list[str]) -> None:
+    import sys
+
+    length = 3000
+    workflow: dict[str, Any] = {"0": {"class_type": "Float", "inputs": {"value": 0.0}}}
+    for index in range(1, length + 1):
+        workflow[str(index)] = {"class_type": "Add", "inputs": {"a": [str(index - 1), 0], "b": 1.0}}
+    workflow["out"] = {"class_type": "Preview", "inputs": {"value": [str(length), 0]}}
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(250)  # far below the chain's length: any recursion over nodes would fail
+    try:
+        first = engine.run(workflow)
+        again = engine.run(workflow)
+        workflow["0"] = {"class_type": "Float", "inputs": {"value": 1.0}}
+        changed = engine.run(workflow)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert first.outputs["out"]["value"] == float(length)
+    assert again.executed == [] and changed.outputs["out"]["value"] == float(length + 1)
+    assert len(changed.executed) == length + 2

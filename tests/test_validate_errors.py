@@ -181,6 +181,20 @@ def test_run_raises_workflow_error_with_the_same_issues(eng: Engine) -> None:
     assert caught.value.to_json()["errors"][0]["node"] == "1"
 
 
+def test_null_leaves_an_optional_input_unconnected(eng: Engine) -> None:
+    workflow = {"1": {"class_type": "Ranged", "inputs": {"image": None}}, "2": preview("1")}
+    assert eng.validate(workflow) == []
+    assert [issue.type for issue in eng.validate({**workflow, "1": {"class_type": "Add", "inputs": {"a": None}}})] == [
+        "wrong_type"
+    ]
+
+
+def test_a_cycle_through_many_nodes_gives_a_short_message(eng: Engine) -> None:
+    workflow = {str(i): {"class_type": "Add", "inputs": {"a": [str((i + 1) % 500), 0]}} for i in range(500)}
+    (issue,) = eng.validate({**workflow, "out": preview("0")})
+    assert issue.type == "cycle" and "more)" in issue.message and len(issue.message) < 500
+
+
 def test_requested_outputs_must_be_output_nodes(eng: Engine) -> None:
     workflow = {"1": {"class_type": "Float", "inputs": {}}, "2": preview("1")}
     issue = only(eng.validate(workflow, outputs=["1"]), "unknown_output")
