@@ -30,7 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from nodegraph import __version__
+
     parser = argparse.ArgumentParser(prog="nodegraph", description="A typed node-graph engine for image synthesis.")
+    parser.add_argument("--version", action="version", version=f"nodegraph {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run a workflow", description="Run a workflow JSON file.")
