@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from nodegraph.models.classifier import HEADS, ClassifierConfig, NoisyClassifier
 from nodegraph.models.unet import count_params
-from nodegraph.train.common import REPO_ROOT, RunState, TrainConfig, export_if_best, start_or_resume, train_loop
+from nodegraph.train.common import RunState, TrainConfig, export_if_best, start_or_resume, train_loop
 from nodegraph.train.decoder import SPEC
 from nodegraph.world.dataset import PoolSpec, ScenePool
 from nodegraph.world.render import render, to_model_range
@@ -52,11 +52,12 @@ def mean_accuracy(table: dict[int, dict[str, float]]) -> float:
 
 
 def main(cfg: TrainConfig) -> None:
+    torch.manual_seed(cfg.seed)  # weight initialisation is part of the seeded run
     ex = cfg.extra
     net = NoisyClassifier(ClassifierConfig(model_channels=ex["channels"]))
     print(f"[classifier] {count_params(net) / 1e6:.2f}M parameters")
     pool = ScenePool(PoolSpec(size=ex["pool"], seed=cfg.seed + 2, resolutions=(32,), p_two=0.0),
-                     cache_dir=REPO_ROOT / "runs" / "pools")
+                     cache_dir=cfg.dir().parent / "pools")
     all_labels = scene_labels(pool.scenes)
     diffusion = SPEC.build()
     state = start_or_resume(net, cfg)

@@ -6,7 +6,7 @@ import torch
 from open_clip import ClipLoss
 
 from nodegraph.models.clip import BUNDLED_CLIP, ClipModel, build_clip
-from nodegraph.train.common import REPO_ROOT, TrainConfig, export_if_best, start_or_resume, train_loop
+from nodegraph.train.common import TrainConfig, export_if_best, start_or_resume, train_loop
 from nodegraph.world.captions import caption
 from nodegraph.world.dataset import PoolSpec, ScenePool
 from nodegraph.world.render import render, to_model_range
@@ -29,9 +29,10 @@ def retrieval_top1(clip: ClipModel, n: int = 256, seed: int = EVAL_SEED) -> floa
 
 
 def main(cfg: TrainConfig) -> None:
+    torch.manual_seed(cfg.seed)  # weight initialisation is part of the seeded run
     clip = build_clip(BUNDLED_CLIP)
     pool = ScenePool(PoolSpec(size=cfg.extra.get("pool", 60_000), seed=cfg.seed, resolutions=(32,)),
-                     cache_dir=REPO_ROOT / "runs" / "pools")
+                     cache_dir=cfg.dir().parent / "pools")
     state = start_or_resume(clip.model, cfg)
     loss_fn = ClipLoss()
 

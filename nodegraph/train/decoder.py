@@ -85,13 +85,14 @@ def sample_score(net: UNet, clip: ClipModel, n: int, steps: int, mode: str = "bo
 
 
 def main(cfg: TrainConfig) -> None:
+    torch.manual_seed(cfg.seed)  # weight initialisation is part of the seeded run
     clip = load_clip(cfg.extra.get("clip", REPO_ROOT / "models" / "clip.safetensors"))
     clip.model.requires_grad_(False)
     ex = cfg.extra
     net = UNet(decoder_config(ex["channels"], clip))
     print(f"[decoder] {count_params(net) / 1e6:.2f}M parameters")
     pool = ScenePool(PoolSpec(size=ex["pool"], seed=cfg.seed, resolutions=(32,)),
-                     cache_dir=REPO_ROOT / "runs" / "pools")
+                     cache_dir=cfg.dir().parent / "pools")
     diffusion = SPEC.build()
     state = start_or_resume(net, cfg)
 

@@ -89,6 +89,7 @@ def inpaint_score(net: UNet, clip, n: int, steps: int) -> float:
 
 
 def main(cfg: TrainConfig) -> None:
+    torch.manual_seed(cfg.seed)  # weight initialisation is part of the seeded run
     ex = cfg.extra
     clip = load_clip(ex.get("clip", REPO_ROOT / "models" / "clip.safetensors"))
     clip.model.requires_grad_(False)
@@ -100,7 +101,7 @@ def main(cfg: TrainConfig) -> None:
     net.load_state_dict(init)
     print(f"[inpaint] {count_params(net) / 1e6:.2f}M parameters, initialised from {decoder_path}")
     pool = ScenePool(PoolSpec(size=ex["pool"], seed=cfg.seed, resolutions=(32,)),
-                     cache_dir=REPO_ROOT / "runs" / "pools")
+                     cache_dir=cfg.dir().parent / "pools")
     diffusion = SPEC.build()
     state = start_or_resume(net, cfg)
 

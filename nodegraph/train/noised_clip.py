@@ -47,13 +47,14 @@ def retrieval_by_t(tower: NoisedImageTower, clip: ClipModel, n: int = 256) -> di
 
 
 def main(cfg: TrainConfig) -> None:
+    torch.manual_seed(cfg.seed)  # weight initialisation is part of the seeded run
     clip = load_clip(cfg.extra.get("clip", REPO_ROOT / "models" / "clip.safetensors"))
     clip.model.requires_grad_(False)
     ncfg = NoisedClipConfig(image_size=clip.image_size, embed_dim=clip.embed_dim)
     tower = NoisedImageTower(ncfg)
     print(f"[noised_clip] {count_params(tower) / 1e6:.2f}M parameters")
     pool = ScenePool(PoolSpec(size=cfg.extra["pool"], seed=cfg.seed, resolutions=(32,)),
-                     cache_dir=REPO_ROOT / "runs" / "pools")
+                     cache_dir=cfg.dir().parent / "pools")
     diffusion = SPEC.build()
     state = start_or_resume(tower, cfg)
 

@@ -67,6 +67,7 @@ def prior_retrieval(prior: PriorTransformer, clip: ClipModel, n: int, steps: int
 
 
 def main(cfg: TrainConfig) -> None:
+    torch.manual_seed(cfg.seed)  # weight initialisation is part of the seeded run
     clip = load_clip(cfg.extra.get("clip", REPO_ROOT / "models" / "clip.safetensors"))
     clip.model.requires_grad_(False)
     ex = cfg.extra
@@ -75,7 +76,7 @@ def main(cfg: TrainConfig) -> None:
     prior = PriorTransformer(pcfg)
     print(f"[prior] {count_params(prior) / 1e6:.2f}M parameters")
     pool = ScenePool(PoolSpec(size=ex["pool"], seed=cfg.seed, resolutions=(32,)),
-                     cache_dir=REPO_ROOT / "runs" / "pools")
+                     cache_dir=cfg.dir().parent / "pools")
     embeds = pool_image_embeddings(clip, pool, cfg.dir() / f"embeds-{pool.spec.key()}.pt")
     prior.embed_mean.copy_(embeds.mean(0))
     prior.embed_std.copy_(embeds.std(0).clamp_min(1e-4))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from nodegraph.models.diffusion_model import DiffusionSpec
 from nodegraph.models.unet import UNet, UNetConfig, count_params
-from nodegraph.train.common import REPO_ROOT, RunState, TrainConfig, export_if_best, start_or_resume, train_loop
+from nodegraph.train.common import RunState, TrainConfig, export_if_best, start_or_resume, train_loop
 from nodegraph.world.dataset import PoolSpec, ScenePool
 from nodegraph.world.render import render, to_model_range
 from nodegraph.world.scene import random_scenes
@@ -57,11 +57,12 @@ def upsample_psnr(net: UNet, n: int, steps: int, aug: int) -> float:
 
 
 def main(cfg: TrainConfig) -> None:
+    torch.manual_seed(cfg.seed)  # weight initialisation is part of the seeded run
     ex = cfg.extra
     net = UNet(upsampler_config(ex["channels"]))
     print(f"[upsampler] {count_params(net) / 1e6:.2f}M parameters")
     pool = ScenePool(PoolSpec(size=ex["pool"], seed=cfg.seed + 1, resolutions=(32, 64)),
-                     cache_dir=REPO_ROOT / "runs" / "pools")
+                     cache_dir=cfg.dir().parent / "pools")
     diffusion = SPEC.build()
     state = start_or_resume(net, cfg)
 
