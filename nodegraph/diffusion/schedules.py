@@ -93,7 +93,10 @@ def ddim_timesteps(num_timesteps: int, steps: int, spacing: Spacing = "trailing"
     elif spacing == "trailing":
         ts = [round(num_timesteps - k * num_timesteps / steps) - 1 for k in range(steps)]
     elif spacing == "linspace":
-        ts = [round(v) for v in torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64).tolist()]
+        # k·step with step = (T-1)/(n-1), as numpy's linspace (and so diffusers) computes it: the rounding of
+        # exact halves depends on it (T = 1000, n = 27 gives 499.49999… there, not 499.5)
+        stride = (num_timesteps - 1) / (steps - 1) if steps > 1 else 0.0
+        ts = [round(k * stride) for k in range(steps)]
     else:
         raise ValueError(f"unknown spacing {spacing!r}; expected 'leading', 'trailing' or 'linspace'")
     return sorted(set(ts), reverse=True)
