@@ -13,6 +13,7 @@ from nodegraph.diffusion import (
     classifier_free_guidance,
     inpaint_conditioned,
     inpaint_repaint,
+    inpainting_channels,
     make_betas,
     paste_known,
     repaint_schedule,
@@ -39,6 +40,15 @@ def test_repaint_schedule():
     down = sum(1 for p, q in zip(path, path[1:], strict=False) if q == p + 1)
     assert path[0] == 0 and path[-1] == 50 and down == 50 + 3 * 10 * 4  # blocks ending at 49, 39, 29, 19
     assert all(q in (p + 1, p - 10) for p, q in zip(path, path[1:], strict=False))
+
+
+def test_inpainting_channels_for_images():
+    image = torch.rand(2, 3, 4, 4) * 2 - 1
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2] = 1
+    extra = inpainting_channels(image, mask)
+    assert extra.shape == (2, 4, 4, 4)
+    assert torch.equal(extra[:, :3], image * mask) and torch.equal(extra[:, 3:], mask.expand(2, 1, 4, 4))
 
 
 def test_paste_known_uses_the_mask_convention():

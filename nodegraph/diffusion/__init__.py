@@ -28,6 +28,7 @@ from .guidance import (
 from .inpainting import (
     inpaint_conditioned,
     inpaint_repaint,
+    inpainting_channels,
     paste_known,
     repaint_schedule,
     with_inpainting_channels,
@@ -63,6 +64,7 @@ __all__ = [
     "img2img",
     "inpaint_conditioned",
     "inpaint_repaint",
+    "inpainting_channels",
     "make_betas",
     "mean_flat",
     "noised_clip_guidance",

@@ -23,17 +23,27 @@ def paste_known(image: Tensor, mask: Tensor, x: Tensor) -> Tensor:
     return mask * image + (1 - mask) * x
 
 
+def inpainting_channels(image: Tensor, mask: Tensor) -> Tensor:
+    """[image·mask, mask] along channels: the extra input of a GLIDE-style inpainting model.
+
+    The mask is broadcast to the image's batch and size and keeps its own channel count (one for an image
+    mask, as in GLIDE). The project's UNet takes this as ``extra=``, so for it put
+    ``{"extra": inpainting_channels(image, mask)}`` into every condition dict, the null one included.
+    """
+    mask = mask.expand(image.shape[0], mask.shape[1], *image.shape[2:])
+    return torch.cat([image * mask, mask], dim=1)
+
+
 def with_inpainting_channels(model: CondModel) -> CondModel:
-    """Adapt a GLIDE-style inpainting network, whose input is the channel concatenation
-    [x_t, image·mask, mask], to the conditional-model interface: the image and mask travel in the condition
-    dict as ``inpaint_image`` and ``inpaint_mask`` (so classifier-free guidance batches them like any other
-    condition; give them in the null condition too) and are removed before the network sees the dict."""
+    """Adapt a network whose input is the channel concatenation [x_t, image·mask, mask] to the
+    conditional-model interface: image and mask travel in the condition dict as ``inpaint_image`` and
+    ``inpaint_mask`` (so classifier-free guidance batches them like any other condition; give them in the
+    null condition too) and are removed before the network sees the dict."""
 
     def adapted(x: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
         rest = dict(cond)
-        image, mask = rest.pop("inpaint_image"), rest.pop("inpaint_mask")
-        mask = mask.expand(x.shape[0], 1, *x.shape[2:]) if mask.shape[1] == 1 else mask
-        return model(torch.cat([x, image * mask, mask], dim=1), t, rest)
+        extra = inpainting_channels(rest.pop("inpaint_image"), rest.pop("inpaint_mask"))
+        return model(torch.cat([x, extra], dim=1), t, rest)
 
     return adapted
 

@@ -13,6 +13,10 @@ Each loop is a short function of (diffusion, model_fn, x_T, timesteps) plus keyw
   the score instead, ε̂ ← ε̂ - √(1-ᾱ_t)·∇ (alg. 2), since they have no Σ to scale by;
 - ``clip_denoised`` / ``denoised_fn`` post-process x̂0 every step (see GaussianDiffusion.process_x0).
 
+The loops leave autograd as they find it: call them under ``torch.no_grad()`` for inference (a cond_fn
+enables the gradients it needs itself); with gradients on, a caller can backpropagate through a few
+steps (DiffusionCLIP-style fine-tuning).
+
 Per step the loops do the model call and the update's tensor arithmetic only: coefficients are Python
 floats read from the diffusion's precomputed ᾱ table (no device tensors, no host syncs), and the timestep
 batches for all steps are built once up front.
@@ -44,9 +48,7 @@ class SamplingInterrupted(Exception):
         self.step, self.total, self.x, self.x0 = step, total, x, x0
 
 
-def prepare_timesteps(
-    diffusion: GaussianDiffusion, timesteps: Sequence[int], x: Tensor
-) -> tuple[list[int], Tensor]:
+def prepare_timesteps(diffusion: GaussianDiffusion, timesteps: Sequence[int], x: Tensor) -> tuple[list[int], Tensor]:
     """Validate the sequence and build every step's (batch,) timestep tensor at once: rows of an (n, batch)
     long tensor on x's device, so a step indexes a view instead of allocating."""
     ts = [int(t) for t in timesteps]
