@@ -67,8 +67,10 @@ def img2img(
 ) -> Tensor:
     """SDEdit (Meng et al. 2022) / "skip steps" (GLIDE, Disco): noise the image to the level of step k and
     sample from there, x_{t_k} = √ᾱ_{t_k} x + √(1-ᾱ_{t_k}) z, with k = n - round(strength·n). Low strength
-    keeps the layout and colours, high strength keeps little. Passing ``noise`` = a DDIM-inverted latent's
-    ε makes the start deterministic; ``sample_kwargs`` go to :func:`sample` (eta, callback, cond_fn, …).
+    keeps the layout and colours, high strength keeps little. ``noise`` fixes z (default: drawn from
+    ``generator``); for a deterministic start that reproduces the image instead, run
+    ``ddim_invert(…, timesteps[k:])`` and sample from its result. ``sample_kwargs`` go to :func:`sample`
+    (eta, callback, cond_fn, …).
     """
     ts = [int(t) for t in timesteps]
     k = strength_to_start(len(ts), strength)
@@ -77,6 +79,4 @@ def img2img(
     if noise is None:
         noise = torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)
     x = diffusion.q_sample(image, ts[k], noise)
-    return sample(
-        diffusion, model_fn, x, sampler=sampler, timesteps=ts[k:], generator=generator, **sample_kwargs
-    )
+    return sample(diffusion, model_fn, x, sampler=sampler, timesteps=ts[k:], generator=generator, **sample_kwargs)
