@@ -1,0 +1,293 @@
+"""Running prompts: the run thread, the relay from engine events to wire frames, and history entries.
+
+The Engine runs one workflow at a time and blocks while it does, so runs happen on one daemon
+thread while the event loop keeps serving sockets. Engine events arrive on that thread; the relay
+encodes them there (JSON, preview PNGs), so the loop only copies bytes to sockets, and hands them
+over in batches through an Outbox (one loop wake-up per batch, not per event). The run's last
+`executing` (node null) is held back and sent by the loop after the history entry is stored and
+the queue updated, so a client that sees the run end can at once ask for its history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nodegraph.server.clients import Frame
+from nodegraph.server.history import HistoryStore
+from nodegraph.server.protocol import encode, preview_frame
+from nodegraph.server.queue import QueuedPrompt
+
+from nodegraph import events
+from nodegraph.engine import Engine
+from nodegraph.errors import Interrupted, NodeExecutionError, WorkflowError
+
+logger = logging.getLogger("nodegraph.server")
+
+# Events kept in a history entry's status.messages, as ComfyUI keeps them.
+_STATUS_EVENTS = frozenset(
+    {
+        events.EXECUTION_START,
+        events.EXECUTION_CACHED,
+        events.EXECUTION_SUCCESS,
+        events.EXECUTION_ERROR,
+        events.EXECUTION_INTERRUPTED,
+    }
+)
+_TERMINAL_EVENTS = frozenset({events.EXECUTION_SUCCESS, events.EXECUTION_ERROR, events.EXECUTION_INTERRUPTED})
+
+
+class RunThread:
+    """One daemon thread running submitted calls in order; each call's result comes back as a future.
+
+    A daemon thread (not a ThreadPoolExecutor, whose threads are joined at exit) so that a node that
+    ignores interrupts cannot keep the process alive after shutdown gave up waiting for it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put((loop, future, function, args))
+        return future
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def _main(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            loop, future, function, args = job
+            try:
+                outcome, failed = function(*args), False
+            except BaseException as exc:  # handed to the awaiting coroutine, which decides
+                outcome, failed = exc, True
+            try:
+                loop.call_soon_threadsafe(_resolve, future, outcome, failed)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+
+def _resolve(future: asyncio.Future[Any], outcome: Any, failed: bool) -> None:
+    if future.cancelled():
+        return
+    if failed:
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+class Outbox:
+    """Frames made on the run thread, delivered on the loop in order, one wake-up per batch."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[list[Frame]], None]) -> None:
+        self._loop = loop
+        self._deliver = deliver
+        self._frames: list[Frame] = []
+        self._scheduled = False
+        self._lock = threading.Lock()
+
+    def put(self, frames: list[Frame]) -> None:
+        with self._lock:
+            self._frames.extend(frames)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self.flush)
+        except RuntimeError:  # loop closed during shutdown: the frames have nowhere to go
+            pass
+
+    def flush(self) -> None:
+        """Deliver what is waiting (on the loop thread)."""
+        with self._lock:
+            frames, self._frames = self._frames, []
+            self._scheduled = False
+        if frames:
+            self._deliver(frames)
+
+
+class EventRelay:
+    """The `on_event` of one run: engine events -> frames for the submitting client, plus a record.
+
+    Previews are sent at most every `preview_every` steps per node (0: never), as PNG binary frames
+    right after their progress message.
+    """
+
+    def __init__(self, prompt_id: str, preview_every: int, put: Callable[[list[Frame]], None]) -> None:
+        self.prompt_id = prompt_id
+        self.preview_every = preview_every
+        self._put = put
+        self._last_preview: dict[Any, float] = {}
+        self.messages: list[list[Any]] = []  # status events, for the history entry
+        self.outputs: dict[str, Any] = {}  # executed events' outputs (cached ones too)
+        self.terminal: str | None = None
+        self.final: Frame | None = None
+        self.previews_sent = 0
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == events.PROGRESS:
+            self._put(self._progress(data))
+            return
+        if kind == events.EXECUTING and data.get("node") is None:
+            self.final = (encode(kind, data), True)
+            return
+        if kind == events.EXECUTED:
+            self.outputs[str(data.get("node"))] = data.get("output")
+        elif kind in _STATUS_EVENTS:
+            self.messages.append([kind, data])
+            if kind in _TERMINAL_EVENTS:
+                self.terminal = kind
+        self._put([(encode(kind, data), True)])
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        """Send an event the engine did not emit itself (e.g. an error found before the run started)."""
+        self(kind, data)
+
+    def _progress(self, data: dict[str, Any]) -> list[Frame]:
+        preview = data.get("preview")
+        if preview is None:
+            return [(encode(events.PROGRESS, data), True)]
+        data = {key: value for key, value in data.items() if key != "preview"}
+        frames = [(encode(events.PROGRESS, data), True)]
+        if self.preview_every > 0:
+            node, value = data.get("node"), data.get("value", 0)
+            last = self._last_preview.get(node)
+            if last is None or value - last >= self.preview_every:
+                try:
+                    frames.append((preview_frame(_png(preview)), False))
+                    self._last_preview[node] = value
+                    self.previews_sent += 1
+                except Exception:  # a preview is a nicety: never fail the run over one
+                    logger.exception("could not encode a preview for prompt %s", self.prompt_id)
+        return frames
+
+
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)  # previews are small and short-lived: favour speed
+    return buffer.getvalue()
+
+
+@dataclass
+class RunOutcome:
+    entry: dict[str, Any]
+    final: list[Frame] = field(default_factory=list)
+
+
+class PromptRunner:
+    """Runs one QueuedPrompt on the engine (on the run thread) and stores its history entry."""
+
+    def __init__(self, engine: Engine, history: HistoryStore, preview_every: int) -> None:
+        self.engine = engine
+        self.history = history
+        self.preview_every = preview_every
+
+    def run(self, item: QueuedPrompt, outbox: Outbox) -> RunOutcome:
+        relay = EventRelay(item.prompt_id, self.preview_every, outbox.put)
+        started = time.time()
+        files: list[dict[str, str]] = []
+        executed: list[str] = []
+        cached: list[str] = []
+        status = "error"
+        try:
+            result = self.engine.run(item.prompt, item.params or None, relay, item.prompt_id, item.interrupt)
+            status = "success"
+            files = [self._describe_file(path) for path in result.files]
+            executed, cached = result.executed, result.cached
+        except NodeExecutionError as exc:
+            logger.info("prompt %s: %s", item.prompt_id, exc)
+        except Interrupted:
+            status = "interrupted"
+        except WorkflowError as exc:  # found before the run started (e.g. an input file vanished)
+            first = next((issue for issue in exc.errors if issue.node is not None), None)
+            errors = [issue.model_dump() for issue in exc.errors]
+            self._report_error(relay, item, exc, node_id=first.node if first else None, trace=[], errors=errors)
+        except Exception as exc:  # a bug in the engine: report it, keep serving
+            logger.exception("prompt %s failed inside the engine", item.prompt_id)
+            self._report_error(relay, item, exc, node_id=None, trace=traceback.format_exception(exc))
+        if relay.terminal is None:  # the engine stopped without saying how: say it for it
+            if status == "interrupted":
+                relay.emit(
+                    events.EXECUTION_INTERRUPTED,
+                    {"prompt_id": item.prompt_id, "node_id": None, "node_type": None, "executed": []},
+                )
+            elif status == "error":
+                self._report_error(relay, item, RuntimeError("the run ended without a result"), None, [])
+        finished = time.time()
+        entry = {
+            "prompt_id": item.prompt_id,
+            "number": item.number,
+            "client_id": item.client_id,
+            "prompt": item.prompt,
+            "params": item.params,
+            "outputs": relay.outputs,
+            "status": {"status_str": status, "completed": status == "success", "messages": relay.messages},
+            "files": files,
+            "meta": {
+                "submitted_at": item.submitted_at,
+                "started_at": started,
+                "finished_at": finished,
+                "seconds": round(finished - started, 6),
+                "executed": executed,
+                "cached": cached,
+                "previews_sent": relay.previews_sent,
+            },
+        }
+        self.history.add(entry)
+        final = relay.final
+        if final is None:
+            final = (encode(events.EXECUTING, {"node": None, "display_node": None, "prompt_id": item.prompt_id}), True)
+        return RunOutcome(entry, [final])
+
+    def _report_error(
+        self,
+        relay: EventRelay,
+        item: QueuedPrompt,
+        exc: BaseException,
+        node_id: str | None,
+        trace: list[str],
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        node_type = None
+        nodes = item.prompt.get("nodes") if isinstance(item.prompt.get("nodes"), dict) else item.prompt
+        node = nodes.get(node_id) if node_id is not None else None
+        if isinstance(node, dict) and isinstance(node.get("class_type"), str):
+            node_type = node["class_type"]
+        data: dict[str, Any] = {
+            "prompt_id": item.prompt_id,
+            "node_id": node_id,
+            "node_type": node_type,
+            "executed": [],
+            "exception_message": str(exc),
+            "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "traceback": trace,
+            "timestamp": events.timestamp(),
+        }
+        if errors is not None:
+            data["errors"] = errors  # every validation issue, in the CLI's `validate` format
+        relay.emit(events.EXECUTION_ERROR, data)
+
+    def _describe_file(self, path: Path) -> dict[str, str]:
+        base = self.engine.output_dir.resolve()
+        try:
+            relative = Path(path).resolve().relative_to(base)
+        except ValueError:
+            return {"filename": Path(path).name, "subfolder": "", "type": "external"}
+        subfolder = relative.parent.as_posix()
+        return {"filename": relative.name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}
