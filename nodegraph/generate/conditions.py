@@ -76,6 +76,16 @@ class Guidance:
     clip: ClipTerm | None = None
     extra: dict = field(default_factory=dict)
 
+    def batch(self) -> int:
+        """The largest batch among the conditions' tensors (1 when none has a batch)."""
+        sizes = [1]
+        for cond, _ in self.conditions:
+            if cond.text is not None:
+                sizes.append(cond.text.embed.shape[0])
+            if cond.image_embed is not None:
+                sizes.append(cond.image_embed.shape[0])
+        return max(sizes)
+
     @staticmethod
     def cfg(condition: Condition, scale: float) -> Guidance:
         """Plain classifier-free guidance with one condition."""
@@ -146,3 +156,31 @@ def prior_condition(cond: Condition, batch: int, context_length: int, text_width
         "text_embed": _batched(enc.embed.to(device), batch, "the text"),
         "text_on": torch.ones(batch, dtype=torch.bool, device=device),
     }
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """The NOISE socket: a seed and a batch size, not a tensor, so each consumer draws x_T in its own shape.
+
+    x_T is drawn on the CPU (the same images on every device); the sampler's own draws (DDPM noise,
+    cutouts) come from a generator on the model's device seeded with seed + 1.
+    """
+
+    seed: int
+    batch: int = 1
+
+    def initial(self, shape: tuple[int, ...], device: torch.device, count: int | None = None) -> Tensor:
+        """x_T of shape [count (default: batch), *shape]."""
+        gen = torch.Generator().manual_seed(self.seed)
+        return torch.randn((count or self.batch, *shape), generator=gen).to(device)
+
+    def sampler_generator(self, device: torch.device) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(self.seed + 1)
+
+
+@dataclass(frozen=True)
+class Latent:
+    """The LATENT socket: a DDIM-inverted x_T with the timestep sequence it was inverted along."""
+
+    x: Tensor
+    timesteps: tuple[int, ...]

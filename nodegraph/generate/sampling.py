@@ -153,11 +153,13 @@ def sample_prior(
     callback: Callback | None = None,
     best_of: int = 1,
     guidance: Guidance | None = None,
+    x_T: Tensor | None = None,
 ) -> Tensor:
     """Unit-norm CLIP image embeddings [batch, D] for a text (DALL·E 2 prior).
 
     With `best_of` = k, k candidates are drawn per sample and the one whose embedding is closest to the
-    text embedding is kept (DALL·E 2 draws two).
+    text embedding is kept (DALL·E 2 draws two). `x_T` ([k * batch, D], candidate-major) defaults to a
+    draw from `generator`.
     """
     if text.text is None:
         raise ConditionError("the prior needs text: connect a TEXT_EMBED")
@@ -168,7 +170,9 @@ def sample_prior(
         conditions=tuple((_repeat(c, best_of), s) for c, s in guidance.conditions),
         classifier=guidance.classifier, clip=guidance.clip,
     )
-    x = torch.randn(n, d, generator=generator, device=prior.device)
+    x = x_T if x_T is not None else torch.randn(n, d, generator=generator, device=prior.device)
+    if x.shape != (n, d):
+        raise ConditionError(f"the prior's x_T must have shape ({n}, {d}) for batch {batch} x best_of {best_of}")
     z = run_denoiser(prior, x, repeated, settings, generator=generator, callback=callback)
     emb = prior.net.denormalize(z)  # [best_of * batch, D], candidate-major
     if best_of == 1:
@@ -234,6 +238,7 @@ def inpaint(
     method: str = "model",
     jump_length: int = 10,
     n_resample: int = 1,
+    x_T: Tensor | None = None,
 ) -> Tensor:
     """Fill the pixels where mask = 0 (mask = 1 marks known pixels, as in nodegraph.diffusion.inpainting).
 
@@ -243,7 +248,7 @@ def inpaint(
     """
     b = image.shape[0]
     mask = mask.to(image)
-    x = torch.randn(image.shape, generator=generator, device=image.device)
+    x = x_T if x_T is not None else torch.randn(image.shape, generator=generator, device=image.device)
     if method == "model":
         if model.kind != "inpaint":
             raise ConditionError(f"method 'model' needs an inpainting checkpoint, got a {model.kind}; "

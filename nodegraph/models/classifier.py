@@ -86,3 +86,40 @@ def labels_for(names: dict[str, str], batch: int, device: torch.device) -> dict[
             raise ValueError(f"{value!r} is not a {head}; expected one of {', '.join(HEADS[head])}")
         out[head] = torch.full((batch,), HEADS[head].index(value), dtype=torch.long, device=device)
     return out
+
+
+def attributes_from_prompt(prompt: str) -> dict[str, str]:
+    """The classifier labels a one-shape prompt names, e.g. "a large red circle on the left" ->
+    {"size": "large", "color": "red", "kind": "circle", "position": "left"} (background too when named)."""
+    from nodegraph.world.captions import WHERE, parse_prompt
+
+    try:
+        spec = parse_prompt(prompt)
+        if len(spec.shapes) != 1:
+            raise ValueError("classifier guidance describes one shape; the prompt names two")
+        shape = spec.shapes[0]
+        named = {"kind": shape.kind, "color": shape.color, "size": shape.size, "position": shape.position,
+                 "background": spec.background}
+        return {k: v for k, v in named.items() if v is not None}
+    except ValueError:
+        pass
+    # Not a full caption: read "[size] color kind [where]" and "on a/an X background" wherever they appear.
+    words = prompt.lower().replace(",", " ").split()
+    out: dict[str, str] = {}
+    text = " ".join(words)
+    for pos, phrase in WHERE.items():
+        if phrase in text:
+            out["position"] = pos
+    for i, w in enumerate(words):
+        if w == "background" and i > 0 and words[i - 1] in COLORS:
+            out["background"] = words[i - 1]
+        elif w in KINDS:
+            out["kind"] = w
+            if i > 0 and words[i - 1] in COLORS:
+                out["color"] = words[i - 1]
+                if i > 1 and words[i - 2] in SIZES:
+                    out["size"] = words[i - 2]
+    if not out:
+        raise ValueError(f"no Shapes World attribute found in {prompt!r}; name a colour and a shape, "
+                         "e.g. 'a red circle'")
+    return out

@@ -1,0 +1,70 @@
+"""Input declarations and adapters shared by the sampling nodes (not itself a node module)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from nodegraph.context import RunContext
+from nodegraph.errors import InputValueError
+from nodegraph.generate.conditions import Condition, ConditionError, Guidance
+from nodegraph.generate.sampling import SamplerSettings
+from nodegraph.node import In
+
+SAMPLER_INPUTS: dict[str, In] = {
+    "sampler": In("STRING", default="ddim", choices=("ddim", "ddpm", "dpmpp_2m"),
+                  description="ddim (eta below), ancestral ddpm, or DPM-Solver++(2M) for few steps"),
+    "steps": In("INT", default=50, min=1, max=1000, description="number of denoising steps"),
+    "respacing": In("STRING", default="", description="ADM respacing, e.g. '10,10,3,2,2' or 'ddim25'; "
+                    "overrides steps when set"),
+    "eta": In("FLOAT", default=0.0, min=0.0, max=1.0, step=0.05, description="DDIM stochasticity (0 = deterministic)"),
+}
+
+CONDITION_INPUTS: dict[str, In] = {
+    "text": In("TEXT_EMBED", optional=True, description="caption (GLIDE mode)"),
+    "image_embed": In("IMAGE_EMBED", optional=True, description="CLIP image embedding (unCLIP mode)"),
+    "guidance_scale": In("FLOAT", default=3.0, min=0.0, max=50.0, step=0.5,
+                         description="classifier-free guidance scale (1 = conditional model, 0 = unconditional)"),
+    "guidance": In("GUIDANCE", optional=True, description="composable guidance; replaces text, image_embed "
+                   "and guidance_scale when connected"),
+}
+
+
+def settings(sampler: str, steps: int, respacing: str, eta: float) -> SamplerSettings:
+    return SamplerSettings(sampler=sampler, steps=steps, respacing=respacing.strip(), eta=eta)
+
+
+def build_guidance(text, image_embed, guidance_scale: float, guidance: Guidance | None) -> Guidance:
+    """The node's guidance: the GUIDANCE input if connected, else CFG on the text / image embedding."""
+    if guidance is not None:
+        if text is not None or image_embed is not None:
+            raise InputValueError("guidance", "connect either guidance or text/image_embed, not both: "
+                                  "put the text into the GuidanceCombine node instead")
+        return guidance
+    cond = Condition(text=text, image_embed=image_embed)
+    if cond.is_null:
+        return Guidance()  # unconditional sampling
+    return Guidance.cfg(cond, guidance_scale)
+
+
+def progress_callback(ctx: RunContext, preview: bool = True) -> Callable:
+    """Sampler callback: one progress event per step with the x̂0 preview (also the interrupt point)."""
+
+    def callback(step: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        ctx.progress(step, total, preview=x0.clamp(-1, 1) if preview else None)
+
+    return callback
+
+
+def to_resolution(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize images to a model's square resolution (area when shrinking, bilinear when growing)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    mode = "area" if images.shape[-1] > size else "bilinear"
+    return F.interpolate(images, size=(size, size), mode=mode)
+
+
+def as_input_error(input_name: str, exc: ConditionError) -> InputValueError:
+    return InputValueError(input_name, str(exc))

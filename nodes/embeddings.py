@@ -1,0 +1,87 @@
+"""CLIP encoders and embedding arithmetic: TextEncode, CLIPImageEmbed, TextDiff, EmbedMix."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nodegraph.context import RunContext
+from nodegraph.errors import InputValueError
+from nodegraph.generate.embeddings import interpolate, text_direction
+from nodegraph.models.clip import ClipModel, TextEncoding
+from nodegraph.node import In, Node, Out
+
+MAX_PROMPT_CHARS = 2000
+
+
+class TextEncode(Node):
+    """Encodes a caption with CLIP: the pooled embedding and the per-token sequence the decoder attends to."""
+
+    category = "conditioning"
+    inputs = {
+        "clip": In("CLIP"),
+        "text": In("STRING", default="", multiline=True, description="the caption; empty = the empty caption"),
+    }
+    outputs = (Out("TEXT_EMBED", "text"),)
+
+    @torch.no_grad()
+    def run(self, ctx: RunContext, clip: ClipModel, text: str) -> tuple[TextEncoding]:
+        if len(text) > MAX_PROMPT_CHARS:
+            raise InputValueError("text", f"the caption has {len(text)} characters; at most {MAX_PROMPT_CHARS}")
+        n_tokens = len(clip.tokenizer.encode(text)) + 2  # + start and end of text
+        if n_tokens > clip.context_length:
+            raise InputValueError("text", f"the caption is {n_tokens} tokens long but this CLIP reads at most "
+                                  f"{clip.context_length}; shorten it")
+        return (clip.encode_text([text]),)
+
+
+class CLIPImageEmbed(Node):
+    """Embeds images with CLIP's image tower (unit norm): what unCLIP variations decode from."""
+
+    category = "conditioning"
+    inputs = {"clip": In("CLIP"), "images": In("IMAGE", description="images in [-1, 1], any size")}
+    outputs = (Out("IMAGE_EMBED", "image_embed"),)
+
+    @torch.no_grad()
+    def run(self, ctx: RunContext, clip: ClipModel, images: torch.Tensor) -> tuple[torch.Tensor]:
+        return (F.normalize(clip.encode_image(images.to(clip.device)), dim=-1),)
+
+
+class TextDiff(Node):
+    """DALL·E 2 text diff: the unit direction from one caption's CLIP embedding to another's."""
+
+    category = "conditioning"
+    inputs = {
+        "source": In("TEXT_EMBED", description="caption of the current image"),
+        "target": In("TEXT_EMBED", description="caption of the desired image"),
+    }
+    outputs = (Out("IMAGE_EMBED", "direction"),)
+
+    def run(self, ctx: RunContext, source: TextEncoding, target: TextEncoding) -> tuple[torch.Tensor]:
+        return (text_direction(source.embed, target.embed),)
+
+
+class EmbedMix(Node):
+    """Interpolates embeddings (slerp or lerp): variations between images, or a text diff applied at
+    several strengths θ (one embedding per θ in the output batch, θ-major)."""
+
+    category = "conditioning"
+    inputs = {
+        "a": In("IMAGE_EMBED"),
+        "b": In("IMAGE_EMBED"),
+        "t_start": In("FLOAT", default=0.5, min=0.0, max=1.0, step=0.05, description="first θ"),
+        "t_end": In("FLOAT", default=0.5, min=0.0, max=1.0, step=0.05, description="last θ"),
+        "count": In("INT", default=1, min=1, max=32, description="number of θ evenly spaced from start to end"),
+        "mode": In("STRING", default="slerp", choices=("slerp", "lerp")),
+    }
+    outputs = (Out("IMAGE_EMBED", "image_embed"),)
+
+    def run(self, ctx: RunContext, a: torch.Tensor, b: torch.Tensor, t_start: float, t_end: float, count: int,
+            mode: str) -> tuple[torch.Tensor]:
+        if a.shape[-1] != b.shape[-1]:
+            raise InputValueError("b", f"embedding widths differ ({a.shape[-1]} vs {b.shape[-1]}): "
+                                  "use the same CLIP for both")
+        if a.shape[0] not in (1, b.shape[0]) and b.shape[0] != 1:
+            raise InputValueError("b", f"batches {a.shape[0]} and {b.shape[0]} do not match; use 1 or equal")
+        ts = [t_start] if count == 1 else [t_start + (t_end - t_start) * i / (count - 1) for i in range(count)]
+        return (interpolate(a, b.to(a.device), ts, mode),)

@@ -1,0 +1,100 @@
+"""Guidance nodes: composable classifier-free guidance, classifier guidance and CLIP guidance."""
+
+from __future__ import annotations
+
+from nodegraph.context import RunContext
+from nodegraph.errors import InputValueError
+from nodegraph.generate.conditions import ClassifierTerm, ClipTerm, Condition, Guidance
+from nodegraph.models.classifier import attributes_from_prompt, labels_for
+from nodegraph.models.clip import TextEncoding
+from nodegraph.node import In, Node, Out
+
+TERMS = 4
+
+
+def _term_inputs() -> dict[str, In]:
+    inputs: dict[str, In] = {}
+    for i in range(1, TERMS + 1):
+        inputs[f"text_{i}"] = In("TEXT_EMBED", optional=True, description=f"caption of term {i}")
+        inputs[f"image_embed_{i}"] = In("IMAGE_EMBED", optional=True, description=f"image embedding of term {i}")
+        inputs[f"weight_{i}"] = In("FLOAT", default=3.0, min=-50.0, max=50.0, step=0.5,
+                                   description=f"guidance weight s_{i} (negative pushes away)")
+    return inputs
+
+
+class GuidanceCombine(Node):
+    """Builds GUIDANCE: ε = ε_∅ + Σ s_i (ε_i − ε_∅) over up to four weighted conditions (composable
+    diffusion), all evaluated in one batched forward, plus optional classifier and CLIP terms."""
+
+    category = "guidance"
+    inputs = {
+        **_term_inputs(),
+        "classifier": In("CLASSIFIER_GUIDANCE", optional=True),
+        "clip": In("CLIP_GUIDANCE", optional=True),
+    }
+    outputs = (Out("GUIDANCE", "guidance"),)
+
+    def run(self, ctx: RunContext, classifier: ClassifierTerm | None, clip: ClipTerm | None,
+            **terms) -> tuple[Guidance]:
+        conditions = []
+        for i in range(1, TERMS + 1):
+            cond = Condition(text=terms[f"text_{i}"], image_embed=terms[f"image_embed_{i}"])
+            if not cond.is_null:
+                conditions.append((cond, float(terms[f"weight_{i}"])))
+        if not conditions and classifier is None and clip is None:
+            raise InputValueError(None, "nothing to guide with: connect a text or image embedding to a term, "
+                                  "or a classifier / CLIP guidance")
+        return (Guidance(conditions=tuple(conditions), classifier=classifier, clip=clip),)
+
+
+class ClassifierGuidance(Node):
+    """Classifier guidance (Dhariwal & Nichol) toward the attributes a prompt names, e.g. 'a red circle'."""
+
+    category = "guidance"
+    inputs = {
+        "classifier": In("CLASSIFIER"),
+        "prompt": In("STRING", default="a red circle", description="one shape: colour, kind, size, position, "
+                     "background (what it names is what is guided)"),
+        "scale": In("FLOAT", default=2.0, min=0.0, max=100.0, step=0.5, description="gradient scale s"),
+    }
+    outputs = (Out("CLASSIFIER_GUIDANCE", "classifier_guidance"),)
+
+    def run(self, ctx: RunContext, classifier, prompt: str, scale: float) -> tuple[ClassifierTerm]:
+        try:
+            labels = attributes_from_prompt(prompt)
+            labels_for(labels, 1, classifier_device(classifier))
+        except ValueError as exc:
+            raise InputValueError("prompt", str(exc)) from None
+        return (ClassifierTerm(classifier, labels, scale),)
+
+
+def classifier_device(model):
+    return next(model.parameters()).device
+
+
+class CLIPGuidance(Node):
+    """CLIP guidance toward a caption: mode x0 (CLIP on x̂0 blends with cutouts, Crowson) or noised
+    (a noise-aware image tower on x_t, GLIDE)."""
+
+    category = "guidance"
+    inputs = {
+        "text": In("TEXT_EMBED", description="caption to steer toward"),
+        "mode": In("STRING", default="noised", choices=("noised", "x0")),
+        "clip": In("CLIP", optional=True, description="CLIP for mode x0"),
+        "noised_clip": In("NOISED_CLIP", optional=True, description="noised image tower for mode noised"),
+        "scale": In("FLOAT", default=100.0, min=0.0, max=10000.0, step=10.0, description="gradient scale"),
+        "cutn": In("INT", default=8, min=1, max=64, description="random cutouts per step (mode x0)"),
+        "tv_scale": In("FLOAT", default=0.0, min=0.0, max=10000.0, description="total-variation loss (mode x0)"),
+        "range_scale": In("FLOAT", default=0.0, min=0.0, max=10000.0, description="range loss (mode x0)"),
+        "grad_clamp": In("FLOAT", default=0.0, min=0.0, max=1000.0, description="clamp the gradient's RMS "
+                         "(mode x0); 0 = off"),
+    }
+    outputs = (Out("CLIP_GUIDANCE", "clip_guidance"),)
+
+    def run(self, ctx: RunContext, text: TextEncoding, mode: str, clip, noised_clip, scale: float, cutn: int,
+            tv_scale: float, range_scale: float, grad_clamp: float) -> tuple[ClipTerm]:
+        encoder = clip if mode == "x0" else noised_clip
+        if encoder is None:
+            needed = "clip (a CLIPLoader)" if mode == "x0" else "noised_clip (a NoisedCLIPLoader)"
+            raise InputValueError("mode", f"mode {mode!r} needs {needed} connected")
+        return (ClipTerm(mode, encoder, text.embed, scale, cutn, tv_scale, range_scale, grad_clamp or None),)

@@ -1,0 +1,101 @@
+"""Model loaders: one node per family, defaulting to the bundled Shapes World weights.
+
+A loaded model is an ordinary node output, so the engine's cache keeps it resident across runs and
+workflows; the file's size and modification time join the cache key, so a replaced file is reloaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nodegraph.context import RunContext
+from nodegraph.errors import InputValueError
+from nodegraph.models import bundled
+from nodegraph.models.checkpoint import CheckpointError
+from nodegraph.node import In, Node, Out
+
+_CHECKPOINT_HELP = "file inside the models directory; empty = the bundled model"
+
+
+class _Loader(Node):
+    """Shared by the loaders below: resolve the file, fingerprint it, load it onto the run's device."""
+
+    category = "loaders"
+    family = ""
+    inputs = {"checkpoint": In("STRING", default="", description=_CHECKPOINT_HELP)}
+
+    @classmethod
+    def fingerprint(cls, ctx: RunContext, checkpoint: str | None = None, **_: Any) -> str:
+        if checkpoint is None:
+            return ""
+        try:
+            return bundled.file_fingerprint(bundled.resolve(checkpoint, cls.family))
+        except CheckpointError as exc:
+            raise InputValueError("checkpoint", str(exc)) from None
+
+    def run(self, ctx: RunContext, checkpoint: str) -> tuple[Any]:
+        try:
+            return (bundled.load(self.family, checkpoint, ctx.device),)
+        except CheckpointError as exc:
+            raise InputValueError("checkpoint", str(exc)) from None
+
+
+class CLIPLoader(_Loader):
+    """Loads a CLIP (open_clip): the bundled Shapes World model, or a real checkpoint with its config name."""
+
+    family = "clip"
+    inputs = {
+        "checkpoint": In("STRING", default="", description=_CHECKPOINT_HELP),
+        "config": In("STRING", default="", description="open_clip config name for a real checkpoint, e.g. "
+                     "ViT-B-32; empty = the one named in the file (bundled: shapes-clip)"),
+        "quick_gelu": In("BOOLEAN", default=False, description="true for OpenAI's original weights"),
+    }
+    outputs = (Out("CLIP", "clip"),)
+
+    def run(self, ctx: RunContext, checkpoint: str, config: str, quick_gelu: bool) -> tuple[Any]:
+        try:
+            return (bundled.load("clip", checkpoint, ctx.device, model_name=config or None, quick_gelu=quick_gelu),)
+        except CheckpointError as exc:
+            raise InputValueError("checkpoint", str(exc)) from None
+
+
+class PriorLoader(_Loader):
+    """Loads a DALL·E 2 diffusion prior (text -> CLIP image embedding)."""
+
+    family = "prior"
+    outputs = (Out("PRIOR", "prior"),)
+
+
+class DecoderLoader(_Loader):
+    """Loads a decoder (text- and image-embedding-conditioned, GLIDE / unCLIP)."""
+
+    family = "decoder"
+    outputs = (Out("DECODER", "decoder"),)
+
+
+class InpaintLoader(_Loader):
+    """Loads the inpainting decoder (GLIDE-style: sees the known pixels and the mask)."""
+
+    family = "inpaint"
+    outputs = (Out("DECODER", "decoder"),)
+
+
+class UpsamplerLoader(_Loader):
+    """Loads a diffusion upsampler."""
+
+    family = "upsampler"
+    outputs = (Out("UPSAMPLER", "upsampler"),)
+
+
+class ClassifierLoader(_Loader):
+    """Loads the noisy classifier used for classifier guidance."""
+
+    family = "classifier"
+    outputs = (Out("CLASSIFIER", "classifier"),)
+
+
+class NoisedCLIPLoader(_Loader):
+    """Loads the noised CLIP image tower (GLIDE's CLIP guidance on x_t)."""
+
+    family = "noised_clip"
+    outputs = (Out("NOISED_CLIP", "noised_clip"),)
