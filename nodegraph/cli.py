@@ -21,7 +21,13 @@ EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Only `serve` takes options it does not declare: the server parses its own (--token, ...).
+        if args.command != "serve":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.server_args = extra
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
@@ -63,7 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     nodes.add_argument("--json", action="store_true", help="the catalogue as JSON (inputs, types, ranges, outputs)")
     nodes.set_defaults(handler=_cmd_nodes)
 
-    serve = commands.add_parser("serve", help="start the websocket server and GUI")
+    serve = commands.add_parser(
+        "serve",
+        help="start the websocket server and GUI",
+        add_help=False,  # `nodegraph serve --help` is answered by the server, which knows every option
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8188)
     serve.add_argument("--device", default=None, help="passed to the server (default: its own)")
@@ -366,5 +376,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         argv += ["--device", args.device]
     if args.out is not None:
         argv += ["--out", args.out]
+    argv += getattr(args, "server_args", [])
     result = entry(argv)
     return int(result) if isinstance(result, int) else EXIT_OK

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from nodegraph.server.app import NodegraphServer
 from nodegraph.server.config import ServerConfig, parse_args
 
+from nodegraph.engine import Engine
 from nodegraph.errors import ConfigError
 
 logger = logging.getLogger("nodegraph.server")
@@ -24,7 +25,8 @@ EXIT_OK = 0
 EXIT_INVALID = 2
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, engine: Engine | None = None) -> int:
+    """The `nodegraph serve` command; `engine` replaces the one the options describe (embedding, tests)."""
     config, args = parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -37,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"nodegraph serve: {problem}", file=sys.stderr)
         return EXIT_INVALID
     try:
-        server = NodegraphServer(config)
+        server = NodegraphServer(config, engine)
     except (ConfigError, OSError, ValueError) as exc:
         print(f"nodegraph serve: {exc}", file=sys.stderr)
         return EXIT_INVALID

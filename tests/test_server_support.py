@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import nodegraph.nodes.image as image_nodes
 import nodegraph.nodes.utility as utility_nodes
@@ -149,13 +150,13 @@ class ServerPool:
 class Client:
     """A websockets client speaking the protocol; `hello` is the status message sent on connect."""
 
-    def __init__(self, server: BackgroundServer, client_id: str = "client", **connect_options: Any) -> None:
+    def __init__(self, server: BackgroundServer | str, client_id: str = "client", **connect_options: Any) -> None:
+        """`server` is a BackgroundServer or a base URL such as "ws://127.0.0.1:8188"."""
         query = {"clientId": client_id, **connect_options.pop("query", {})}
+        url = server.ws_url(**query) if isinstance(server, BackgroundServer) else f"{server}/ws?{urlencode(query)}"
         self.client_id = client_id
         self.statuses: list[dict[str, Any]] = []  # every status message received, in order
-        self._connect = connect(
-            server.ws_url(**query), open_timeout=TIMEOUT, close_timeout=5, max_size=None, **connect_options
-        )
+        self._connect = connect(url, open_timeout=TIMEOUT, close_timeout=5, max_size=None, **connect_options)
         self.ws: ClientConnection = self._connect.__enter__()
         self.hello = self.recv()
 
