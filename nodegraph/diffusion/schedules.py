@@ -113,7 +113,7 @@ def timestep_sequence(
 
     ``trailing`` is the default: it always starts at T-1, and it does not end on t = 0, whose λ = log(α/σ)
     lies far beyond its neighbour's; that lone huge last step costs DPM-Solver++ its second order (on the
-    Gaussian oracle, 20 linspace steps are 3x worse than 20 trailing ones; see bench/sampler_overhead.py).
+    Gaussian oracle, 20 linspace steps give 3.5x (linear) to 8x (cosine) the error of 20 trailing ones).
     """
     if respacing:
         return space_timesteps(num_timesteps, respacing)
