@@ -220,9 +220,7 @@ def test_training_loss_is_the_mse_to_the_target(prediction):
     target = _target(d, x0, noise, t)
     assert d.training_losses(target, x0, x_t, t, noise).abs().max() < 1e-20
     off = target + 0.1
-    torch.testing.assert_close(
-        d.training_losses(off, x0, x_t, t, noise), torch.full((4,), 0.01, dtype=torch.float64)
-    )
+    torch.testing.assert_close(d.training_losses(off, x0, x_t, t, noise), torch.full((4,), 0.01, dtype=torch.float64))
 
 
 def test_hybrid_loss_adds_the_vlb_in_bits_scaled_by_T_over_1000():
@@ -242,9 +240,7 @@ def test_hybrid_loss_adds_the_vlb_in_bits_scaled_by_T_over_1000():
     p = d.p_mean_variance(out, x_t, t)
     true_mean, _, true_log_var = d.q_posterior_mean_variance(x0, x_t, t)
     kl = normal_kl(true_mean, true_log_var, p.mean, p.log_variance).flatten(1).mean(1) / math.log(2)
-    nll = -discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * p.log_variance).flatten(1).mean(
-        1
-    ) / math.log(2)
+    nll = -discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * p.log_variance).flatten(1).mean(1) / math.log(2)
     vb = torch.where(t == 0, nll, kl)
     assert (vb > 0).all()
     torch.testing.assert_close(loss, mse + vb * T / 1000)

@@ -84,9 +84,7 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Coef
     log_cdf_upper = torch.special.log_ndtr(upper)
     log_one_minus_cdf_lower = torch.special.log_ndtr(-lower)
     bin_mass = (torch.special.ndtr(upper) - torch.special.ndtr(lower)).clamp(min=1e-12)
-    return torch.where(
-        x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_one_minus_cdf_lower, torch.log(bin_mass))
-    )
+    return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_one_minus_cdf_lower, torch.log(bin_mass)))
 
 
 class GaussianDiffusion:
@@ -114,9 +112,7 @@ class GaussianDiffusion:
         if prediction not in ("eps", "x0", "v"):
             raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
         if variance not in ("fixed_small", "fixed_large", "learned_range"):
-            raise ValueError(
-                f"variance must be 'fixed_small', 'fixed_large' or 'learned_range', got {variance!r}"
-            )
+            raise ValueError(f"variance must be 'fixed_small', 'fixed_large' or 'learned_range', got {variance!r}")
         self.prediction: Prediction = prediction
         self.variance: Variance = variance
         self.betas = betas
@@ -330,14 +326,10 @@ class GaussianDiffusion:
         true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, x_t, t)
         p = self.p_mean_variance(model_output, x_t, t)
         kl = mean_flat(normal_kl(true_mean, true_log_var, p.mean, p.log_variance)) / math.log(2.0)
-        nll = -mean_flat(discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * p.log_variance)) / math.log(
-            2.0
-        )
+        nll = -mean_flat(discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * p.log_variance)) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
-    def training_losses(
-        self, model_output: Tensor, x0: Tensor, x_t: Tensor, t: Timestep, noise: Tensor
-    ) -> Tensor:
+    def training_losses(self, model_output: Tensor, x0: Tensor, x_t: Tensor, t: Timestep, noise: Tensor) -> Tensor:
         """Per-sample loss, shape (batch,).
 
         MSE (mean over dimensions) between the prediction and its target (ε, x_0, or v = √ᾱ ε - √(1-ᾱ) x_0).
@@ -357,9 +349,7 @@ class GaussianDiffusion:
         return loss
 
 
-def ddim_update(
-    x0: Tensor, eps: Tensor, a_t: Coef, a_s: Coef, eta: float = 0.0, noise: Tensor | None = None
-) -> Tensor:
+def ddim_update(x0: Tensor, eps: Tensor, a_t: Coef, a_s: Coef, eta: float = 0.0, noise: Tensor | None = None) -> Tensor:
     """x_s = √ᾱ_s x̂0 + √(1-ᾱ_s-σ²) ε̂ + σ z with σ² = η² (1-ᾱ_s)/(1-ᾱ_t) (1-ᾱ_t/ᾱ_s).
 
     The direction coefficient is written as (1-ᾱ_s)(1 - η²(1-ᾱ_t/ᾱ_s)/(1-ᾱ_t)), a product of two

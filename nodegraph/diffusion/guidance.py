@@ -110,9 +110,7 @@ def classifier_guidance(log_prob_fn: Callable[[Tensor, Tensor], Tensor], scale: 
     return cond_fn
 
 
-def noised_clip_guidance(
-    image_encoder: Callable[[Tensor, Tensor], Tensor], text_embed: Tensor, scale: float
-) -> CondFn:
+def noised_clip_guidance(image_encoder: Callable[[Tensor, Tensor], Tensor], text_embed: Tensor, scale: float) -> CondFn:
     """GLIDE's CLIP guidance with a noise-aware image tower: cond_fn = s · ∇_{x_t} (f(x_t, t) · g(c)).
 
     ``image_encoder(x_t, t)`` gives the (normalised) image embedding of the noisy image, ``text_embed``

@@ -76,9 +76,7 @@ class GaussianMixtureOracle:
 
     def conditional(self, label: int) -> GaussianMixtureOracle:
         """The oracle of one component alone, i.e. of p(x_0 | k = label)."""
-        return GaussianMixtureOracle(
-            self.means[label : label + 1], self.stds.expand_as(self.means)[label : label + 1]
-        )
+        return GaussianMixtureOracle(self.means[label : label + 1], self.stds.expand_as(self.means)[label : label + 1])
 
     def model_fn(self, diffusion: GaussianDiffusion, variance_value: float = -1.0):
         """``model_fn(x_t, t)`` giving the exact output in ``diffusion``'s prediction format; for
