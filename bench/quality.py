@@ -1,0 +1,410 @@
+"""Quality, speed and memory of the bundled models, on fixed seeds: prints one table per section.
+
+    python bench/quality.py              # everything (tens of minutes on the 2-core CPU)
+    python bench/quality.py --quick      # smaller prompt sets, same sections
+    python bench/quality.py --only clip,pipeline,speed
+
+Sections: clip (retrieval), pipeline (DALL·E 2 / GLIDE / unconditional accuracy), upsampler, inpaint,
+classifier, noised_clip, speed (in-process pipeline time, CLI peak RSS), cfg (guidance sweep: accuracy
+against diversity), variations, text_diff, inversion (PSNR over steps, edits), guided (CLIP- and
+classifier-guided against unguided), cache (seed change in dalle2_text2img).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nodegraph.generate.conditions import ClassifierTerm, ClipTerm, Condition, Guidance
+from nodegraph.generate.sampling import SamplerSettings, inpaint, invert, run_denoiser, sample_prior, upsample
+from nodegraph.models import bundled
+from nodegraph.world.captions import PromptSpec, ShapeSpec, caption, parse_prompt
+from nodegraph.world.render import render, to_model_range
+from nodegraph.world.scene import random_scenes
+from nodegraph.world.scorer import score_batch, valid_rate
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = 1234  # prompt sets: scenes from seeds no training pool or training-time eval uses
+
+
+def table(title: str, header: list[str], rows: list[list[object]]) -> None:
+    cells = [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    print(f"\n## {title}\n")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in cells:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+    sys.stdout.flush()
+
+
+class Models:
+    def __init__(self) -> None:
+        self._cache: dict[str, object] = {}
+
+    def __getattr__(self, family: str):
+        if family.startswith("_"):
+            raise AttributeError(family)
+        if family not in self._cache:
+            self._cache[family] = bundled.load(family)
+        return self._cache[family]
+
+
+def prompts(n: int, two: bool, seed: int = SEED) -> tuple[list, list[str]]:
+    scenes = random_scenes(n, seed + (1 if two else 0), p_two=1.0 if two else 0.0)
+    return scenes, [caption(s) for s in scenes]
+
+
+def noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+def chunks(n: int, size: int):
+    for i in range(0, n, size):
+        yield slice(i, min(n, i + size))
+
+
+def dalle2(m: Models, caps: list[str], seed: int, *, prior_scale=2.0, scale=3.0, prior_steps=25, steps=50,
+           up_steps=20, upsample_out=True, chunk=50) -> torch.Tensor:
+    """Text -> prior -> decoder (image embedding + text, CFG) -> upsampler, in chunks of prompts."""
+    outs = []
+    for sl in chunks(len(caps), chunk):
+        text = m.clip.encode_text(caps[sl])
+        g = torch.Generator().manual_seed(seed + sl.start)
+        n = len(caps[sl])
+        emb = sample_prior(m.prior, Condition(text=text), prior_scale, SamplerSettings(steps=prior_steps), n,
+                           generator=g, best_of=2)
+        img = run_denoiser(m.decoder, noise(n, (3, 32, 32), seed + sl.start),
+                           Guidance.cfg(Condition(text=text, image_embed=emb), scale), SamplerSettings(steps=steps),
+                           generator=g).clamp(-1, 1)
+        if upsample_out:
+            img = upsample(m.upsampler, img, SamplerSettings(steps=up_steps), generator=g)
+        outs.append(img)
+    return torch.cat(outs)
+
+
+def glide(m: Models, caps: list[str], seed: int, *, scale=3.0, steps=50, chunk=50) -> torch.Tensor:
+    outs = []
+    for sl in chunks(len(caps), chunk):
+        text = m.clip.encode_text(caps[sl])
+        g = torch.Generator().manual_seed(seed + sl.start)
+        outs.append(run_denoiser(m.decoder, noise(len(caps[sl]), (3, 32, 32), seed + sl.start),
+                                 Guidance.cfg(Condition(text=text), scale), SamplerSettings(steps=steps),
+                                 generator=g).clamp(-1, 1))
+    return torch.cat(outs)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = ((a - b) / 2).pow(2).mean().item()
+    return 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12))).item()
+
+
+# ----------------------------------------------------------------------------------------------- sections
+def sec_clip(m: Models, q: bool) -> None:
+    from nodegraph.train.clip import retrieval_top1
+
+    table("CLIP: text -> image retrieval (held-out scenes, canonical captions)", ["scenes", "top-1"],
+          [[256, retrieval_top1(m.clip, 256, seed=SEED + 7)]])
+
+
+def sec_pipeline(m: Models, q: bool) -> None:
+    n = 40 if q else 100
+    rows = []
+    for two in (False, True):
+        _, caps = prompts(n, two)
+        t0 = time.time()
+        r_d = score_batch(dalle2(m, caps, 0), caps)
+        t_d = time.time() - t0
+        r_g = score_batch(glide(m, caps, 0), caps)
+        label = "two shapes" if two else "one shape"
+        for mode, r, t in (("DALL·E 2 (prior->decoder->upsampler)", r_d, t_d), ("GLIDE (decoder on text)", r_g, None)):
+            rows.append([mode, label, n, r.attribute_accuracy, r.exact_rate, _per(r), "" if t is None else f"{t:.0f}s"])
+    x = run_denoiser(m.decoder, noise(n, (3, 32, 32), 7), Guidance(), SamplerSettings(steps=50)).clamp(-1, 1)
+    rows.append(["unconditional decoder", "-", n, f"valid scenes {valid_rate(x):.3f}", "", "", ""])
+    table("Text to image on canonical prompts (scale: prior 2, decoder 3; 25 / 50 / 20 steps)",
+          ["mode", "prompts", "n", "attribute acc", "exact", "per attribute", "time"], rows)
+
+
+def _per(r) -> str:
+    return " ".join(f"{k[:4]}={v:.2f}" for k, v in r.per_attribute.items() if v == v)
+
+
+def sec_upsampler(m: Models, q: bool) -> None:
+    n = 32 if q else 96
+    scenes, caps = prompts(n, False, SEED + 11)
+    scenes2, caps2 = prompts(n, True, SEED + 11)
+    low = to_model_range(render(scenes + scenes2, 32))
+    high = to_model_range(render(scenes + scenes2, 64))
+    rows = []
+    for steps in (10, 20):
+        out = torch.cat([upsample(m.upsampler, low[sl], SamplerSettings(steps=steps),
+                                  generator=torch.Generator().manual_seed(0)) for sl in chunks(len(low), 48)])
+        r = score_batch(out, caps + caps2)
+        bilinear = F.interpolate(low, size=64, mode="bilinear", align_corners=False)
+        rows.append([steps, r.attribute_accuracy, psnr(out, high), psnr(bilinear, high)])
+    table("Upsampler 32->64 on true 32x32 renders", ["steps", "attributes preserved", "PSNR dB", "bilinear PSNR dB"],
+          rows)
+
+
+def sec_inpaint(m: Models, q: bool) -> None:
+    from nodegraph.train.inpaint import shape_box_mask
+
+    n = 32 if q else 96
+    scenes, caps = prompts(n, False, SEED + 13)
+    image = to_model_range(render(scenes, 32))
+    known = shape_box_mask(scenes)
+    text = m.clip.encode_text(caps)
+    rows = []
+    for method, model in (("model (GLIDE inpainting checkpoint)", m.inpaint), ("repaint (decoder)", m.decoder)):
+        out = torch.cat([
+            inpaint(model, image[sl], known[sl], Guidance.cfg(Condition(text=_slice_text(text, sl)), 3.0),
+                    SamplerSettings(steps=50), generator=torch.Generator().manual_seed(sl.start),
+                    method=method.split()[0])
+            for sl in chunks(n, 48)
+        ])
+        outside = ((out - image).abs() * known).max().item()
+        specs = [PromptSpec(None, tuple(ShapeSpec(s.kind, s.color) for s in parse_prompt(c).shapes)) for c in caps]
+        r = score_batch(out, specs)
+        rows.append([method, n, outside, r.attribute_accuracy, r.exact_rate])
+    table("Inpainting: the shape's box masked, regenerated from the caption (scale 3, 50 steps)",
+          ["method", "n", "max |change| outside mask", "kind+colour acc inside", "both right"], rows)
+
+
+def _slice_text(text, sl):
+    return type(text)(embed=text.embed[sl], tokens=text.tokens[sl], mask=text.mask[sl], prompts=text.prompts[sl])
+
+
+def sec_classifier(m: Models, q: bool) -> None:
+    from nodegraph.train.classifier import accuracy_by_t
+
+    acc = accuracy_by_t(m.classifier, 256)
+    heads = list(next(iter(acc.values())))
+    table("Noisy classifier: accuracy per head on held-out one-shape scenes noised to t", ["t", *heads],
+          [[t, *[row[h] for h in heads]] for t, row in acc.items()])
+
+
+def sec_noised_clip(m: Models, q: bool) -> None:
+    from nodegraph.train.noised_clip import retrieval_by_t
+
+    r = retrieval_by_t(m.noised_clip, m.clip, 256)
+    table("Noised CLIP: text -> noised image top-1 (256 held-out scenes)", ["t", "top-1"],
+          [[t, v] for t, v in r.items()])
+
+
+def sec_speed(m: Models, q: bool) -> None:
+    cap = ["a large red circle on the left on a blue background"]
+    dalle2(m, cap, 0, prior_steps=2, steps=2, up_steps=2)  # warm-up
+    times = []
+    for i in range(3):
+        t0 = time.perf_counter()
+        dalle2(m, cap, i)
+        times.append(time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-m", "nodegraph", "run", str(REPO / "workflows" / "dalle2_text2img.json"),
+               "--param", f"prompt={cap[0]}", "--out", out, "--json"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    ok = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
+    table("Speed and memory: text -> 64x64 (25 prior, 50 decoder steps with CFG, 20 upsampler steps)",
+          ["measure", "value"],
+          [["in-process pipeline, median of 3 (s)", sorted(times)[1]],
+           ["CLI run incl. start-up (s)", f"{wall:.1f} ({ok})"],
+           ["CLI peak RSS (MB)", f"{rss:.0f}"], ["torch threads", torch.get_num_threads()]])
+
+
+def distinct(images: torch.Tensor, seeds: int) -> float:
+    """Diversity: mean pairwise RMS pixel distance between samples of the same prompt, [0, 2] scale."""
+    x = images.view(-1, seeds, *images.shape[1:]).flatten(2)
+    d = torch.cdist(x, x) / x.shape[-1] ** 0.5
+    return (d.sum((1, 2)) / (seeds * (seeds - 1))).mean().item()
+
+
+def sec_cfg(m: Models, q: bool) -> None:
+    n, seeds = (12, 3) if q else (32, 4)
+    _, caps = prompts(n, False, SEED + 17)
+    rep = [c for c in caps for _ in range(seeds)]
+    rows = []
+    for s in (1.0, 2.0, 3.0, 5.0, 8.0):
+        g = glide(m, rep, 100, scale=s)
+        d = dalle2(m, rep, 100, scale=s, upsample_out=False)
+        rows.append([s, score_batch(g, rep).attribute_accuracy, distinct(g, seeds),
+                     score_batch(d, rep).attribute_accuracy, distinct(d, seeds)])
+    table(f"Classifier-free guidance sweep ({n} one-shape prompts x {seeds} seeds, decoder at 32x32)",
+          ["scale", "GLIDE acc", "GLIDE diversity", "DALL·E 2 acc", "DALL·E 2 diversity"], rows)
+
+
+def sec_variations(m: Models, q: bool) -> None:
+    n, k = (8, 4) if q else (24, 4)
+    scenes, caps = prompts(n, False, SEED + 19)
+    src = to_model_range(render(scenes, 32))
+    emb = F.normalize(m.clip.encode_image(src), dim=-1).repeat_interleave(k, 0)
+    out = run_denoiser(m.decoder, noise(n * k, (3, 32, 32), 5), Guidance.cfg(Condition(image_embed=emb), 3.0),
+                       SamplerSettings(steps=50)).clamp(-1, 1)
+    rep = [c for c in caps for _ in range(k)]
+    specs = [PromptSpec(None, tuple(ShapeSpec(s.kind, s.color) for s in parse_prompt(c).shapes)) for c in rep]
+    r = score_batch(out, specs)
+    diff = (out.view(n, k, -1) - src.view(n, 1, -1)).abs().mean().item()
+    table("Variations (decoder on the CLIP embedding of a render, scale 3)",
+          ["sources x variations", "shape+colour kept", "mean |pixel diff| to source", "diversity"],
+          [[f"{n} x {k}", r.attribute_accuracy, diff, distinct(out, k)]])
+
+
+def sec_text_diff(m: Models, q: bool) -> None:
+    from nodegraph.generate.embeddings import interpolate, text_direction
+
+    pairs = [("a large yellow square in the center on a purple background", "a yellow square", "a yellow circle",
+              "a large yellow circle in the center on a purple background"),
+             ("a large red triangle in the center on a white background", "a red triangle", "a blue triangle",
+              "a large blue triangle in the center on a white background")]
+    thetas = [0.0, 0.25, 0.5, 0.75, 1.0]
+    rows = []
+    for src_cap, a, b, tgt_cap in pairs:
+        img = to_model_range(render([_scene(src_cap)], 32))
+        z = F.normalize(m.clip.encode_image(img), dim=-1)
+        xT, ts = invert(m.decoder, img, Condition(image_embed=z), SamplerSettings(steps=50))
+        d = text_direction(m.clip.encode_text([a]).embed, m.clip.encode_text([b]).embed)
+        mix = interpolate(z, d, thetas)
+        out = run_denoiser(m.decoder, xT.expand(len(thetas), -1, -1, -1), Guidance.cfg(Condition(image_embed=mix), 1.0),
+                           SamplerSettings(), timesteps=ts).clamp(-1, 1)
+        steps = [(out[i + 1] - out[i]).abs().mean().item() for i in range(len(thetas) - 1)]
+        rows.append([f"{a} -> {b}", score_batch(out[:1], [src_cap]).attribute_accuracy,
+                     score_batch(out[-1:], [tgt_cap]).attribute_accuracy, " ".join(f"{s:.3f}" for s in steps)])
+    table("Text diffs (slerp toward normalize(z_b - z_a), θ = 0, .25, .5, .75, 1, from the DDIM-inverted x_T)",
+          ["edit", "θ=0 matches source", "θ=1 matches target", "mean |Δpixel| between consecutive θ"], rows)
+
+
+def _scene(cap: str):
+    from nodegraph.world.scene import Scene, Shape
+
+    spec = parse_prompt(cap)
+    return Scene(spec.background, tuple(Shape(s.kind, s.color, s.size, s.position) for s in spec.shapes))
+
+
+def sec_inversion(m: Models, q: bool) -> None:
+    n = 8 if q else 24
+    scenes, caps = prompts(n, False, SEED + 23)
+    img = to_model_range(render(scenes, 32))
+    text = m.clip.encode_text(caps)
+    rows = []
+    for steps in (10, 25, 50, 100):
+        xT, ts = invert(m.decoder, img, Condition(text=text), SamplerSettings(steps=steps))
+        rec = run_denoiser(m.decoder, xT, Guidance.cfg(Condition(text=text), 1.0), SamplerSettings(), timesteps=ts)
+        rows.append([steps, psnr(rec.clamp(-1, 1), img), score_batch(rec.clamp(-1, 1), caps).attribute_accuracy])
+    table("DDIM inversion -> reconstruction under the same caption", ["steps", "PSNR dB", "attributes kept"], rows)
+    # Edits: change the colour of the shape; the other named attributes must stay.
+    edited = [_replace(s, next(c for c in ("red", "green", "blue", "yellow") if c not in (s.shapes[0].color,
+                                                                                       s.background)))
+              for s in scenes]
+    targets = [caption(s) for s in edited]
+    xT, ts = invert(m.decoder, img, Condition(text=text), SamplerSettings(steps=50))
+    tgt = m.clip.encode_text(targets)
+    rows = []
+    for s in (1.0, 2.0, 3.0):
+        out = run_denoiser(m.decoder, xT, Guidance.cfg(Condition(text=tgt), s), SamplerSettings(),
+                           timesteps=ts).clamp(-1, 1)
+        per = score_batch(out, targets).per_attribute
+        others = {a: v for a, v in per.items() if a != "color" and v == v}
+        rows.append([s, per["color"], sum(others.values()) / len(others),
+                     " ".join(f"{a}={v:.2f}" for a, v in others.items())])
+    table("Inversion-based colour edit (50 steps): invert under the caption, regenerate under the edited caption",
+          ["scale", "target colour right", "other attributes kept", "per attribute"], rows)
+
+
+def _replace(scene, color):
+    from dataclasses import replace
+
+    return replace(scene, shapes=(replace(scene.shapes[0], color=color),))
+
+
+def sec_guided(m: Models, q: bool) -> None:
+    n = 16 if q else 48
+    scenes, caps = prompts(n, False, SEED + 29)
+    short = [f"a {s.shapes[0].color} {s.shapes[0].kind} on {'an' if s.background[0] in 'aeiou' else 'a'} "
+             f"{s.background} background" for s in scenes]
+    specs = [parse_prompt(c) for c in short]
+    x = noise(n, (3, 32, 32), 3)
+    text = m.clip.encode_text(short)
+    rows = []
+    configs = [
+        ("unguided unconditional", Guidance()),
+        ("classifier guidance s=3", None),
+        ("CLIP x̂0 guidance (unconditional)", Guidance(clip=ClipTerm("x0", m.clip, text.embed, 200.0, cutn=8,
+                                                                    range_scale=50.0))),
+        ("noised CLIP guidance (unconditional)", Guidance(clip=ClipTerm("noised", m.noised_clip, text.embed, 100.0))),
+        ("GLIDE text s=1 + noised CLIP", Guidance(conditions=((Condition(text=text), 1.0),),
+                                                  clip=ClipTerm("noised", m.noised_clip, text.embed, 100.0))),
+        ("GLIDE text s=1 (reference)", Guidance.cfg(Condition(text=text), 1.0)),
+    ]
+    for name, g in configs:
+        t0 = time.time()
+        if g is None:
+            outs = [run_denoiser(m.decoder, x[i:i + 1], Guidance(classifier=ClassifierTerm(
+                m.classifier, {"kind": sp.shapes[0].kind, "color": sp.shapes[0].color, "background": sp.background},
+                3.0)), SamplerSettings(steps=50)) for i, sp in enumerate(specs)]
+            out = torch.cat(outs)
+        else:
+            out = run_denoiser(m.decoder, x, g, SamplerSettings(steps=50))
+        r = score_batch(out.clamp(-1, 1), specs)
+        rows.append([name, n, r.attribute_accuracy, _per(r), f"{time.time() - t0:.0f}s"])
+    table("Guidance against unguided sampling (prompts name colour, kind, background; 50 DDIM steps)",
+          ["method", "n", "attribute acc", "per attribute", "time"], rows)
+
+
+def sec_cache(m: Models, q: bool) -> None:
+    from nodegraph.engine import Engine
+
+    with tempfile.TemporaryDirectory() as out:
+        eng = Engine("cpu", output_dir=out, plugins=False)
+        path = str(REPO / "workflows" / "dalle2_text2img.json")
+        rows = []
+        for label, params in (("cold", {"seed": 1}), ("identical", {"seed": 1}), ("seed changed", {"seed": 2}),
+                              ("prompt changed", {"seed": 2, "prompt": "a small green cross on a white background"})):
+            t0 = time.perf_counter()
+            r = eng.run(path, params=params)
+            rows.append([label, f"{time.perf_counter() - t0:.2f}", len(r.executed), ", ".join(r.executed) or "-"])
+    table("Cache in practice: dalle2_text2img through the engine",
+          ["run", "seconds", "executed", "nodes executed"], rows)
+
+
+SECTIONS = {
+    "clip": sec_clip, "pipeline": sec_pipeline, "upsampler": sec_upsampler, "inpaint": sec_inpaint,
+    "classifier": sec_classifier, "noised_clip": sec_noised_clip, "speed": sec_speed, "cfg": sec_cfg,
+    "variations": sec_variations, "text_diff": sec_text_diff, "inversion": sec_inversion, "guided": sec_guided,
+    "cache": sec_cache,
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller prompt sets")
+    ap.add_argument("--only", default="", help="comma-separated sections: " + ",".join(SECTIONS))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    names = [s for s in args.only.split(",") if s] or list(SECTIONS)
+    unknown = [s for s in names if s not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    m = Models()
+    print(f"# nodegraph quality bench ({'quick' if args.quick else 'full'}; models in {bundled.models_dir()})")
+    with torch.no_grad():
+        for name in names:
+            t0 = time.time()
+            SECTIONS[name](m, args.quick)
+            print(f"\n({name}: {time.time() - t0:.0f}s)")
+    print(json.dumps({"sections": names}))
+
+
+if __name__ == "__main__":
+    main()
