@@ -5,15 +5,14 @@
     ...                           # server.port is the bound port
     await server.shutdown()       # interrupt, save the queue, close clients with 1001
 
-Threads: the event loop serves every socket and owns the queue; one run thread executes prompts on
-the shared Engine (which runs one workflow at a time); one validation thread checks submitted
-workflows so that a large one (or a slow input-file fingerprint) never stalls the loop.
+Threads: the event loop serves every socket; the worker thread takes prompts from the queue and runs
+them on the shared Engine (which runs one workflow at a time); small workflows are validated on the
+loop, large ones (or ones that fingerprint input files) on a validation thread so they never stall it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import uuid
@@ -38,7 +37,7 @@ from nodegraph.server.protocol import (
 )
 from nodegraph.server.queue import PromptQueue, QueuedPrompt, QueueFull
 from nodegraph.server.security import AccessPolicy, is_loopback
-from nodegraph.server.worker import Outbox, PromptRunner, RunThread
+from nodegraph.server.worker import Outbox, PromptRunner, Worker
 from pydantic import BaseModel
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -50,7 +49,12 @@ from nodegraph.errors import ValidationIssue
 logger = logging.getLogger("nodegraph.server")
 
 SHUTDOWN_REASON = "server shutting down"
+INLINE_VALIDATION_NODES = 512  # larger workflows are validated on the validation thread
 Handler = Callable[[Any, str], Awaitable[list[Frame]]]
+
+
+class StartError(Exception):
+    """The server cannot start (port taken, state directory unusable); the message says why."""
 
 
 def _text(type_: str, data: dict[str, Any]) -> Frame:
@@ -75,17 +79,17 @@ class NodegraphServer:
         self.state_dir = Path(state_dir).absolute()
         self.queue_file = self.state_dir / "queue.json"
         self.history = HistoryStore(self.state_dir / "history", config.history_size)
-        self.queue = PromptQueue(config.max_queue, on_change=self._schedule_status)
+        self.queue = PromptQueue(config.max_queue)
         self.clients = ClientHub(config.max_client_buffer)
         self.policy = AccessPolicy(
             bound_to_loopback=is_loopback(config.host), token=config.token, allowed_origins=config.allowed_origins
         )
         self.http = HttpRoutes(self)
         self._runner = PromptRunner(engine, self.history, config.preview_every)
-        self._run_thread: RunThread | None = None
         self._validator: ThreadPoolExecutor | None = None
         self._ws: Server | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._worker: Worker | None = None
+        self._outbox: Outbox | None = None
         self._closing = False
         self._closed = asyncio.Event()
         self._force = asyncio.Event()
@@ -102,23 +106,35 @@ class NodegraphServer:
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        loaded = self.history.load()
-        self.queue.advance_numbers(self.history.max_number)
-        reloaded = self.queue.load(self.queue_file, skip=self.history.__contains__)
+        """Load the state, bind, start the worker; StartError says what stopped it."""
+        try:
+            loaded = self.history.load()
+            self.queue.advance_numbers(self.history.max_number)
+            reloaded = self.queue.load(self.queue_file, skip=self.history.__contains__)
+        except OSError as exc:
+            raise StartError(f"cannot use the state directory {self.state_dir}: {exc.strerror or exc}") from exc
         if loaded or reloaded:
             logger.info("history: %d finished prompt(s); queue: %d pending prompt(s) reloaded", loaded, reloaded)
-        self._run_thread = RunThread("nodegraph-run")
+        try:
+            self._ws = await serve(
+                self._handle,
+                self.config.host,
+                self.config.port,
+                process_request=self.http.process_request,
+                max_size=self.config.hard_message_bytes,
+                # Messages are small and mostly local: deflating each one costs more CPU than it saves.
+                compression=None,
+                ping_interval=self.config.ping_interval,
+                server_header="nodegraph",
+            )
+        except OSError as exc:  # e.g. the port is taken, or the address is not this machine's
+            where = f"{self.config.host}:{self.config.port}"
+            raise StartError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        loop = asyncio.get_running_loop()
         self._validator = ThreadPoolExecutor(1, thread_name_prefix="nodegraph-validate")
-        self._ws = await serve(
-            self._handle,
-            self.config.host,
-            self.config.port,
-            process_request=self.http.process_request,
-            max_size=self.config.hard_message_bytes,
-            ping_interval=self.config.ping_interval,
-            server_header="nodegraph",
-        )
-        self._worker = asyncio.get_running_loop().create_task(self._work(), name="nodegraph-worker")
+        self._outbox = Outbox(loop, self._deliver)
+        self._worker = Worker(self.queue, self._runner, self._outbox, loop)
+        self._worker.start()
 
     @property
     def port(self) -> int:
@@ -151,10 +167,14 @@ class NodegraphServer:
                 running.interrupt.set()
             if self._worker is not None:
                 forced = asyncio.ensure_future(self._force.wait())
-                await asyncio.wait({self._worker, forced}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                stopped = self._worker.stopped
+                await asyncio.wait({stopped, forced}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 forced.cancel()
-                if not self._worker.done() and running is not None:
+                if not stopped.done() and running is not None:
                     logger.error("prompt %s did not stop in time; shutting down without it", running.prompt_id)
+            if self._outbox is not None:
+                self._outbox.flush()  # the interrupted run's last events, before the connections close
+            self.clients.flush()
             try:
                 saved = self.queue.save(self.queue_file)
                 if saved:
@@ -165,8 +185,6 @@ class NodegraphServer:
                 self._ws.close(code=CloseCode.GOING_AWAY, reason=reason)
                 await self._ws.wait_closed()
         finally:
-            if self._run_thread is not None:
-                self._run_thread.stop()
             if self._validator is not None:
                 self._validator.shutdown(wait=False, cancel_futures=True)
             self._closed.set()
@@ -175,25 +193,14 @@ class NodegraphServer:
         """Stop waiting for the interrupted run (e.g. on a second Ctrl-C)."""
         self._force.set()
 
-    # ---------------------------------------------------------------- the worker
+    # ---------------------------------------------------------------- the worker's output
 
-    async def _work(self) -> None:
-        assert self._run_thread is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            item = await self.queue.take()
-            if item is None:
-                return
-            outbox = Outbox(loop, functools.partial(self.clients.send_to_client, item.client_id))
-            final: list[Frame] = []
-            try:
-                outcome = await self._run_thread.submit(self._runner.run, item, outbox)
-                final = outcome.final
-            except Exception:  # PromptRunner.run reports everything itself; this is a bug
-                logger.exception("the worker failed on prompt %s", item.prompt_id)
-            outbox.flush()  # anything the run thread left, before the closing frames
-            self.queue.finish()
-            self.clients.send_to_client(item.client_id, final)
+    def _deliver(self, batches: list[tuple[str, list[Frame]]], status_due: bool) -> None:
+        """(Loop) what the worker produced since the last delivery, in order; then the queue status."""
+        for client_id, frames in batches:
+            self.clients.send_to_client(client_id, frames)
+        if status_due:
+            self._schedule_status()
 
     # ---------------------------------------------------------------- connections
 
@@ -239,12 +246,15 @@ class NodegraphServer:
         refusal = self._prompt_refusal(prompt_id)
         if refusal is not None:
             return [refusal]
-        assert self._validator is not None
-        loop = asyncio.get_running_loop()
-        issues = await loop.run_in_executor(self._validator, self._validate, request.prompt, request.params)
-        refusal = self._prompt_refusal(prompt_id)  # again: the queue may have changed meanwhile
-        if refusal is not None:
-            return [refusal]
+        if self._cheap_to_validate(request.prompt):
+            issues = self._validate(request.prompt, request.params)
+        else:
+            assert self._validator is not None
+            loop = asyncio.get_running_loop()
+            issues = await loop.run_in_executor(self._validator, self._validate, request.prompt, request.params)
+            refusal = self._prompt_refusal(prompt_id)  # again: the queue may have changed meanwhile
+            if refusal is not None:
+                return [refusal]
         if issues:
             count = len(issues)
             message = f"invalid workflow ({count} problem{'s' if count != 1 else ''})"
@@ -256,7 +266,9 @@ class NodegraphServer:
             self.queue.put(item)
         except QueueFull as exc:
             return [(protocol.prompt_error("queue_full", str(exc), prompt_id=prompt_id), True)]
-        # No await between put() and this reply being written: prompt_queued precedes the run's events.
+        self._schedule_status()
+        # No await between put() and this reply being queued for the client, and the worker's events
+        # reach the loop only through a callback that runs later: prompt_queued precedes them.
         return [_text("prompt_queued", {"prompt_id": prompt_id, "number": item.number})]
 
     def _prompt_refusal(self, prompt_id: str) -> Frame | None:
@@ -269,6 +281,24 @@ class NodegraphServer:
             message = f"the queue is full ({self.queue.max_pending} prompts pending); try again later"
             return (protocol.prompt_error("queue_full", message, prompt_id=prompt_id), True)
         return None
+
+    def _cheap_to_validate(self, prompt: dict[str, Any]) -> bool:
+        """Whether validating this prompt on the loop thread costs less than handing it to a thread.
+
+        Validation is pure Python at a few microseconds per node, while each thread hand-off is a
+        wake-up that, on a busy machine, can wait for a whole scheduler time slice. Large workflows
+        and ones that fingerprint input files (reading them) still go to the validation thread.
+        """
+        nodes = _workflow_nodes(prompt)
+        if len(nodes) > INLINE_VALIDATION_NODES:
+            return False
+        registry = self.engine.registry
+        for node in nodes.values():
+            class_type = node.get("class_type") if isinstance(node, dict) else None
+            spec = registry.get(class_type) if isinstance(class_type, str) else None
+            if spec is not None and spec.has_fingerprint:
+                return False
+        return True
 
     def _validate(self, prompt: dict[str, Any], params: dict[str, Any] | None) -> list[ValidationIssue]:
         try:
@@ -306,6 +336,8 @@ class NodegraphServer:
                     refused = {key: why for key, why in refused.items() if key not in cleared}
             for item in removed:
                 self.clients.send_to_client(item.client_id, [_text("prompt_deleted", {"prompt_id": item.prompt_id})])
+            if removed:
+                self._schedule_status()
             extra = {"deleted": [item.prompt_id for item in removed], "not_deleted": refused}
         return [_text("queue", {**self.queue_snapshot(), **extra})]
 
@@ -331,10 +363,10 @@ class NodegraphServer:
         return cached[1]
 
     def queue_snapshot(self) -> dict[str, Any]:
-        running = self.queue.running
+        running, pending = self.queue.snapshot()
         return {
             "queue_running": [running.summary()] if running is not None else [],
-            "queue_pending": [item.summary() for item in self.queue.pending],
+            "queue_pending": [item.summary() for item in pending],
         }
 
     def _schedule_status(self) -> None:

@@ -1,10 +1,11 @@
 """Connected clients by clientId, and sending frames to them in order without blocking the loop.
 
-Frames are written synchronously (websockets' `broadcast`, which queues them on the transport in
-call order), so a prompt's events reach its client in the order the engine emitted them and no
-coroutine is needed per message. The price of writing without waiting is that a client that
-stops reading makes the buffer grow; so previews (lossy by nature) are dropped once a client's
-buffer passes a quarter of the limit, and a client past the whole limit is disconnected (1008).
+Frames are queued per connection and written at the end of the current loop iteration, all of a
+connection's frames in one write: a run's burst of events, or the answers to a burst of requests,
+costs one system call (and one wake-up of the client) instead of one per message. Frames are
+written without waiting for the client (as websockets' `broadcast` does), so a client that stops
+reading makes its buffer grow; previews (lossy by nature) are dropped once a client's buffer
+passes a quarter of the limit, and a client past the whole limit is disconnected (1008).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode
 from websockets.protocol import State
 
@@ -29,6 +30,8 @@ class ClientHub:
     def __init__(self, max_buffer_bytes: int) -> None:
         self.max_buffer_bytes = max_buffer_bytes
         self._by_id: dict[str, set[ServerConnection]] = {}
+        self._outgoing: dict[ServerConnection, list[Frame]] = {}
+        self._flush_scheduled = False
         self._closing: set[asyncio.Task[None]] = set()
 
     def add(self, client_id: str, connection: ServerConnection) -> None:
@@ -45,29 +48,63 @@ class ClientHub:
         return sum(len(connections) for connections in self._by_id.values())
 
     def send(self, connection: ServerConnection, frame: Frame) -> None:
-        payload, text = frame
+        """Queue a frame for this connection; written (in order) at the end of this loop iteration."""
+        queued = self._outgoing.get(connection)
+        if queued is None:
+            self._outgoing[connection] = [frame]
+        else:
+            queued.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def send_to_client(self, client_id: str, frames: Sequence[Frame]) -> None:
+        connections = self._by_id.get(client_id)
+        if not connections:
+            return  # the client left; its prompt's results stay in the history
+        for connection in connections:
+            for frame in frames:
+                self.send(connection, frame)
+
+    def broadcast(self, frame: Frame) -> None:
+        for connections in self._by_id.values():
+            for connection in connections:
+                self.send(connection, frame)
+
+    def flush(self) -> None:
+        """Write every queued frame now (also called at shutdown, before connections are closed)."""
+        self._flush_scheduled = False
+        outgoing, self._outgoing = self._outgoing, {}
+        for connection, frames in outgoing.items():
+            self._write(connection, frames)
+
+    def _write(self, connection: ServerConnection, frames: list[Frame]) -> None:
         if connection.protocol.state is not State.OPEN:
             return
         buffered = connection.transport.get_write_buffer_size()
         if buffered > self.max_buffer_bytes:
             self._disconnect_slow(connection, buffered)
             return
-        if not text and buffered > self.max_buffer_bytes // 4:
-            return  # a preview the client is too slow to take: the next one will do
-        broadcast((connection,), payload, text=text)
-
-    def send_to_client(self, client_id: str, frames: Sequence[Frame]) -> None:
-        connections = self._by_id.get(client_id)
-        if not connections:
-            return  # the client left; its prompt's results stay in the history
-        for connection in tuple(connections):
-            for frame in frames:
-                self.send(connection, frame)
-
-    def broadcast(self, frame: Frame) -> None:
-        for connections in tuple(self._by_id.values()):
-            for connection in tuple(connections):
-                self.send(connection, frame)
+        previews = buffered <= self.max_buffer_bytes // 4  # else skip them: the next one will do
+        protocol = connection.protocol
+        try:
+            for payload, text in frames:
+                if text:
+                    protocol.send_text(payload)
+                elif previews:
+                    protocol.send_binary(payload)
+        except Exception as exc:  # the protocol refused (e.g. closing meanwhile): nothing more to send
+            logger.debug("not sending to %s: %s", connection.remote_address, exc)
+        chunks = protocol.data_to_send()
+        transport = connection.transport
+        if all(chunks):
+            transport.write(b"".join(chunks))
+            return
+        for chunk in chunks:  # an empty chunk means end-of-stream (the protocol is closing)
+            if chunk:
+                transport.write(chunk)
+            elif transport.can_write_eof():
+                transport.write_eof()
 
     def _disconnect_slow(self, connection: ServerConnection, buffered: int) -> None:
         logger.warning("disconnecting %s: %d bytes unsent, it is not reading", connection.remote_address, buffered)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from urllib.parse import quote
 
-from nodegraph.server.app import NodegraphServer
+from nodegraph.server.app import NodegraphServer, StartError
 from nodegraph.server.config import ServerConfig, parse_args
 
 from nodegraph.engine import Engine
@@ -45,8 +45,8 @@ def main(argv: Sequence[str] | None = None, *, engine: Engine | None = None) -> 
         return EXIT_INVALID
     try:
         asyncio.run(serve_until_signalled(server))
-    except OSError as exc:  # e.g. the port is taken
-        print(f"nodegraph serve: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+    except StartError as exc:
+        print(f"nodegraph serve: {exc}", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK
 

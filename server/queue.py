@@ -1,13 +1,7 @@
-"""The prompt queue: a FIFO of pending prompts and the one running, with persistence across restarts.
-
-The queue belongs to the event loop thread: only coroutines and callbacks on the loop touch it, so
-it needs no locks. The worker awaits `take()`; the run itself happens on another thread, which only
-ever sees the QueuedPrompt it was handed (and its interrupt flag, a threading.Event).
-"""
+"""The prompt queue: a FIFO of pending prompts and the one running, with persistence across restarts."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -75,106 +69,122 @@ class QueuedPrompt:
 
 
 class PromptQueue:
-    """FIFO of pending prompts plus the running one. `on_change` is called after every change."""
+    """FIFO of pending prompts plus the running one, shared by the event loop and the worker thread.
 
-    def __init__(self, max_pending: int, on_change: Callable[[], None] | None = None) -> None:
+    The loop adds and removes pending prompts; the worker thread `take`s the next one as soon as
+    it has finished the last, without a round trip through the loop. Everything is under one lock.
+    """
+
+    def __init__(self, max_pending: int) -> None:
         self.max_pending = max_pending
-        self.running: QueuedPrompt | None = None
         self._pending: OrderedDict[str, QueuedPrompt] = OrderedDict()
-        self._ready = asyncio.Event()
+        self._running: QueuedPrompt | None = None
         self._closed = False
         self._next_number = 0
-        self._on_change = on_change
+        self._condition = threading.Condition()
+
+    @property
+    def running(self) -> QueuedPrompt | None:
+        with self._condition:
+            return self._running
+
+    @property
+    def pending(self) -> list[QueuedPrompt]:
+        with self._condition:
+            return list(self._pending.values())
 
     @property
     def remaining(self) -> int:
         """Pending plus running: ComfyUI's exec_info.queue_remaining."""
-        return len(self._pending) + (self.running is not None)
+        with self._condition:
+            return len(self._pending) + (self._running is not None)
 
-    @property
-    def pending(self) -> list[QueuedPrompt]:
-        return list(self._pending.values())
+    def snapshot(self) -> tuple[QueuedPrompt | None, list[QueuedPrompt]]:
+        """(running, pending) seen at one instant."""
+        with self._condition:
+            return self._running, list(self._pending.values())
 
     def knows(self, prompt_id: str) -> bool:
-        return prompt_id in self._pending or (self.running is not None and self.running.prompt_id == prompt_id)
+        with self._condition:
+            return prompt_id in self._pending or (self._running is not None and self._running.prompt_id == prompt_id)
 
     def is_full(self) -> bool:
-        return len(self._pending) >= self.max_pending
+        with self._condition:
+            return len(self._pending) >= self.max_pending
 
     def next_number(self) -> int:
-        number = self._next_number
-        self._next_number += 1
-        return number
+        with self._condition:
+            number = self._next_number
+            self._next_number += 1
+            return number
 
     def advance_numbers(self, past: int) -> None:
         """Make the next number larger than `past` (numbers stay unique across restarts)."""
-        self._next_number = max(self._next_number, past + 1)
+        with self._condition:
+            self._next_number = max(self._next_number, past + 1)
 
     def put(self, item: QueuedPrompt, *, force: bool = False) -> None:
         """Append a prompt; QueueFull when max_pending are waiting (`force`: prompts reloaded at start)."""
-        if self._closed:
-            raise QueueFull("the server is shutting down")
-        if not force and self.is_full():
-            raise QueueFull(f"the queue is full ({self.max_pending} prompts pending); try again later")
-        self._pending[item.prompt_id] = item
-        self.advance_numbers(item.number)
-        self._ready.set()
-        self._changed()
+        with self._condition:
+            if self._closed:
+                raise QueueFull("the server is shutting down")
+            if not force and len(self._pending) >= self.max_pending:
+                raise QueueFull(f"the queue is full ({self.max_pending} prompts pending); try again later")
+            self._pending[item.prompt_id] = item
+            self._next_number = max(self._next_number, item.number + 1)
+            self._condition.notify()
 
     def remove(self, prompt_ids: Iterable[str]) -> tuple[list[QueuedPrompt], dict[str, str]]:
         """Drop pending prompts; (removed ones, {id: why it was not removed})."""
         removed: list[QueuedPrompt] = []
         refused: dict[str, str] = {}
-        for prompt_id in prompt_ids:
-            item = self._pending.pop(prompt_id, None)
-            if item is not None:
-                removed.append(item)
-            elif self.running is not None and self.running.prompt_id == prompt_id:
-                refused[prompt_id] = "running; stop it with an interrupt message"
-            elif prompt_id not in refused:
-                refused[prompt_id] = "not in the queue"
-        if removed:
-            self._changed()
+        with self._condition:
+            for prompt_id in prompt_ids:
+                item = self._pending.pop(prompt_id, None)
+                if item is not None:
+                    removed.append(item)
+                elif self._running is not None and self._running.prompt_id == prompt_id:
+                    refused[prompt_id] = "running; stop it with an interrupt message"
+                elif not any(prompt_id == done.prompt_id for done in removed):
+                    refused[prompt_id] = "not in the queue"
         return removed, refused
 
     def clear(self) -> list[QueuedPrompt]:
-        removed = list(self._pending.values())
-        self._pending.clear()
-        if removed:
-            self._changed()
+        with self._condition:
+            removed = list(self._pending.values())
+            self._pending.clear()
         return removed
 
-    async def take(self) -> QueuedPrompt | None:
-        """Wait for the next prompt and mark it running; None once the queue is closed."""
-        while not self._closed:
-            if self._pending:
-                _, item = self._pending.popitem(last=False)
-                self.running = item
-                self._changed()
-                return item
-            self._ready.clear()
-            await self._ready.wait()
-        return None
+    def take(self) -> QueuedPrompt | None:
+        """(Worker thread) wait for the next prompt and mark it running; None once the queue is closed."""
+        with self._condition:
+            while not self._closed and not self._pending:
+                self._condition.wait()
+            if self._closed:
+                return None
+            _, item = self._pending.popitem(last=False)
+            self._running = item
+            return item
 
     def finish(self) -> None:
-        self.running = None
-        self._changed()
+        """(Worker thread) the running prompt is over."""
+        with self._condition:
+            self._running = None
 
     def close(self) -> None:
         """Stop handing out prompts; pending ones stay (to be saved) and `put` is refused."""
-        self._closed = True
-        self._ready.set()
-
-    def _changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change()
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
 
     # ---------------------------------------------------------------- persistence
 
     def save(self, path: Path) -> int:
         """Write the pending prompts (in order) to `path` atomically; returns how many were saved."""
-        items = [item.to_json() for item in self._pending.values()]
-        write_json_atomic(path, {"version": QUEUE_FILE_VERSION, "next_number": self._next_number, "pending": items})
+        with self._condition:
+            items = [item.to_json() for item in self._pending.values()]
+            next_number = self._next_number
+        write_json_atomic(path, {"version": QUEUE_FILE_VERSION, "next_number": next_number, "pending": items})
         return len(items)
 
     def load(self, path: Path, skip: Callable[[str], bool]) -> int:

@@ -1,19 +1,19 @@
-"""Running prompts: the run thread, the relay from engine events to wire frames, and history entries.
+"""Running prompts: the worker thread, the relay from engine events to wire frames, history entries.
 
 The Engine runs one workflow at a time and blocks while it does, so runs happen on one daemon
-thread while the event loop keeps serving sockets. Engine events arrive on that thread; the relay
-encodes them there (JSON, preview PNGs), so the loop only copies bytes to sockets, and hands them
-over in batches through an Outbox (one loop wake-up per batch, not per event). The run's last
-`executing` (node null) is held back and sent by the loop after the history entry is stored and
-the queue updated, so a client that sees the run end can at once ask for its history.
+worker thread while the event loop keeps serving sockets. Engine events arrive on that thread; the
+relay encodes them there (JSON, preview PNGs), so the loop only copies bytes to sockets, and hands
+them over in batches through an Outbox (one loop wake-up per batch, not per event). The run's last
+`executing` (node null) is held back until the history entry is stored and the queue updated, so a
+client that sees the run end can at once ask for its history.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
-import queue
 import threading
 import time
 import traceback
@@ -25,7 +25,7 @@ from typing import Any
 from nodegraph.server.clients import Frame
 from nodegraph.server.history import HistoryStore
 from nodegraph.server.protocol import encode, preview_frame
-from nodegraph.server.queue import QueuedPrompt
+from nodegraph.server.queue import PromptQueue, QueuedPrompt
 
 from nodegraph import events
 from nodegraph.engine import Engine
@@ -46,80 +46,96 @@ _STATUS_EVENTS = frozenset(
 _TERMINAL_EVENTS = frozenset({events.EXECUTION_SUCCESS, events.EXECUTION_ERROR, events.EXECUTION_INTERRUPTED})
 
 
-class RunThread:
-    """One daemon thread running submitted calls in order; each call's result comes back as a future.
+class Outbox:
+    """Frames made on the worker thread, delivered on the loop in order, one wake-up per batch.
 
-    A daemon thread (not a ThreadPoolExecutor, whose threads are joined at exit) so that a node that
-    ignores interrupts cannot keep the process alive after shutdown gave up waiting for it.
+    `deliver(batches, status_due)` receives [(client_id, frames), ...] in the order they were put
+    and whether the queue changed (a status broadcast is due) since the last delivery.
     """
 
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._jobs.put((loop, future, function, args))
-        return future
-
-    def stop(self) -> None:
-        self._jobs.put(None)
-
-    def _main(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            loop, future, function, args = job
-            try:
-                outcome, failed = function(*args), False
-            except BaseException as exc:  # handed to the awaiting coroutine, which decides
-                outcome, failed = exc, True
-            try:
-                loop.call_soon_threadsafe(_resolve, future, outcome, failed)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
-
-
-def _resolve(future: asyncio.Future[Any], outcome: Any, failed: bool) -> None:
-    if future.cancelled():
-        return
-    if failed:
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
-
-
-class Outbox:
-    """Frames made on the run thread, delivered on the loop in order, one wake-up per batch."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[list[Frame]], None]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, deliver: Callable[[list[tuple[str, list[Frame]]], bool], None]
+    ) -> None:
         self._loop = loop
         self._deliver = deliver
-        self._frames: list[Frame] = []
+        self._batches: list[tuple[str, list[Frame]]] = []
+        self._status_due = False
         self._scheduled = False
         self._lock = threading.Lock()
 
-    def put(self, frames: list[Frame]) -> None:
+    def put(self, client_id: str, frames: list[Frame], *, status: bool = False) -> None:
         with self._lock:
-            self._frames.extend(frames)
+            if frames:
+                self._batches.append((client_id, frames))
+            self._status_due = self._status_due or status
             if self._scheduled:
                 return
             self._scheduled = True
         try:
             self._loop.call_soon_threadsafe(self.flush)
-        except RuntimeError:  # loop closed during shutdown: the frames have nowhere to go
+        except RuntimeError:  # the loop is closed (shutdown gave up on this run): nowhere to deliver
             pass
 
     def flush(self) -> None:
         """Deliver what is waiting (on the loop thread)."""
         with self._lock:
-            frames, self._frames = self._frames, []
+            batches, self._batches = self._batches, []
+            status_due, self._status_due = self._status_due, False
             self._scheduled = False
-        if frames:
-            self._deliver(frames)
+        if batches or status_due:
+            self._deliver(batches, status_due)
+
+
+class Worker:
+    """The thread that runs prompts: it takes the next one from the queue as soon as the last ends.
+
+    Runs do not go through the event loop one by one, so a busy queue costs no thread wake-ups
+    between prompts; the loop only wakes to deliver the events the Outbox has collected.
+    `stopped` (an asyncio future) resolves when the thread has ended (the queue was closed).
+    """
+
+    def __init__(
+        self, queue: PromptQueue, runner: PromptRunner, outbox: Outbox, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.queue = queue
+        self.runner = runner
+        self.outbox = outbox
+        self._loop = loop
+        self.stopped: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(target=self._main, name="nodegraph-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            while True:
+                item = self.queue.take()
+                if item is None:
+                    return
+                self.outbox.put(item.client_id, [], status=True)
+                try:
+                    final = self.runner.run(item, self.outbox).final
+                except Exception:  # PromptRunner.run reports every failure itself; this is a bug
+                    logger.exception("the worker failed on prompt %s", item.prompt_id)
+                    final = [_final_frame(item.prompt_id)]
+                self.queue.finish()
+                # After the history entry and the queue: whoever sees the run end can ask for either.
+                self.outbox.put(item.client_id, final, status=True)
+        finally:
+            try:
+                self._loop.call_soon_threadsafe(_resolve, self.stopped)
+            except RuntimeError:
+                pass
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _final_frame(prompt_id: str) -> Frame:
+    return (encode(events.EXECUTING, {"node": None, "display_node": None, "prompt_id": prompt_id}), True)
 
 
 class EventRelay:
@@ -199,7 +215,7 @@ class PromptRunner:
         self.preview_every = preview_every
 
     def run(self, item: QueuedPrompt, outbox: Outbox) -> RunOutcome:
-        relay = EventRelay(item.prompt_id, self.preview_every, outbox.put)
+        relay = EventRelay(item.prompt_id, self.preview_every, functools.partial(outbox.put, item.client_id))
         started = time.time()
         files: list[dict[str, str]] = []
         executed: list[str] = []
@@ -250,10 +266,7 @@ class PromptRunner:
             },
         }
         self.history.add(entry)
-        final = relay.final
-        if final is None:
-            final = (encode(events.EXECUTING, {"node": None, "display_node": None, "prompt_id": item.prompt_id}), True)
-        return RunOutcome(entry, [final])
+        return RunOutcome(entry, [relay.final if relay.final is not None else _final_frame(item.prompt_id)])
 
     def _report_error(
         self,

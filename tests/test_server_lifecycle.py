@@ -208,6 +208,13 @@ def test_a_port_in_use_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
+def test_an_unusable_state_directory_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("a file where the state directory should be")
+    code = server_main(["--port", "0", "--state-dir", str(tmp_path / "state")], engine=make_engine(tmp_path))
+    assert code == 2
+    assert f"cannot use the state directory {tmp_path / 'state'}" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_nodegraph_serve_runs_prompts_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "nodegraph", "serve", "--port", "0", "--device", "cpu", "--log-level", "warning"]
