@@ -2,7 +2,7 @@
 
 Modules: app (NodegraphServer: connections, worker, lifecycle), protocol (message schemas and
 encoders), queue (the FIFO and its persistence), history (finished prompts on disk), worker (the
-run thread and engine-event relay), clients (connections by clientId), http (GET routes and /view),
+worker thread and engine-event relay), clients (connections by clientId), http (GET routes and /view),
 security (token, Host/Origin checks), config (settings and the command line), main (signals).
 """
 

@@ -34,6 +34,7 @@ from nodegraph.server.protocol import (
     PromptRequest,
     QueueRequest,
     encode,
+    workflow_nodes,
 )
 from nodegraph.server.queue import PromptQueue, QueuedPrompt, QueueFull
 from nodegraph.server.security import AccessPolicy, is_loopback
@@ -258,7 +259,7 @@ class NodegraphServer:
         if issues:
             count = len(issues)
             message = f"invalid workflow ({count} problem{'s' if count != 1 else ''})"
-            nodes = _workflow_nodes(request.prompt)
+            nodes = workflow_nodes(request.prompt)
             frame = protocol.prompt_error("invalid_prompt", message, prompt_id=prompt_id, issues=issues, nodes=nodes)
             return [(frame, True)]
         item = QueuedPrompt(prompt_id, self.queue.next_number(), client_id, request.prompt, request.params or {})
@@ -289,7 +290,7 @@ class NodegraphServer:
         wake-up that, on a busy machine, can wait for a whole scheduler time slice. Large workflows
         and ones that fingerprint input files (reading them) still go to the validation thread.
         """
-        nodes = _workflow_nodes(prompt)
+        nodes = workflow_nodes(prompt)
         if len(nodes) > INLINE_VALIDATION_NODES:
             return False
         registry = self.engine.registry
@@ -379,10 +380,3 @@ class NodegraphServer:
     def _send_status(self) -> None:
         self._status_pending = False
         self.clients.broadcast(_text("status", protocol.status_data(self.queue.remaining)))
-
-
-def _workflow_nodes(prompt: dict[str, Any]) -> dict[str, Any]:
-    nodes = prompt.get("nodes")
-    if isinstance(nodes, dict) and "class_type" not in nodes:
-        return nodes
-    return prompt

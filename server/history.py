@@ -8,7 +8,7 @@ An entry is ComfyUI-shaped:
                 "messages": [[EVENT, DATA], ...]},
      "files": [{"filename", "subfolder", "type"}], "meta": {timestamps, executed, cached, seconds}}
 
-Entries are added on the run thread (so the file is written before the client hears the run is
+Entries are added on the worker thread (so the file is written before the client hears the run is
 over) and read on the event loop thread, hence the lock.
 """
 

@@ -157,6 +157,14 @@ def _describe(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
+def workflow_nodes(prompt: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The API-format nodes of a submitted workflow, bare or wrapped ({"nodes": ..., "params": ...})."""
+    nodes = prompt.get("nodes")
+    if isinstance(nodes, Mapping) and "class_type" not in nodes:
+        return nodes
+    return prompt
+
+
 # ---------------------------------------------------------------- server -> client
 
 

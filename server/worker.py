@@ -24,7 +24,7 @@ from typing import Any
 
 from nodegraph.server.clients import Frame
 from nodegraph.server.history import HistoryStore
-from nodegraph.server.protocol import encode, preview_frame
+from nodegraph.server.protocol import encode, preview_frame, workflow_nodes
 from nodegraph.server.queue import PromptQueue, QueuedPrompt
 
 from nodegraph import events
@@ -207,7 +207,7 @@ class RunOutcome:
 
 
 class PromptRunner:
-    """Runs one QueuedPrompt on the engine (on the run thread) and stores its history entry."""
+    """Runs one QueuedPrompt on the engine (on the worker thread) and stores its history entry."""
 
     def __init__(self, engine: Engine, history: HistoryStore, preview_every: int) -> None:
         self.engine = engine
@@ -278,8 +278,7 @@ class PromptRunner:
         errors: list[dict[str, Any]] | None = None,
     ) -> None:
         node_type = None
-        nodes = item.prompt.get("nodes") if isinstance(item.prompt.get("nodes"), dict) else item.prompt
-        node = nodes.get(node_id) if node_id is not None else None
+        node = workflow_nodes(item.prompt).get(node_id) if node_id is not None else None
         if isinstance(node, dict) and isinstance(node.get("class_type"), str):
             node_type = node["class_type"]
         data: dict[str, Any] = {

@@ -3,7 +3,9 @@
 "use strict";
 
 const token = new URLSearchParams(location.search).get("token");
-const clientId = sessionStorage.getItem("nodegraph-client") || crypto.randomUUID();
+// randomUUID exists only in secure contexts (https, localhost); getRandomValues everywhere.
+const newId = () => Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+const clientId = sessionStorage.getItem("nodegraph-client") || newId();
 sessionStorage.setItem("nodegraph-client", clientId);
 const $ = (id) => document.getElementById(id);
 
