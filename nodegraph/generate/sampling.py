@@ -98,10 +98,10 @@ def guidance_cond_fn(model: DiffusionModel, guidance: Guidance, model_fn: ModelF
         from nodegraph.models.classifier import labels_for
 
         term = guidance.classifier
-        clf = term.model
+        clf, labels = term.model, term.labels  # bound now: `term` is reused for the CLIP term below
 
         def log_prob(x: Tensor, t: Tensor) -> Tensor:
-            return clf.log_prob(x, t, labels_for(term.labels, x.shape[0], x.device))
+            return clf.log_prob(x, t, labels_for(labels, x.shape[0], x.device))
 
         fns.append(G.classifier_guidance(log_prob, term.scale))
     if guidance.clip is not None:

@@ -1,0 +1,107 @@
+"""Tiny random checkpoints for every model family, written with the project's own export path.
+
+The bundled models in models/ are still being trained, so tests of the generation library and of the
+nodes build their own: the same metadata layout the training scripts write (kind, config, diffusion,
+...), with configs small enough that a whole workflow runs in well under a second on one CPU thread.
+Point NODEGRAPH_MODELS at the directory `build_tiny_models` fills to make the loaders use them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nodegraph.models.classifier import ClassifierConfig, NoisyClassifier
+from nodegraph.models.clip import build_clip
+from nodegraph.models.diffusion_model import DiffusionSpec
+from nodegraph.models.noised_clip import NoisedClipConfig, NoisedImageTower
+from nodegraph.models.prior import PriorConfig, PriorTransformer
+from nodegraph.models.unet import UNet, UNetConfig
+from nodegraph.train.common import export
+
+TIMESTEPS = 50
+DECODER_SIZE = 32  # the decoder's and inpainting model's resolution
+LOW_RES, HIGH_RES = 16, 32  # the upsampler's input and output
+UNET_SPEC = DiffusionSpec(schedule="cosine", timesteps=TIMESTEPS, prediction="eps", variance="learned_range")
+PRIOR_SPEC = DiffusionSpec(schedule="cosine", timesteps=TIMESTEPS, prediction="x0", variance="fixed_small")
+AUG_LEVEL = 5
+
+
+def perturb(net: nn.Module, seed: int, std: float = 0.05) -> nn.Module:
+    """Give zero-initialised layers (output convs, null vectors) small random weights.
+
+    An untrained UNet's zero output layers make it predict exactly 0 whatever its condition, so any
+    test comparing conditions, guidance or reconstructions would pass trivially.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.abs().sum() == 0:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return net
+
+
+def tiny_unet_config(clip_dim: int, text_dim: int, in_channels: int = 3) -> UNetConfig:
+    return UNetConfig(
+        in_channels=in_channels, out_channels=6, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+        attention_resolutions=(16,), image_size=DECODER_SIZE, head_channels=16, norm_groups=8,
+        clip_dim=clip_dim, text_dim=text_dim, text_embed_dim=clip_dim,
+    )
+
+
+def write_decoder(path: Path, seed: int, clip_dim: int = 128, text_dim: int = 128) -> Path:
+    """A tiny decoder checkpoint (its weights depend on `seed`), as nodegraph.train.decoder exports one."""
+    with torch.random.fork_rng():  # seeded weights without touching the tests' global RNG
+        torch.manual_seed(seed)
+        dec = perturb(UNet(tiny_unet_config(clip_dim, text_dim)), seed)
+    export(dec, path, {"kind": "decoder", "config": dec.cfg.to_dict(), "diffusion": UNET_SPEC.__dict__,
+                       "clip_model_name": "shapes-clip"})
+    return path
+
+
+def build_tiny_models(directory: Path) -> dict[str, Path]:
+    """Write clip, prior, decoder, inpaint, upsampler, classifier and noised_clip checkpoints under the
+    default file names; returns family -> path."""
+    with torch.random.fork_rng():  # seeded weights without touching the tests' global RNG
+        torch.manual_seed(0)
+        return _build(directory)
+
+
+def _build(directory: Path) -> dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+
+    def write(family: str, net: nn.Module, meta: dict) -> None:
+        paths[family] = directory / f"{family}.safetensors"
+        export(net, paths[family], {"kind": family, **meta})
+
+    clip = build_clip()
+    write("clip", clip.model, {"model_name": clip.model_name})
+    d, width, length = clip.embed_dim, clip.text_width, clip.context_length
+
+    pcfg = PriorConfig(clip_dim=d, text_width=width, context_length=length, width=32, layers=1, heads=2)
+    prior = PriorTransformer(pcfg)
+    write("prior", perturb(prior, 1), {"config": pcfg.to_dict(), "diffusion": PRIOR_SPEC.__dict__,
+                                       "clip_model_name": clip.model_name})
+
+    paths["decoder"] = write_decoder(directory / "decoder.safetensors", seed=2, clip_dim=d, text_dim=width)
+
+    inp = perturb(UNet(tiny_unet_config(d, width, in_channels=7)), 3)
+    write("inpaint", inp, {"config": inp.cfg.to_dict(), "diffusion": UNET_SPEC.__dict__,
+                           "clip_model_name": clip.model_name, "mask_convention": "1 = known pixel"})
+
+    ucfg = UNetConfig(in_channels=6, out_channels=6, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                      attention_resolutions=(), image_size=HIGH_RES, head_channels=16, norm_groups=8, aug_level=True)
+    ups = perturb(UNet(ucfg), 4)
+    write("upsampler", ups, {"config": ucfg.to_dict(), "diffusion": UNET_SPEC.__dict__, "low_res": LOW_RES,
+                             "aug_level": AUG_LEVEL})
+
+    ccfg = ClassifierConfig(model_channels=8, channel_mult=(1, 2), image_size=DECODER_SIZE, norm_groups=8)
+    write("classifier", NoisyClassifier(ccfg), {"config": ccfg.to_dict(), "diffusion": UNET_SPEC.__dict__})
+
+    ncfg = NoisedClipConfig(image_size=DECODER_SIZE, patch_size=8, width=32, layers=1, heads=2, embed_dim=d)
+    write("noised_clip", NoisedImageTower(ncfg), {"config": ncfg.to_dict(), "diffusion": UNET_SPEC.__dict__,
+                                                  "clip_model_name": clip.model_name})
+    return paths
