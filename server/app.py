@@ -94,7 +94,6 @@ class NodegraphServer:
         self._closing = False
         self._closed = asyncio.Event()
         self._force = asyncio.Event()
-        self._status_pending = False
         self._catalogue: tuple[int, bytes] | None = None
         self._handlers: dict[str, Handler] = {
             "prompt": self._on_prompt,
@@ -201,7 +200,7 @@ class NodegraphServer:
         for client_id, frames in batches:
             self.clients.send_to_client(client_id, frames)
         if status_due:
-            self._schedule_status()
+            self._send_status()
 
     # ---------------------------------------------------------------- connections
 
@@ -267,7 +266,7 @@ class NodegraphServer:
             self.queue.put(item)
         except QueueFull as exc:
             return [(protocol.prompt_error("queue_full", str(exc), prompt_id=prompt_id), True)]
-        self._schedule_status()
+        self._send_status()
         # No await between put() and this reply being queued for the client, and the worker's events
         # reach the loop only through a callback that runs later: prompt_queued precedes them.
         return [_text("prompt_queued", {"prompt_id": prompt_id, "number": item.number})]
@@ -338,7 +337,7 @@ class NodegraphServer:
             for item in removed:
                 self.clients.send_to_client(item.client_id, [_text("prompt_deleted", {"prompt_id": item.prompt_id})])
             if removed:
-                self._schedule_status()
+                self._send_status()
             extra = {"deleted": [item.prompt_id for item in removed], "not_deleted": refused}
         return [_text("queue", {**self.queue_snapshot(), **extra})]
 
@@ -370,13 +369,7 @@ class NodegraphServer:
             "queue_pending": [item.summary() for item in pending],
         }
 
-    def _schedule_status(self) -> None:
-        # Coalesced: a burst of queue changes in one loop iteration sends one status message.
-        if self._status_pending:
-            return
-        self._status_pending = True
-        asyncio.get_running_loop().call_soon(self._send_status)
-
     def _send_status(self) -> None:
-        self._status_pending = False
+        # Sent at once with the value of the moment (writes are batched per loop iteration anyway),
+        # so every change the loop makes is seen by clients in order, none lost to a later one.
         self.clients.broadcast(_text("status", protocol.status_data(self.queue.remaining)))
