@@ -22,6 +22,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from pydantic import BaseModel
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+
+from nodegraph.engine import Engine
+from nodegraph.errors import ValidationIssue
 from nodegraph.server import protocol
 from nodegraph.server.clients import ClientHub, Frame
 from nodegraph.server.config import ServerConfig
@@ -39,13 +46,6 @@ from nodegraph.server.protocol import (
 from nodegraph.server.queue import PromptQueue, QueuedPrompt, QueueFull
 from nodegraph.server.security import AccessPolicy, is_loopback
 from nodegraph.server.worker import Outbox, PromptRunner, Worker
-from pydantic import BaseModel
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode
-
-from nodegraph.engine import Engine
-from nodegraph.errors import ValidationIssue
 
 logger = logging.getLogger("nodegraph.server")
 

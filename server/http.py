@@ -31,13 +31,13 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from nodegraph.server.security import valid_id
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from nodegraph.errors import InputValueError
 from nodegraph.paths import confine
+from nodegraph.server.security import valid_id
 
 if TYPE_CHECKING:
     from nodegraph.server.app import NodegraphServer

@@ -13,11 +13,10 @@ import sys
 from collections.abc import Sequence
 from urllib.parse import quote
 
-from nodegraph.server.app import NodegraphServer, StartError
-from nodegraph.server.config import ServerConfig, parse_args
-
 from nodegraph.engine import Engine
 from nodegraph.errors import ConfigError
+from nodegraph.server.app import NodegraphServer, StartError
+from nodegraph.server.config import ServerConfig, parse_args
 
 logger = logging.getLogger("nodegraph.server")
 

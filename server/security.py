@@ -20,8 +20,9 @@ import re
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
-from nodegraph.server.protocol import ID_PATTERN
 from websockets.datastructures import Headers
+
+from nodegraph.server.protocol import ID_PATTERN
 
 _ID = re.compile(ID_PATTERN)
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}

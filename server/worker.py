@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nodegraph import events
+from nodegraph.engine import Engine
+from nodegraph.errors import Interrupted, NodeExecutionError, WorkflowError
 from nodegraph.server.clients import Frame
 from nodegraph.server.history import HistoryStore
 from nodegraph.server.protocol import encode, preview_frame, workflow_nodes
 from nodegraph.server.queue import PromptQueue, QueuedPrompt
-
-from nodegraph import events
-from nodegraph.engine import Engine
-from nodegraph.errors import Interrupted, NodeExecutionError, WorkflowError
 
 logger = logging.getLogger("nodegraph.server")
 

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, run_cli
 from PIL import Image
 
 from nodegraph import cli
+
+from conftest import REPO, run_cli
 
 ADD = str(REPO / "workflows" / "utility_add.json")
 

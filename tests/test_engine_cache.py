@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 import torch
-from nodegraph.nodes.utility import Add, Float
 
 from nodegraph.cache import CacheEntry, OutputCache, tensor_bytes
 from nodegraph.context import RunContext
 from nodegraph.engine import Engine
 from nodegraph.node import In, Node, Out
+from nodegraph.nodes.utility import Add, Float
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nodegraph.nodes.utility import Add, Float
 
 from nodegraph.context import RunContext
 from nodegraph.engine import Engine
+from nodegraph.nodes.utility import Add, Float
 from nodegraph.registry import Registry
 
 CALLS: list[str] = []

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import nodegraph.nodes
 import pytest
 
+import nodegraph.nodes
 from nodegraph.context import RunContext
 from nodegraph.engine import Engine
 from nodegraph.errors import NodeDefinitionError

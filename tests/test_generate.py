@@ -8,7 +8,6 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_models import DECODER_SIZE, HIGH_RES, LOW_RES, build_tiny_models
 from torch import nn
 
 from nodegraph.diffusion import make_betas
@@ -39,6 +38,8 @@ from nodegraph.models.diffusion_model import DiffusionModel, DiffusionSpec, load
 from nodegraph.models.noised_clip import NoisedClipConfig, NoisedImageTower
 from nodegraph.world.render import render, to_model_range
 from nodegraph.world.scene import Scene, Shape
+
+from fixtures_models import DECODER_SIZE, HIGH_RES, LOW_RES, build_tiny_models
 
 PROMPT = "a large red circle on the left on a blue background"
 # Batched and separate forwards may take different kernels: equal up to float rounding, not bit for bit.

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_models import DECODER_SIZE, HIGH_RES, build_tiny_models, write_decoder
 from PIL import Image
 
 from nodegraph.context import RunContext
@@ -25,6 +24,8 @@ from nodegraph.models.checkpoint import load_state_dict
 from nodegraph.node import In, Node, Out
 from nodegraph.registry import Registry
 from nodegraph.world.scorer import score
+
+from fixtures_models import DECODER_SIZE, HIGH_RES, build_tiny_models, write_decoder
 
 PROMPT = "a large red circle on the left on a blue background"
 

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+
+from nodegraph import cli
+from nodegraph.context import RunContext
+from nodegraph.node import In, Node, Out
 from nodegraph.server import main as server_main
+
 from test_server_support import (
     ADD_WORKFLOW,
     REPO,
@@ -31,11 +37,6 @@ from test_server_support import (
     make_engine,
     steps_workflow,
 )
-from websockets.exceptions import ConnectionClosed
-
-from nodegraph import cli
-from nodegraph.context import RunContext
-from nodegraph.node import In, Node, Out
 
 
 @pytest.fixture

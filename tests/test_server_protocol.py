@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+
 from test_server_support import (
     ADD_WORKFLOW,
     TIMEOUT,

@@ -15,10 +15,13 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
+
 from nodegraph.server import main as server_main
 from nodegraph.server.app import NodegraphServer
 from nodegraph.server.background import BackgroundServer
 from nodegraph.server.config import ServerConfig
+
 from test_server_support import (
     ADD_WORKFLOW,
     TIMEOUT,
@@ -28,7 +31,6 @@ from test_server_support import (
     make_engine,
     types_of,
 )
-from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 TOKEN = "correct-horse-battery"
 

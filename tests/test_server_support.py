@@ -15,17 +15,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import nodegraph.nodes.image as image_nodes
-import nodegraph.nodes.utility as utility_nodes
-from nodegraph.server.background import BackgroundServer
-from nodegraph.server.config import ServerConfig
 from PIL import Image
 from websockets.sync.client import ClientConnection, connect
 
+import nodegraph.nodes.image as image_nodes
+import nodegraph.nodes.utility as utility_nodes
 from nodegraph.context import RunContext
 from nodegraph.engine import Engine
 from nodegraph.node import In, Node, Out
 from nodegraph.registry import Registry
+from nodegraph.server.background import BackgroundServer
+from nodegraph.server.config import ServerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 20.0  # generous: the test machine is shared with training jobs

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_server_support import REPO, Client, ServerPool, types_of
 
 from nodegraph.engine import Engine
 from nodegraph.registry import Registry
+
+from test_server_support import REPO, Client, ServerPool, types_of
 
 DALLE2 = REPO / "workflows" / "dalle2_text2img.json"
 FAST = {"prior_steps": 2, "steps": 3, "upsample_steps": 2, "seed": 3}

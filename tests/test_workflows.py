@@ -15,7 +15,7 @@ from nodegraph.world.captions import parse_prompt
 from nodegraph.world.render import render_uint8
 from nodegraph.world.scene import Scene, Shape
 
-from .conftest import REPO, run_cli
+from conftest import REPO, run_cli
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 # Few steps: CI checks that each system runs end to end and produces scorable images; the quality at

@@ -165,6 +165,16 @@ def test_gaussian_noise_still_scores_right(res: int) -> None:
     assert report.exact_rate >= (0.98 if res == 32 else 1.0)
 
 
+def test_tiny_32px_shape_without_a_pure_pixel_is_clean() -> None:
+    # s = 12.4 at 32x32 is a 6 px triangle: even its most covered pixels are part purple. Its colour is
+    # still white, and it is a valid world shape (its median is a background/white mix, not off-palette).
+    tri = Shape("triangle", "white", "small", "left", 1.46, 1.18, -1.59)
+    sc = Scene("purple", (tri, Shape("cross", "black", "small", "right", 1.18, -2.94, -1.32)))
+    p = read_scene(render_uint8([sc], 32)[0])
+    assert is_valid(p) and score_parsed(p, caption(sc)).exact
+    assert max(sh.color_distance for sh in p.shapes) < 5
+
+
 def test_touching_shapes_merge_into_one_region() -> None:
     # Allowed by the jitter ranges, unreadable as two shapes: documents why `separated` exists, and
     # bounds what it drops (only large pairs jittered towards each other come within 4 px).

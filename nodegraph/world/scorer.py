@@ -63,10 +63,12 @@ MAX_EXTENT = 40
 # A shape is one flat colour, so the saturated half of its pixels sits within sigma-sized noise of its
 # median colour (clean renders: 0; sigma = 10 noise: ~16). Pure-noise regions spread over ~100.
 MAX_SPREAD = COLOR_TOLERANCE
-# For `is_valid_scene`: a shape must look like a world shape. Correct renders (also at 32x32 and with
-# jitter) have best IoU >= ~0.8 and extents 12..29; these bounds leave room for slightly sloppy samples.
+# For `is_valid_scene`: a shape must look like a world shape. Correct renders at extreme jitter have
+# best IoU >= 0.73 (32x32) / 0.8 (64, sigma = 10 noise) and extents 10..18 (small) and 22..30 (large)
+# at 32x32, 12..18 and 24..29 at 64; the bounds leave room for slightly sloppy samples, and reject
+# the ambiguous middle (20) and anything far from either size.
 VALID_MIN_IOU = 0.6
-VALID_EXTENTS = ((10, 18), (22, 31))
+VALID_EXTENTS = ((8, 19), (21, 33))
 
 _SIZE_NAMES = tuple(SIZES)
 _SIZE_VALUES = torch.tensor([SIZES[s] for s in _SIZE_NAMES])
@@ -147,7 +149,7 @@ class DetectedShape:
     centroid: tuple[float, float]
     extent: int  # side of the box around its coverage > SIZE_COVERAGE (fringe included): the size cue
     iou: float  # soft IoU with the chosen kind's template; low means "not much like any world shape"
-    color_distance: float  # from its median pixel to the chosen palette colour
+    color_distance: float  # from its median pixel to the nearest mix of background and chosen colour
 
 
 @dataclass(frozen=True)
@@ -361,7 +363,13 @@ def read_scenes(images: object) -> list[ParsedScene]:
     med = torch.stack(
         [_region_median(rgb[core, c].round().long(), rid[core], core_counts, 256) for c in range(3)], 1
     )
-    color, color_dist = _nearest_palette(med.float())
+    color, _ = _nearest_palette(med.float())
+    # For validity: how far the median pixel is from every mix of background and chosen colour, so a
+    # clean but tiny 32x32 shape, whose best pixels are still part background, counts as clean.
+    bg_px = _PALETTE[bg[img_of]]
+    line = _PALETTE[color] - bg_px
+    t = ((med - bg_px) * line).sum(1) / line.pow(2).sum(1).clamp(min=1)
+    color_dist = (med - bg_px - t.clamp(0, 1).unsqueeze(1) * line).norm(dim=1)
     spread_px = (rgb[core] - med[rid[core]]).norm(dim=1).round().long().clamp(max=1023)
     spread = _region_median(spread_px, rid[core], core_counts, 1024)
 
