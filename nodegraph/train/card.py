@@ -50,7 +50,9 @@ def write_card(model: str, note: str = "", run_dir: Path | None = None) -> Path:
     lines += [
         f"- Training command: `python -m nodegraph.train {model}` (resumes from `runs/{model}/last.pt`; "
         "data and defaults in `nodegraph/train/" + model + ".py`).",
-        f"- Trained {last_step} steps in {wall / 60:.0f} min of wall time on the 2-core CPU (shared with other work).",
+        f"- Trained {last_step} steps in {wall / 60:.0f} min of wall time on the 2-core CPU (shared with other work)."
+        if evals or last_step
+        else f"- Trained to at least step {meta.get('step')}; the run's log did not survive (wall time not recorded).",
         f"- Exported: {meta.get('weights')} weights of step {meta.get('step')}, "
         f"metric {meta.get('metric')!r} = {meta.get('score', cfg.get('score'))}.",
     ]
