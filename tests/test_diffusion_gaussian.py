@@ -282,3 +282,17 @@ def test_min_snr_weighting_scales_only_high_snr_timesteps():
     snr = a / (1 - a)
     torch.testing.assert_close(weighted[0], plain[0] * 5.0 / snr[0].float())
     torch.testing.assert_close(weighted[1], plain[1])
+
+
+def test_min_snr_weighting_for_v_keeps_pure_noise_steps_trained():
+    """For v the x0-space weight is min(SNR, γ) + 1: ~1 near pure noise (where plain Min-SNR gives ~0)."""
+    d = GaussianDiffusion(make_betas("cosine", 1000), "v", "fixed_small")
+    x0, noise = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    t = torch.tensor([10, 999])
+    x_t = d.q_sample(x0, t, noise)
+    out = torch.randn(2, 3, 4, 4)
+    plain = d.training_losses(out, x0, x_t, t, noise)
+    weighted = d.training_losses(out, x0, x_t, t, noise, min_snr_gamma=5.0)
+    snr = (d.abar(t, x0) / (1 - d.abar(t, x0))).flatten().float()
+    torch.testing.assert_close(weighted[0], plain[0] * 6.0 / (snr[0] + 1))
+    assert weighted[1] > 0.99 * plain[1]

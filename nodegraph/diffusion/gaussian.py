@@ -339,8 +339,10 @@ class GaussianDiffusion:
         so each sample adds L_t · T/1000 (ADM), where L_t is computed with the mean's input detached
         (stop-gradient) so the VLB trains only the variance and the MSE alone trains the mean.
         ``min_snr_gamma`` > 0 weights the MSE by Min-SNR-γ (Hang et al. 2023), min(SNR, γ)/SNR for ε
-        (min(SNR, γ) for x_0, min(SNR, γ)/(SNR + 1) for v): the nearly clean timesteps stop dominating
-        the gradient, which speeds up convergence several-fold.
+        (min(SNR, γ) for x_0): the nearly clean timesteps stop dominating the gradient, which speeds up
+        convergence several-fold. For v the weight is (min(SNR, γ) + 1)/(SNR + 1), i.e. x_0 error weighted
+        by min(SNR, γ) + 1: the paper's min(SNR, γ)/(SNR + 1) goes to 0 as SNR → 0 and would leave the
+        nearly pure-noise steps untrained, yet the sampler's first x̂0 comes from exactly those.
         """
         if isinstance(t, int):
             t = torch.full((x0.shape[0],), t, device=x0.device, dtype=torch.long)
@@ -351,7 +353,7 @@ class GaussianDiffusion:
         if min_snr_gamma > 0:
             snr = (a / (1 - a)).flatten()
             clipped = snr.clamp(max=min_snr_gamma)
-            weight = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[self.prediction]
+            weight = {"eps": clipped / snr, "x0": clipped, "v": (clipped + 1) / (snr + 1)}[self.prediction]
             loss = loss * weight.to(loss.dtype)
         if v is not None:
             frozen = torch.cat([pred.detach(), v], dim=1)

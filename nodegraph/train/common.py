@@ -113,14 +113,21 @@ def save_state(state: RunState, cfg: TrainConfig) -> None:
 
 
 def start_or_resume(model: nn.Module, cfg: TrainConfig, params: list | None = None) -> RunState:
-    """Fresh state seeded from cfg.seed, or the run's last checkpoint if one exists."""
+    """Fresh state seeded from cfg.seed, or the run's last checkpoint if one exists.
+
+    A fresh run with ``--set init=PATH`` starts from exported weights (fine-tuning, e.g. from the
+    committed model of an earlier session); the EMA starts from the same weights.
+    """
     torch.manual_seed(cfg.seed)
+    ckpt = cfg.dir() / "last.pt"
+    if not ckpt.exists() and cfg.extra.get("init"):
+        init_from(model, Path(cfg.extra["init"]))
+        print(f"[{cfg.name}] initialised from {cfg.extra['init']}")
     opt = torch.optim.AdamW(
         params if params is not None else model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     state = RunState(model, EMA(model, cfg.ema_decay), opt, 0, gen)
-    ckpt = cfg.dir() / "last.pt"
     if ckpt.exists():
         data = torch.load(ckpt, weights_only=True, map_location="cpu")
         model.load_state_dict(data["model"])
