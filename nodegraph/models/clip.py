@@ -8,6 +8,7 @@ decoder attends to, and image preprocessing from socket images in [-1, 1].
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,11 +105,22 @@ class ClipModel:
         return self.model.encode_image(self.preprocess(images))
 
 
+def _create(name: str, quick_gelu: bool = False) -> torch.nn.Module:
+    # open_clip warns "No pretrained weights loaded ... initialized randomly" on the root logger, which
+    # reads as an error to a user whose weights are loaded right after; silence just that call.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return open_clip.create_model(name, force_quick_gelu=quick_gelu, force_preprocess_cfg=_PREPROCESS.get(name))
+    finally:
+        root.setLevel(level)
+
+
 def build_clip(model_name: str = BUNDLED_CLIP) -> ClipModel:
     """A randomly initialised CLIP of a registered open_clip config."""
     register_configs()
-    model = open_clip.create_model(model_name, force_preprocess_cfg=_PREPROCESS.get(model_name))
-    return ClipModel(model, model_name)
+    return ClipModel(_create(model_name), model_name)
 
 
 def load_clip(path: str | Path, model_name: str | None = None, quick_gelu: bool = False) -> ClipModel:
@@ -123,6 +135,6 @@ def load_clip(path: str | Path, model_name: str | None = None, quick_gelu: bool 
     name = model_name or str(read_metadata(path).get("model_name", BUNDLED_CLIP))
     if name not in open_clip.list_models():
         raise CheckpointError(f"unknown CLIP config {name!r}; known: {', '.join(open_clip.list_models()[:8])}, ...")
-    model = open_clip.create_model(name, force_quick_gelu=quick_gelu, force_preprocess_cfg=_PREPROCESS.get(name))
+    model = _create(name, quick_gelu)
     load_into(model, path, what=f"CLIP checkpoint {path}")
     return ClipModel(model, name)
