@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from nodegraph.models.checkpoint import load_state_dict, read_metadata
+from nodegraph.models.checkpoint import CheckpointError, load_state_dict, read_metadata
 from nodegraph.models.clip import build_clip
 from nodegraph.train import decoder as decoder_train
 from nodegraph.train.__main__ import main as train_main
@@ -25,8 +25,8 @@ def _decoder_cfg(tmp, clip_file, steps: int, run: str) -> TrainConfig:
     return TrainConfig(
         name="decoder", steps=steps, batch_size=4, lr=1e-3, warmup=2, ckpt_every=2, log_every=1,
         eval_every=1000, threads=1, run_dir=str(tmp / run), out_dir=str(tmp / f"{run}-out"),
-        extra=dict(pool=64, channels=16, p_drop_image=0.35, p_drop_text=0.45, eval_n=2, eval_steps=2,
-                   clip=str(clip_file)),
+        extra={**decoder_train.DEFAULTS["extra"], "pool": 64, "channels": 16, "eval_n": 2, "eval_steps": 2,
+               "clip": str(clip_file)},
     )
 
 
@@ -70,3 +70,21 @@ def test_train_cli_rejects_unknown_model_and_bad_set(capsys):
     with pytest.raises(SystemExit):
         train_main(["clip", "--set", "novalue"])
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_init_starts_a_fresh_run_from_exported_weights_and_resume_ignores_it(tmp_path):
+    from nodegraph.train.common import export, start_or_resume
+
+    source = torch.nn.Linear(3, 2)
+    export(source, tmp_path / "w.safetensors", {"kind": "test"})
+    cfg = TrainConfig(name="t", steps=1, batch_size=1, lr=1e-3, run_dir=str(tmp_path / "run"),
+                      extra={"init": str(tmp_path / "w.safetensors")})
+    model = torch.nn.Linear(3, 2)
+    state = start_or_resume(model, cfg)
+    # fp16 on disk: equal to the source within half precision, and the EMA starts from the same weights
+    torch.testing.assert_close(model.weight, source.weight, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(state.ema.model.weight, model.weight)
+    missing = TrainConfig(name="t", steps=1, batch_size=1, lr=1e-3, run_dir=str(tmp_path / "r2"),
+                          extra={"init": str(tmp_path / "missing.safetensors")})
+    with pytest.raises(CheckpointError, match="missing.safetensors"):
+        start_or_resume(torch.nn.Linear(3, 2), missing)
