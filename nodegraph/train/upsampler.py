@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nodegraph.models.diffusion_model import DiffusionSpec
 from nodegraph.models.unet import UNet, UNetConfig, count_params
 from nodegraph.train.common import RunState, TrainConfig, export_if_best, start_or_resume, train_loop
+from nodegraph.train.decoder import SPEC  # the same diffusion as the decoder (v-prediction; see there)
 from nodegraph.world.dataset import PoolSpec, ScenePool
 from nodegraph.world.render import render, to_model_range
 from nodegraph.world.scene import random_scenes
@@ -24,10 +24,6 @@ DEFAULTS = dict(
     extra=dict(pool=20_000, channels=32, max_aug=250, eval_n=32, eval_steps=20, eval_aug=50, min_snr=5.0),
 )
 EVAL_SEED = 40_000
-# v-prediction: with ε-prediction, x̂0 = (x_t - √(1-ᾱ)ε̂)/√ᾱ amplifies the ε error by ~2·10^4 at t = 999
-# (ᾱ ≈ 2e-9), so the first sampling steps put clipped garbage into the image that later steps keep as
-# grain; v gives x̂0 ≈ -v̂ there. (ε-trained weights fine-tune to v in a few hundred steps.)
-SPEC = DiffusionSpec(schedule="cosine", timesteps=1000, prediction="v", variance="learned_range")
 
 
 def upsampler_config(channels: int) -> UNetConfig:
