@@ -95,6 +95,18 @@ def test_diffusion_model_loader_checks_kind_and_metadata(tmp_path):
         load_diffusion_model(plain)
 
 
+def test_loaded_unet_runs_channels_last_with_the_same_outputs(tmp_path):
+    net = small_unet()
+    path = tmp_path / "d.safetensors"
+    export(net, path, {"kind": "decoder", "config": net.cfg.to_dict()})
+    model = load_diffusion_model(path)
+    assert model.net.inp.weight.is_contiguous(memory_format=torch.channels_last)
+    ref = small_unet().half().float()  # the file is fp16: compare against the same rounding
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 40])
+    with torch.no_grad():
+        torch.testing.assert_close(model.net(x, t), ref(x, t), atol=1e-5, rtol=1e-4)
+
+
 def test_clip_sequence_encoder_agrees_with_open_clip_pooling():
     clip = build_clip()
     tokens = clip.tokenize(["a large red circle on the left on a blue background", "a cross"])
