@@ -76,8 +76,10 @@ class Prior(Node):
 class Decoder(Node):
     """Decoder (GLIDE / unCLIP): images from text, a CLIP image embedding, both, or nothing.
 
-    Given a LATENT from DDIMInvert, it starts from that x_T and walks the same timesteps with DDIM
-    (eta 0), so with the inversion's condition it reconstructs the image and with another it edits it.
+    Given a LATENT from DDIMInvert, it starts from that x_T and walks the same timesteps with DDIM:
+    with eta 0 and the inversion's condition it reconstructs the image, with another condition it edits
+    it; with eta > 0 it draws DALL·E 2 variations of the bipartite latent (image embedding, x_T), one per
+    noise seed (connect a Noise node for the seed and the batch).
     """
 
     category = "sampling"
@@ -100,13 +102,16 @@ class Decoder(Node):
         size = decoder.net.cfg.image_size
         cfg = settings(sampler, steps, respacing, eta)
         if latent is not None:
-            # One latent decoded under several conditions (e.g. a text diff at several θ) is broadcast.
-            b = max(latent.x.shape[0], g.batch())
+            if sampler != "ddim":
+                raise InputValueError("sampler", f"a DDIM-inverted latent is decoded with DDIM along its own "
+                                      f"timesteps; set sampler to 'ddim' (got {sampler!r})")
+            # One latent decoded under several conditions (a text diff at several θ) or several noise
+            # seeds (variations) is broadcast.
+            b = max(latent.x.shape[0], g.batch(), noise.batch if noise is not None else 1)
             if latent.x.shape[0] not in (1, b):
-                raise InputValueError("latent", f"latent batch {latent.x.shape[0]} vs condition batch {b}")
+                raise InputValueError("latent", f"latent batch {latent.x.shape[0]} vs condition/noise batch {b}")
             x, timesteps = latent.x.to(decoder.device).expand(b, -1, -1, -1), list(latent.timesteps)
-            cfg = S.SamplerSettings(sampler="ddim", eta=0.0, clip_denoised=cfg.clip_denoised)
-            gen = torch.Generator(device=decoder.device).manual_seed(0)
+            gen = (noise or NoiseSpec(0)).sampler_generator(decoder.device)
         elif noise is not None:
             # Conditions with a batch (several embeddings) get one noise each when the noise batch is 1.
             b = noise.batch if noise.batch > 1 else g.batch()

@@ -266,6 +266,35 @@ def test_decoder_draws_one_image_per_embedding_when_the_noise_batch_is_one(share
     assert not torch.equal(images[0], images[1]) and not torch.equal(images[1], images[2])
 
 
+def inverted_graph(**decoder_inputs: Any) -> dict[str, Any]:
+    graph = decoder_graph(latent=["invert", 0], image_embed=["embed", 0], **decoder_inputs)
+    graph.update(
+        image=node("RenderScene", prompt=PROMPT, resolution=DECODER_SIZE),
+        embed=node("CLIPImageEmbed", clip=["clip", 0], images=["image", 0]),
+        invert=node("DDIMInvert", decoder=["decoder_model", 0], images=["image", 0], image_embed=["embed", 0],
+                    steps=4),
+    )
+    return graph
+
+
+def test_decoder_on_an_inverted_latent_draws_variations_only_with_eta(shared, tmp_path):
+    graph = inverted_graph(noise=["noise", 0], eta=0.0)
+    graph["noise"]["inputs"]["batch_size"] = 3
+    same = value(shared.run(graph))
+    assert same.shape[0] == 3 and torch.equal(same[0], same[1]) and torch.equal(same[1], same[2])
+    graph["decode"]["inputs"]["eta"] = 1.0
+    varied = value(shared.run(graph))
+    assert varied.shape[0] == 3 and not torch.equal(varied[0], varied[1]) and not torch.equal(varied[1], varied[2])
+    assert torch.equal(value(make_engine(tmp_path).run(graph)), varied)  # same seed, no cache: same images
+    graph["noise"]["inputs"]["seed"] = 4
+    assert not torch.equal(value(shared.run(graph)), varied)
+
+
+def test_decoder_on_an_inverted_latent_needs_ddim(shared):
+    err = failure(shared, inverted_graph(sampler="dpmpp_2m"))
+    assert err.exception.input == "sampler" and "'ddim'" in str(err)
+
+
 def test_guidance_nodes_steer_the_decoder(shared):
     # Composable CFG over two captions plus classifier and noised-CLIP terms, in one Decoder.
     graph = decoder_graph(noise=["noise", 0], guidance=["guide", 0])
