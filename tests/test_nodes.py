@@ -281,13 +281,15 @@ def test_decoder_on_an_inverted_latent_draws_variations_only_with_eta(shared, tm
     graph = inverted_graph(noise=["noise", 0], eta=0.0)
     graph["noise"]["inputs"]["batch_size"] = 3
     same = value(shared.run(graph))
-    assert same.shape[0] == 3 and torch.equal(same[0], same[1]) and torch.equal(same[1], same[2])
+    # Equal up to float rounding: with several threads a batch row may reduce in another order.
+    assert same.shape[0] == 3 and (same - same[:1]).abs().max() < 1e-4
     graph["decode"]["inputs"]["eta"] = 1.0
     varied = value(shared.run(graph))
-    assert varied.shape[0] == 3 and not torch.equal(varied[0], varied[1]) and not torch.equal(varied[1], varied[2])
-    assert torch.equal(value(make_engine(tmp_path).run(graph)), varied)  # same seed, no cache: same images
+    pairwise = [(varied[i] - varied[j]).abs().mean() for i, j in ((0, 1), (1, 2), (0, 2))]
+    assert varied.shape[0] == 3 and min(pairwise) > 1e-3
+    torch.testing.assert_close(value(make_engine(tmp_path).run(graph)), varied)  # same seed, no cache: same images
     graph["noise"]["inputs"]["seed"] = 4
-    assert not torch.equal(value(shared.run(graph)), varied)
+    assert (value(shared.run(graph)) - varied).abs().mean() > 1e-3
 
 
 def test_decoder_on_an_inverted_latent_needs_ddim(shared):
