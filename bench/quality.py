@@ -372,29 +372,27 @@ def sec_guided(m: Models, q: bool) -> None:
     x = noise(n, (3, 32, 32), 3)
     text = m.clip.encode_text(short)
     rows = []
-    configs = [
-        ("unguided unconditional", Guidance()),
-        ("unguided unconditional, DDPM sampler", "ddpm"),
-        ("classifier guidance s=3", None),
-        ("CLIP x̂0 guidance (unconditional)", Guidance(clip=ClipTerm("x0", m.clip, text.embed, 200.0, cutn=8,
-                                                                    range_scale=50.0))),
-        ("noised CLIP guidance (unconditional)", Guidance(clip=ClipTerm("noised", m.noised_clip, text.embed, 100.0))),
-        ("GLIDE text s=1 + noised CLIP", Guidance(conditions=((Condition(text=text), 1.0),),
-                                                  clip=ClipTerm("noised", m.noised_clip, text.embed, 100.0))),
-        ("GLIDE text s=1 (reference)", Guidance.cfg(Condition(text=text), 1.0)),
+    noised_clip = ClipTerm("noised", m.noised_clip, text.embed, 100.0)
+    configs = [  # (row, guidance, sampler); guidance None = classifier guidance, built per prompt below
+        ("unguided unconditional", Guidance(), "ddim"),
+        ("unguided unconditional, DDPM sampler", Guidance(), "ddpm"),
+        ("classifier guidance s=3", None, "ddim"),
+        ("CLIP x̂0 guidance (unconditional)",
+         Guidance(clip=ClipTerm("x0", m.clip, text.embed, 200.0, cutn=8, range_scale=50.0)), "ddim"),
+        ("noised CLIP guidance (unconditional)", Guidance(clip=noised_clip), "ddim"),
+        ("GLIDE text s=1 + noised CLIP", Guidance(conditions=((Condition(text=text), 1.0),), clip=noised_clip), "ddim"),
+        ("GLIDE text s=1 (reference)", Guidance.cfg(Condition(text=text), 1.0), "ddim"),
     ]
-    for name, g in configs:
+    for name, g, sampler in configs:
         t0 = time.time()
+        settings = SamplerSettings(sampler=sampler, steps=50)
         if g is None:
             outs = [run_denoiser(m.decoder, x[i:i + 1], Guidance(classifier=ClassifierTerm(
                 m.classifier, {"kind": sp.shapes[0].kind, "color": sp.shapes[0].color, "background": sp.background},
-                3.0)), SamplerSettings(steps=50)) for i, sp in enumerate(specs)]
+                3.0)), settings) for i, sp in enumerate(specs)]
             out = torch.cat(outs)
-        elif g == "ddpm":
-            out = run_denoiser(m.decoder, x, Guidance(), SamplerSettings(sampler="ddpm", steps=50),
-                               generator=torch.Generator().manual_seed(3))
         else:
-            out = run_denoiser(m.decoder, x, g, SamplerSettings(steps=50))
+            out = run_denoiser(m.decoder, x, g, settings, generator=torch.Generator().manual_seed(3))
         r = score_batch(out.clamp(-1, 1), specs)
         rows.append([name, n, r.attribute_accuracy, _per(r), f"{time.time() - t0:.0f}s"])
     table("Guidance against unguided sampling (prompts name colour, kind, background; 50 DDIM steps unless named)",

@@ -72,7 +72,7 @@ def test_train_cli_rejects_unknown_model_and_bad_set(capsys):
     assert "KEY=VALUE" in capsys.readouterr().err
 
 
-def test_init_starts_a_fresh_run_from_exported_weights_and_resume_ignores_it(tmp_path):
+def test_init_starts_a_fresh_run_from_exported_weights_and_a_missing_file_is_a_clear_error(tmp_path):
     from nodegraph.train.common import export, start_or_resume
 
     source = torch.nn.Linear(3, 2)
