@@ -88,3 +88,32 @@ def test_init_starts_a_fresh_run_from_exported_weights_and_a_missing_file_is_a_c
                           extra={"init": str(tmp_path / "missing.safetensors")})
     with pytest.raises(CheckpointError, match="missing.safetensors"):
         start_or_resume(torch.nn.Linear(3, 2), missing)
+
+
+def test_clip_kind_twins_differ_from_their_scene_only_in_one_shapes_kind():
+    from nodegraph.train.clip import kind_twins
+    from nodegraph.world.scene import random_scenes
+
+    scenes = random_scenes(50, seed=3)
+    twins = kind_twins(scenes, torch.Generator().manual_seed(0))
+    for sc, tw in zip(scenes, twins, strict=True):
+        assert tw.background == sc.background and len(tw.shapes) == len(sc.shapes)
+        changed = [(a, b) for a, b in zip(sc.shapes, tw.shapes, strict=True) if a != b]
+        assert len(changed) == 1
+        a, b = changed[0]
+        assert a.kind != b.kind
+        assert (a.color, a.size, a.position, a.dx, a.dy, a.ds) == (b.color, b.size, b.position, b.dx, b.dy, b.ds)
+
+
+def test_clip_swap_accuracy_separates_a_trained_clip_from_a_random_one(clip_file):
+    """The zero-shot attribute reading that picks CLIP weights: the bundled CLIP reads colour and size
+    from images; a random CLIP answers one fixed caption and reads nothing."""
+    from nodegraph.models import bundled
+    from nodegraph.models.clip import load_clip
+    from nodegraph.train.clip import SWAPS, swap_accuracy
+
+    trained = swap_accuracy(bundled.load("clip"), n=24)
+    random = swap_accuracy(load_clip(clip_file), n=24)
+    assert set(trained) == set(random) == set(SWAPS)
+    assert trained["color"] >= 0.9 and trained["size"] >= 0.9
+    assert all(v < 0.9 for v in random.values())

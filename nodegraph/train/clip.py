@@ -1,18 +1,29 @@
-"""Train the bundled CLIP on Shapes World with open_clip's contrastive loss."""
+"""Train the bundled CLIP on Shapes World with open_clip's contrastive loss.
+
+Random in-batch negatives almost never differ from a positive in shape kind alone, so contrastive
+training learns colour, size and position long before kind (at 1 000 steps the text embeddings of
+"... triangle ..." and "... cross ..." had cosine 0.998). With `--set twins=K`, K scenes of each batch
+come with a twin that differs only in one shape's kind, rendered on the fly: hard negatives that
+make kind worth learning. Every model conditioned on CLIP inherits what CLIP cannot tell apart.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from open_clip import ClipLoss
 
 from nodegraph.models.clip import BUNDLED_CLIP, ClipModel, build_clip
 from nodegraph.train.common import TrainConfig, export_if_best, start_or_resume, train_loop
-from nodegraph.world.captions import caption
+from nodegraph.world.captions import caption, training_caption
 from nodegraph.world.dataset import PoolSpec, ScenePool
-from nodegraph.world.render import render, to_model_range
-from nodegraph.world.scene import random_scenes
+from nodegraph.world.render import render, render_uint8, to_model_range
+from nodegraph.world.scene import COLORS, KINDS, POSITIONS, Scene, random_scenes
 
-DEFAULTS = dict(steps=3000, batch_size=128, lr=5e-4, warmup=200, weight_decay=0.1, eval_every=250)
+DEFAULTS = dict(steps=3000, batch_size=128, lr=5e-4, warmup=200, weight_decay=0.1, eval_every=250,
+                extra=dict(twins=0))
+SWAPS = {"kind": KINDS, "color": COLORS, "size": ("small", "large"), "position": tuple(POSITIONS)}
 EVAL_SEED = 10_000  # held-out scenes: a seed no training pool uses
 
 
@@ -28,6 +39,37 @@ def retrieval_top1(clip: ClipModel, n: int = 256, seed: int = EVAL_SEED) -> floa
     return sum(caps[j] == caps[i] for i, j in enumerate(best)) / n
 
 
+@torch.no_grad()
+def swap_accuracy(clip: ClipModel, n: int = 128, seed: int = EVAL_SEED + 1) -> dict[str, float]:
+    """Zero-shot attribute reading: for held-out one-shape images, does the caption with the right value
+    of one attribute beat the same caption with each other value? Per attribute, over n scenes."""
+    scenes = random_scenes(n, seed, p_two=0.0)
+    img = torch.nn.functional.normalize(clip.encode_image(to_model_range(render(scenes, 32))), dim=-1)
+    out = {}
+    for attr, values in SWAPS.items():
+        hits = 0
+        for i, sc in enumerate(scenes):
+            shape = sc.shapes[0]
+            cands = [v for v in values if not (attr == "color" and v == sc.background)]
+            caps = [caption(Scene(sc.background, (dataclasses.replace(shape, **{attr: v}),))) for v in cands]
+            txt = torch.nn.functional.normalize(clip.encode_text(caps).embed, dim=-1)
+            hits += cands[int((txt @ img[i]).argmax())] == getattr(shape, attr)
+        out[attr] = hits / n
+    return out
+
+
+def kind_twins(scenes: list[Scene], gen: torch.Generator) -> list[Scene]:
+    """Each scene with one of its shapes turned into another kind (everything else identical)."""
+    twins = []
+    for sc in scenes:
+        j = int(torch.randint(len(sc.shapes), (), generator=gen))
+        others = [k for k in KINDS if k != sc.shapes[j].kind]
+        kind = others[int(torch.randint(len(others), (), generator=gen))]
+        shapes = tuple(dataclasses.replace(s, kind=kind) if i == j else s for i, s in enumerate(sc.shapes))
+        twins.append(Scene(sc.background, shapes))
+    return twins
+
+
 def main(cfg: TrainConfig) -> None:
     torch.manual_seed(cfg.seed)  # weight initialisation is part of the seeded run
     clip = build_clip(BUNDLED_CLIP)
@@ -37,20 +79,30 @@ def main(cfg: TrainConfig) -> None:
     loss_fn = ClipLoss()
 
     def step(model: torch.nn.Module, _: int) -> tuple[torch.Tensor, dict[str, float]]:
-        idx = pool.sample_indices(cfg.batch_size, state.gen)
-        images = clip.preprocess(pool.batch(idx, 32))
-        tokens = clip.tokenize(pool.captions(idx, state.gen))
+        k = cfg.extra["twins"]
+        idx = pool.sample_indices(cfg.batch_size - k, state.gen)
+        x, caps = pool.batch(idx, 32), pool.captions(idx, state.gen)
+        if k:  # the first k pool scenes get a kind-swapped twin in the same batch
+            twins = kind_twins([pool.scenes[i] for i in idx[:k].tolist()], state.gen)
+            x = torch.cat([x, render_uint8(twins, 32).float() / 127.5 - 1.0])
+            caps = caps + [training_caption(t, state.gen) for t in twins]
+        images = clip.preprocess(x)
+        tokens = clip.tokenize(caps)
         f_img = model.encode_image(images, normalize=True)
         f_txt = model.encode_text(tokens, normalize=True)
         return loss_fn(f_img, f_txt, model.logit_scale.exp()), {"scale": model.logit_scale.exp().item()}
 
     def evaluate(st) -> dict[str, float]:
-        scores = {
-            "raw": retrieval_top1(ClipModel(st.model, BUNDLED_CLIP)),
-            "ema": retrieval_top1(ClipModel(st.ema.model, BUNDLED_CLIP)),
-        }
-        meta = {"kind": "clip", "model_name": BUNDLED_CLIP, "metric": "text->image top-1 (256 held-out)"}
-        return {**{f"top1_{k}": v for k, v in scores.items()},
-                **export_if_best(st, cfg, scores, cfg.out("clip.safetensors"), meta)}
+        stats, scores = {}, {}
+        for which, model in (("raw", st.model), ("ema", st.ema.model)):
+            c = ClipModel(model, BUNDLED_CLIP)
+            stats[f"top1_{which}"] = retrieval_top1(c)
+            swaps = swap_accuracy(c)
+            stats.update({f"{a}_{which}": v for a, v in swaps.items()})
+            # Retrieval saturates early; the worst-read attribute is what downstream models lack.
+            scores[which] = (stats[f"top1_{which}"] + min(swaps.values())) / 2
+        meta = {"kind": "clip", "model_name": BUNDLED_CLIP,
+                "metric": "mean of text->image top-1 (256 held-out) and the worst attribute-swap accuracy"}
+        return {**stats, **export_if_best(st, cfg, scores, cfg.out("clip.safetensors"), meta)}
 
     train_loop(cfg, state, step, evaluate)
