@@ -47,13 +47,12 @@ def swap_accuracy(clip: ClipModel, n: int = 128, seed: int = EVAL_SEED + 1) -> d
     img = torch.nn.functional.normalize(clip.encode_image(to_model_range(render(scenes, 32))), dim=-1)
     out = {}
     for attr, values in SWAPS.items():
-        hits = 0
-        for i, sc in enumerate(scenes):
-            shape = sc.shapes[0]
-            cands = [v for v in values if not (attr == "color" and v == sc.background)]
-            caps = [caption(Scene(sc.background, (dataclasses.replace(shape, **{attr: v}),))) for v in cands]
-            txt = torch.nn.functional.normalize(clip.encode_text(caps).embed, dim=-1)
-            hits += cands[int((txt @ img[i]).argmax())] == getattr(shape, attr)
+        cands = [[v for v in values if not (attr == "color" and v == sc.background)] for sc in scenes]
+        caps = [caption(Scene(sc.background, (dataclasses.replace(sc.shapes[0], **{attr: v}),)))
+                for sc, cs in zip(scenes, cands, strict=True) for v in cs]
+        txt = torch.nn.functional.normalize(clip.encode_text(caps).embed, dim=-1).split([len(c) for c in cands])
+        hits = sum(cs[int((t @ img[i]).argmax())] == getattr(scenes[i].shapes[0], attr)
+                   for i, (cs, t) in enumerate(zip(cands, txt, strict=True)))
         out[attr] = hits / n
     return out
 
@@ -84,7 +83,7 @@ def main(cfg: TrainConfig) -> None:
         x, caps = pool.batch(idx, 32), pool.captions(idx, state.gen)
         if k:  # the first k pool scenes get a kind-swapped twin in the same batch
             twins = kind_twins([pool.scenes[i] for i in idx[:k].tolist()], state.gen)
-            x = torch.cat([x, render_uint8(twins, 32).float() / 127.5 - 1.0])
+            x = torch.cat([x, to_model_range(render_uint8(twins, 32).float())])  # quantised like the pool
             caps = caps + [training_caption(t, state.gen) for t in twins]
         images = clip.preprocess(x)
         tokens = clip.tokenize(caps)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from nodegraph.world.captions import training_caption
-from nodegraph.world.render import render_uint8
+from nodegraph.world.render import render_uint8, to_model_range
 from nodegraph.world.scene import Scene, Shape, random_scenes
 
 
@@ -59,7 +59,7 @@ class ScenePool:
 
     def batch(self, idx: torch.Tensor, res: int) -> torch.Tensor:
         """Images of the given pool indices as floats in [-1, 1]."""
-        return self.images[res][idx].float() / 127.5 - 1.0
+        return to_model_range(self.images[res][idx].float())
 
     def captions(self, idx: torch.Tensor, gen: torch.Generator) -> list[str]:
         return [training_caption(self.scenes[i], gen) for i in idx.tolist()]
