@@ -117,3 +117,25 @@ def test_clip_swap_accuracy_separates_a_trained_clip_from_a_random_one(clip_file
     assert set(trained) == set(random) == set(SWAPS)
     assert trained["color"] >= 0.9 and trained["size"] >= 0.9
     assert all(v < 0.9 for v in random.values())
+
+
+def test_export_keeps_the_best_weights_and_a_changed_metric_starts_a_new_best(tmp_path):
+    """A resumed run must not overwrite better weights with worse ones, but a best scored under an older
+    metric (say accuracy alone, before validity joined it) is not comparable and must not block export."""
+    from nodegraph.train.common import export_if_best, start_or_resume
+
+    cfg = TrainConfig(name="t", steps=1, batch_size=1, lr=1e-3, run_dir=str(tmp_path / "run"))
+    model = torch.nn.Linear(2, 1)
+    state = start_or_resume(model, cfg)
+    out = tmp_path / "w.safetensors"
+    acc = {"metric": "accuracy"}
+    assert export_if_best(state, cfg, {"raw": 0.8, "ema": 0.7}, out, acc)["best"] == 0.8
+    assert read_metadata(out)["weights"] == "raw"
+    first = out.read_bytes()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert export_if_best(state, cfg, {"raw": 0.6, "ema": 0.5}, out, acc)["best"] == 0.8
+    assert out.read_bytes() == first  # worse: the file stays as it was
+    mixed = {"metric": "mean of accuracy and validity"}
+    assert export_if_best(state, cfg, {"raw": 0.6, "ema": 0.65}, out, mixed)["best"] == 0.65
+    assert read_metadata(out)["weights"] == "ema" and read_metadata(out)["metric"] == mixed["metric"]

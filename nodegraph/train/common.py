@@ -214,15 +214,19 @@ def export_if_best(
     """Export whichever of raw / EMA weights scores higher, if it beats the run's best so far.
 
     `scores` holds "raw" and "ema" (higher is better). The best score is kept in the run directory
-    so a resumed run does not overwrite better weights with worse ones.
+    so a resumed run does not overwrite better weights with worse ones; a best scored under another
+    metric (the code's metric changed since) does not count.
     """
     best_file = cfg.dir() / "best.json"
-    best = json.loads(best_file.read_text()) if best_file.exists() else {"score": float("-inf")}
+    best = json.loads(best_file.read_text()) if best_file.exists() else {}
+    if best.get("metric") != metadata.get("metric"):
+        best = {"score": float("-inf")}
     which = "ema" if scores["ema"] >= scores["raw"] else "raw"
     if scores[which] > best["score"]:
         model = state.ema.model if which == "ema" else state.model
         meta = {**metadata, "weights": which, "step": state.step, "score": scores[which]}
         export(model, out, meta)
-        best = {"score": scores[which], "step": state.step, "weights": which}
+        best = {"score": scores[which], "step": state.step, "weights": which, "metric": metadata.get("metric")}
+        best_file.parent.mkdir(parents=True, exist_ok=True)
         best_file.write_text(json.dumps(best))
     return {"best": best["score"], "best_step": best.get("step", -1)}
