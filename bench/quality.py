@@ -278,46 +278,62 @@ def sec_variations(m: Models, q: bool) -> None:
           ["x_T", "shape+colour kept", "kind", "colour", "mean |pixel diff| to source", "diversity"], rows)
 
 
-TEXT_DIFFS = [  # (source render, source text, target text, caption the last frame should match)
-    ("a large yellow square in the center on a purple background", "a yellow square", "a yellow circle",
+TEXT_DIFFS = [  # (source render and source text, target text = the caption the last frame should match)
+    ("a large yellow square in the center on a purple background",
      "a large yellow circle in the center on a purple background"),
-    ("a large red triangle in the center on a white background", "a red triangle", "a blue triangle",
+    ("a large red triangle in the center on a white background",
      "a large blue triangle in the center on a white background"),
-    ("a large green circle on the left on a black background", "a green circle", "a green cross",
+    ("a large green circle on the left on a black background",
      "a large green cross on the left on a black background"),
-    ("a large orange cross at the top on a blue background", "an orange cross", "a white cross",
+    ("a large orange cross at the top on a blue background",
      "a large white cross at the top on a blue background"),
 ]
 
 
 def sec_text_diff(m: Models, q: bool) -> None:
     """DALL·E 2 text diffs over the paper's range: θ rises linearly from 0 to at most 0.5 (beyond that the
-    slerp leaves the region of image embeddings and the decoder loses the scene). Smoothness: how the
-    CLIP score of each frame (cos to the target text − cos to the source text) moves with θ, and how much
-    of the total pixel change the largest single θ step carries."""
+    slerp leaves the region of image embeddings and the decoder loses the scene). The direction is between
+    full captions (short ones like "a yellow square" are outside the captions CLIP was trained on). Each
+    edit is decoded plainly (the conditional model at z_θ) and with edit guidance of strength 1 (ε(z_θ) +
+    (ε(z_θ) − ε(z_source))). Smoothness: how the CLIP score of each frame (cos to the target text − cos to
+    the source text) moves with θ, and how much of the total pixel change the largest single θ step carries."""
     from nodegraph.generate.embeddings import interpolate, text_direction
 
     thetas = [0.0, 0.125, 0.25, 0.375, 0.5]
+    k = len(thetas)
+    img = to_model_range(render([_scene(src) for src, _ in TEXT_DIFFS], 32))
+    z = F.normalize(m.clip.encode_image(img), dim=-1)
+    xT, ts = invert(m.decoder, img, Condition(image_embed=z), SamplerSettings(steps=50))
+    za = m.clip.encode_text([src for src, _ in TEXT_DIFFS]).embed
+    zb = m.clip.encode_text([tgt for _, tgt in TEXT_DIFFS]).embed
+    mix = torch.cat([interpolate(z[i : i + 1], text_direction(za[i : i + 1], zb[i : i + 1]), thetas)
+                     for i in range(len(TEXT_DIFFS))])
     rows = []
-    for src_cap, a, b, tgt_cap in TEXT_DIFFS:
-        img = to_model_range(render([_scene(src_cap)], 32))
-        z = F.normalize(m.clip.encode_image(img), dim=-1)
-        xT, ts = invert(m.decoder, img, Condition(image_embed=z), SamplerSettings(steps=50))
-        za, zb = m.clip.encode_text([a]).embed, m.clip.encode_text([b]).embed
-        mix = interpolate(z, text_direction(za, zb), thetas)
-        out = run_denoiser(m.decoder, xT.expand(len(thetas), -1, -1, -1), Guidance.cfg(Condition(image_embed=mix), 1.0),
-                           SamplerSettings(), timesteps=ts).clamp(-1, 1)
+    for strength in (0.0, 1.0):
+        # All edits × θ in one batch; each frame's source embedding is its image's.
+        g = Guidance.edit(Condition(image_embed=mix), Condition(image_embed=z.repeat_interleave(k, 0)), strength)
+        out = run_denoiser(m.decoder, xT.repeat_interleave(k, 0), g, SamplerSettings(), timesteps=ts).clamp(-1, 1)
         e = F.normalize(m.clip.encode_image(out), dim=-1)
-        margin = (e @ F.normalize(zb, dim=-1).T - e @ F.normalize(za, dim=-1).T).squeeze(1)
-        rises = sum(bool(margin[i + 1] >= margin[i] - 0.02) for i in range(len(thetas) - 1))
-        steps = torch.stack([(out[i + 1] - out[i]).abs().mean() for i in range(len(thetas) - 1)])
-        rows.append([f"{a} -> {b}", score_batch(out[:1], [src_cap]).attribute_accuracy,
-                     score_batch(out[-1:], [tgt_cap]).attribute_accuracy,
-                     " ".join(f"{v:+.2f}" for v in margin.tolist()), f"{rises}/{len(thetas) - 1}",
-                     (steps.max() / steps.sum()).item()])
-    table("Text diffs (slerp toward normalize(z_b - z_a), θ = 0, .125, .25, .375, .5, from the DDIM-inverted x_T)",
-          ["edit", "θ=0 matches source", "θ=.5 matches target", "CLIP margin target-source per θ",
+        for i, (src_cap, tgt_cap) in enumerate(TEXT_DIFFS):
+            o, ei = out[i * k : (i + 1) * k], e[i * k : (i + 1) * k]
+            margin = ei @ F.normalize(zb[i], dim=-1) - ei @ F.normalize(za[i], dim=-1)
+            rises = sum(bool(margin[j + 1] >= margin[j] - 0.02) for j in range(k - 1))
+            steps = torch.stack([(o[j + 1] - o[j]).abs().mean() for j in range(k - 1)])
+            rows.append([_edit_name(src_cap, tgt_cap), strength, score_batch(o[:1], [src_cap]).attribute_accuracy,
+                         score_batch(o[-1:], [tgt_cap]).attribute_accuracy,
+                         " ".join(f"{v:+.2f}" for v in margin.tolist()), f"{rises}/{k - 1}",
+                         (steps.max() / steps.sum()).item()])
+    table("Text diffs (slerp toward normalize(z_target - z_source), θ = 0, .125, .25, .375, .5, from the "
+          "DDIM-inverted x_T; edit strength 0 = plain decode)",
+          ["edit", "edit strength", "θ=0 matches source", "θ=.5 matches target", "CLIP margin target-source per θ",
            "steps with margin not falling", "largest step / total pixel change"], rows)
+
+
+def _edit_name(src: str, tgt: str) -> str:
+    """'square -> circle': the words in which two captions differ."""
+    a, b = src.split(), tgt.split()
+    return " ".join(x for x, y in zip(a, b, strict=True) if x != y) + " -> " + " ".join(
+        y for x, y in zip(a, b, strict=True) if x != y)
 
 
 def _scene(cap: str):
@@ -346,15 +362,18 @@ def sec_inversion(m: Models, q: bool) -> None:
     xT, ts = invert(m.decoder, img, Condition(text=text), SamplerSettings(steps=50))
     tgt = m.clip.encode_text(targets)
     rows = []
-    for s in (1.0, 2.0, 3.0):
-        out = run_denoiser(m.decoder, xT, Guidance.cfg(Condition(text=tgt), s), SamplerSettings(),
-                           timesteps=ts).clamp(-1, 1)
+    # CFG toward the edited caption, and edit guidance: ε(target) + s(ε(target) − ε(inverted-under caption)).
+    guides = [(f"CFG {s:g}", Guidance.cfg(Condition(text=tgt), s)) for s in (1.0, 2.0, 3.0)]
+    guides += [(f"edit guidance {s:g}", Guidance.edit(Condition(text=tgt), Condition(text=text), s))
+               for s in (1.0, 2.0)]
+    for name, g in guides:
+        out = run_denoiser(m.decoder, xT, g, SamplerSettings(), timesteps=ts).clamp(-1, 1)
         per = score_batch(out, targets).per_attribute
         others = {a: v for a, v in per.items() if a != "color" and v == v}
-        rows.append([s, per["color"], sum(others.values()) / len(others),
+        rows.append([name, per["color"], sum(others.values()) / len(others),
                      " ".join(f"{a}={v:.2f}" for a, v in others.items())])
     table("Inversion-based colour edit (50 steps): invert under the caption, regenerate under the edited caption",
-          ["scale", "target colour right", "other attributes kept", "per attribute"], rows)
+          ["guidance", "target colour right", "other attributes kept", "per attribute"], rows)
 
 
 def _replace(scene, color):

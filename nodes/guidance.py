@@ -47,6 +47,37 @@ class GuidanceCombine(Node):
         return (Guidance(conditions=tuple(conditions), classifier=classifier, clip=clip),)
 
 
+class EditGuidance(Node):
+    """GUIDANCE for decoding an inverted latent under a changed condition: ε(target) + s·(ε(target) −
+    ε(source)). Unlike CFG it keeps the inversion exact where target equals source (θ = 0 of a text diff,
+    or an unchanged prompt), and amplifies only what the edit changes; s = 0 is the plain conditional
+    decode. Source is the condition the latent was inverted under."""
+
+    category = "guidance"
+    inputs = {
+        "target_text": In("TEXT_EMBED", optional=True, description="caption to decode under"),
+        "target_image_embed": In("IMAGE_EMBED", optional=True, description="image embedding to decode under "
+                                 "(e.g. the text-diff mix)"),
+        "source_text": In("TEXT_EMBED", optional=True, description="caption the latent was inverted under"),
+        "source_image_embed": In("IMAGE_EMBED", optional=True, description="image embedding the latent was "
+                                 "inverted under"),
+        "strength": In("FLOAT", default=1.0, min=0.0, max=20.0, step=0.25,
+                       description="how far past the target, away from the source, to push (0 = no push)"),
+    }
+    outputs = (Out("GUIDANCE", "guidance"),)
+
+    def run(self, ctx: RunContext, target_text, target_image_embed, source_text, source_image_embed,
+            strength: float) -> tuple[Guidance]:
+        target = Condition(text=target_text, image_embed=target_image_embed)
+        source = Condition(text=source_text, image_embed=source_image_embed)
+        if target.is_null:
+            raise InputValueError("target_text", "connect the target text or image embedding to decode under")
+        if source.is_null:
+            raise InputValueError("source_text", "connect the text or image embedding the latent was inverted "
+                                  "under (DDIMInvert's condition)")
+        return (Guidance.edit(target, source, strength),)
+
+
 class ClassifierGuidance(Node):
     """Classifier guidance (Dhariwal & Nichol) toward the attributes a prompt names, e.g. 'a red circle'."""
 

@@ -79,6 +79,23 @@ def test_cfg_runs_one_batched_forward_and_combines_many_weighted_conditions():
     torch.testing.assert_close(out, e[-1] + 2.5 * (e[0] - e[-1]) - 0.75 * (e[1] - e[-1]))
 
 
+def test_edit_weights_summing_to_one_skip_the_null_forward_and_equal_target_keeps_the_model():
+    """ε(target) + s(ε(target) − ε(source)): the null branch has weight 0, so it is not computed, and with
+    target == source the guided model is the conditional one (an inverted latent still reconstructs)."""
+    d = GaussianDiffusion(make_betas("linear", 1000))
+    calls = []
+    model = mixture_cond_model(d, calls)
+    target, source = {"label": torch.tensor([1])}, {"label": torch.tensor([0])}
+    null = {"label": torch.tensor([-1])}
+    x, t = _noise(3, 2), torch.full((3,), 500)
+    out = classifier_free_guidance(model, [target, source], [3.0, -2.0], null)(x, t)
+    assert calls == [(6, [1, 1, 1, 0, 0, 0])]  # no ∅ rows
+    e = {k: model(x, t, {"label": torch.full((3,), k)}) for k in (0, 1)}
+    torch.testing.assert_close(out, e[1] + 2.0 * (e[1] - e[0]))
+    same = classifier_free_guidance(model, [source, source], [3.0, -2.0], null)(x, t)
+    torch.testing.assert_close(same, e[0])
+
+
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_cfg_on_outputs_equals_guiding_eps_and_guiding_x0(prediction):
     """The weights sum to one, so guiding an x0-model's output is guiding its ε̂ (and vice versa)."""

@@ -88,7 +88,7 @@ def test_conditioned_inpainting_feeds_the_known_pixels_and_pastes_them_into_x0()
 
     model = with_inpainting_channels(network)
     cond = {"inpaint_image": IMAGE, "inpaint_mask": MASK}
-    model_fn = classifier_free_guidance(model, [cond], [1.0], cond)
+    model_fn = classifier_free_guidance(model, [cond], [2.0], cond)  # two branches, both fed the known pixels
     x = inpaint_conditioned(d, model_fn, IMAGE, MASK, _noise(2), sampler="ddim", steps=50,
                             callback=lambda s, n, x, x0: seen_x0.append(x0))  # fmt: skip
     assert seen_inputs[0].shape == (2 * N, 6)

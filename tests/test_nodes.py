@@ -318,6 +318,32 @@ def test_guidance_nodes_steer_the_decoder(shared):
     assert not torch.allclose(guided, plain, atol=1e-3)  # the extra terms changed the sample
 
 
+def test_edit_guidance_keeps_an_inversion_exact_where_target_equals_source(shared):
+    """Unlike CFG at scale > 1, edit guidance decodes an unchanged condition exactly as the plain
+    conditional decode (the inversion's reconstruction), at any strength; a changed target moves it."""
+    graph = inverted_graph(guidance_scale=1.0)
+    graph.update(
+        edit=node("EditGuidance", target_image_embed=["embed", 0], source_image_embed=["embed", 0], strength=2.0),
+        edited=node("Decoder", decoder=["decoder_model", 0], latent=["invert", 0], guidance=["edit", 0], steps=4),
+        edited_out=preview("edited"),
+        other=node("TextEncode", clip=["clip", 0], text="a small green square at the top on a white background"),
+        by_text=node("EditGuidance", target_text=["other", 0], target_image_embed=["embed", 0],
+                     source_image_embed=["embed", 0], strength=2.0),
+        moved=node("Decoder", decoder=["decoder_model", 0], latent=["invert", 0], guidance=["by_text", 0], steps=4),
+        moved_out=preview("moved"),
+    )
+    result = shared.run(graph)
+    plain = value(result)
+    torch.testing.assert_close(value(result, "edited_out"), plain, atol=1e-5, rtol=0)
+    assert (value(result, "moved_out") - plain).abs().max() > 1e-3
+
+
+def test_edit_guidance_without_a_source_says_what_to_connect(shared):
+    graph = text_graph(edit=node("EditGuidance", target_text=["text", 0]), out=preview("edit"))
+    err = failure(shared, graph)
+    assert err.exception.input == "source_text" and "inverted" in str(err)
+
+
 # ----------------------------------------------------------------------------------------- Inpaint
 RECT = {"x": 8, "y": 4, "w": 12, "h": 16}
 

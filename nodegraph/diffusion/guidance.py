@@ -60,7 +60,8 @@ def classifier_free_guidance(
     prior, an x0-model): the space is chosen by the model's prediction type, with nothing else to set.
     ``learned_range`` variance channels (an output with 2C channels for C input channels) are taken from
     the first condition, as GLIDE takes them from the conditional half. s = 1 with one condition gives the
-    conditional model, s = 0 the unconditional one.
+    conditional model, s = 0 the unconditional one. When the s_i sum to one (edit guidance: s + 1 on the
+    target, -s on the source) ε_∅ carries no weight and is not computed.
     """
     if not conds or len(conds) != len(scales):
         raise ValueError("give one scale per condition, and at least one condition")
@@ -68,14 +69,21 @@ def classifier_free_guidance(
     scales = [float(s) for s in scales]
     batched: dict[int, dict[str, Tensor]] = {}  # the concatenated conditions, built once per batch size
 
+    with_null = abs(sum(scales) - 1.0) > 1e-9
+    branches = [*conds, null_cond] if with_null else list(conds)
+
     def guided(x: Tensor, t: Tensor) -> Tensor:
         b, c = x.shape[0], x.shape[1]
         if b not in batched:
-            batched[b] = concat_conds([*conds, null_cond], b)
-        out = model(torch.cat([x] * (k + 1)), t.repeat(k + 1), batched[b])
+            batched[b] = concat_conds(branches, b)
+        n = len(branches)
+        out = model(torch.cat([x] * n), t.repeat(n), batched[b])
         outs = out.split(b)
-        uncond = outs[k][:, :c]
-        eps = uncond + sum(s * (o[:, :c] - uncond) for s, o in zip(scales, outs[:k], strict=True))
+        if with_null:
+            uncond = outs[k][:, :c]
+            eps = uncond + sum(s * (o[:, :c] - uncond) for s, o in zip(scales, outs[:k], strict=True))
+        else:
+            eps = sum(s * o[:, :c] for s, o in zip(scales, outs, strict=True))
         if out.shape[1] == c:
             return eps
         if out.shape[1] == 2 * c:

@@ -91,6 +91,16 @@ class Guidance:
         """Plain classifier-free guidance with one condition."""
         return Guidance(conditions=((condition, scale),))
 
+    @staticmethod
+    def edit(target: Condition, source: Condition, strength: float) -> Guidance:
+        """Edit guidance for decoding an inverted latent: ε = ε(target) + s·(ε(target) − ε(source)).
+
+        Plain CFG at scale > 1 breaks the reconstruction an inversion under `source` gives (at scale 3
+        a DDIM-inverted red triangle decodes as a red cross); here the null branch cancels out, so
+        target == source reproduces the image exactly and only the difference is amplified.
+        """
+        return Guidance(conditions=((target, 1.0 + strength), (source, -strength)))
+
 
 def _batched(t: Tensor, batch: int, what: str) -> Tensor:
     if t.shape[0] not in (1, batch):
