@@ -126,10 +126,9 @@ def main(cfg: TrainConfig) -> None:
     def evaluate(st: RunState) -> dict[str, float]:
         # One checkpoint serves conditional and unconditional sampling, so the export score weighs both:
         # conditional accuracy alone let unconditional validity drift (0.80 valid at 0.876 accuracy).
-        acc = {k: sample_score(m, clip, ex["eval_n"], ex["eval_steps"]) for k, m in (("raw", st.model),
-                                                                                      ("ema", st.ema.model))}
-        valid = {k: unconditional_valid(m, ex["eval_n"], ex["eval_steps"]) for k, m in (("raw", st.model),
-                                                                                          ("ema", st.ema.model))}
+        weights = {"raw": st.model, "ema": st.ema.model}
+        acc = {k: sample_score(m, clip, ex["eval_n"], ex["eval_steps"]) for k, m in weights.items()}
+        valid = {k: unconditional_valid(m, ex["eval_n"], ex["eval_steps"]) for k, m in weights.items()}
         scores = {k: (acc[k] + valid[k]) / 2 for k in acc}
         meta = {"kind": "decoder", "config": net.cfg.to_dict(), "diffusion": SPEC.__dict__,
                 "clip_model_name": clip.model_name,
