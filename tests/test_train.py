@@ -139,3 +139,18 @@ def test_export_keeps_the_best_weights_and_a_changed_metric_starts_a_new_best(tm
     mixed = {"metric": "mean of accuracy and validity"}
     assert export_if_best(state, cfg, {"raw": 0.6, "ema": 0.65}, out, mixed)["best"] == 0.65
     assert read_metadata(out)["weights"] == "ema" and read_metadata(out)["metric"] == mixed["metric"]
+
+
+def test_export_records_the_table_of_the_weights_it_writes(tmp_path):
+    """The classifier's per-t accuracy table in the file must describe the exported weights: a raw export
+    with the EMA's table (as before) reported numbers for weights the file does not hold."""
+    from nodegraph.train.common import export_if_best, start_or_resume
+
+    cfg = TrainConfig(name="t", steps=1, batch_size=1, lr=1e-3, run_dir=str(tmp_path / "run"))
+    state = start_or_resume(torch.nn.Linear(2, 1), cfg)
+    out = tmp_path / "w.safetensors"
+    tables = {"raw": {"accuracy_by_t": {"0": 0.9}}, "ema": {"accuracy_by_t": {"0": 0.4}}}
+    export_if_best(state, cfg, {"raw": 0.9, "ema": 0.4}, out, {"metric": "m"}, tables)
+    assert read_metadata(out)["weights"] == "raw" and read_metadata(out)["accuracy_by_t"] == {"0": 0.9}
+    export_if_best(state, cfg, {"raw": 0.5, "ema": 0.95}, out, {"metric": "m"}, tables)
+    assert read_metadata(out)["weights"] == "ema" and read_metadata(out)["accuracy_by_t"] == {"0": 0.4}

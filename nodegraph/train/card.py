@@ -58,7 +58,7 @@ def write_card(model: str, note: str = "", run_dir: Path | None = None) -> Path:
     ]
     for key in ("accuracy_by_t", "retrieval_by_t"):
         if key in meta:
-            lines.append(f"- {key.replace('_', ' ')} (EMA): `{json.dumps(meta[key])}`")
+            lines.append(f"- {key.replace('_', ' ')} ({meta.get('weights', 'EMA')} weights): `{json.dumps(meta[key])}`")
     if note:
         lines += ["", note]
     if evals:

@@ -74,9 +74,10 @@ def main(cfg: TrainConfig) -> None:
         raw, ema = accuracy_by_t(st.model), accuracy_by_t(st.ema.model)
         scores = {"raw": mean_accuracy(raw), "ema": mean_accuracy(ema)}
         meta = {"kind": "classifier", "config": net.cfg.to_dict(), "diffusion": SPEC.__dict__,
-                "heads": {k: list(v) for k, v in HEADS.items()}, "accuracy_by_t": ema,
+                "heads": {k: list(v) for k, v in HEADS.items()},
                 "metric": "mean head accuracy over t in (0, 250, 500, 750, 900)"}
         return {"acc_raw": scores["raw"], "acc_ema": scores["ema"],
-                **export_if_best(st, cfg, scores, cfg.out("classifier.safetensors"), meta)}
+                **export_if_best(st, cfg, scores, cfg.out("classifier.safetensors"), meta,
+                                 {"raw": {"accuracy_by_t": raw}, "ema": {"accuracy_by_t": ema}})}
 
     train_loop(cfg, state, step, evaluate)

@@ -209,13 +209,15 @@ def export(model: nn.Module, path: Path, metadata: dict[str, object]) -> None:
 
 
 def export_if_best(
-    state: RunState, cfg: TrainConfig, scores: dict[str, float], out: Path, metadata: dict[str, object]
+    state: RunState, cfg: TrainConfig, scores: dict[str, float], out: Path, metadata: dict[str, object],
+    per_weights: dict[str, dict[str, object]] | None = None,
 ) -> dict[str, float]:
     """Export whichever of raw / EMA weights scores higher, if it beats the run's best so far.
 
-    `scores` holds "raw" and "ema" (higher is better). The best score is kept in the run directory
-    so a resumed run does not overwrite better weights with worse ones; a best scored under another
-    metric (the code's metric changed since) does not count.
+    `scores` holds "raw" and "ema" (higher is better); `per_weights` holds metadata that describes one
+    of them (e.g. its accuracy table), so the file records the numbers of the weights it holds. The best
+    score is kept in the run directory so a resumed run does not overwrite better weights with worse
+    ones; a best scored under another metric (the code's metric changed since) does not count.
     """
     best_file = cfg.dir() / "best.json"
     best = json.loads(best_file.read_text()) if best_file.exists() else {}
@@ -224,7 +226,8 @@ def export_if_best(
     which = "ema" if scores["ema"] >= scores["raw"] else "raw"
     if scores[which] > best["score"]:
         model = state.ema.model if which == "ema" else state.model
-        meta = {**metadata, "weights": which, "step": state.step, "score": scores[which]}
+        meta = {**metadata, **(per_weights or {}).get(which, {}), "weights": which, "step": state.step,
+                "score": scores[which]}
         export(model, out, meta)
         best = {"score": scores[which], "step": state.step, "weights": which, "metric": metadata.get("metric")}
         best_file.parent.mkdir(parents=True, exist_ok=True)

@@ -76,9 +76,10 @@ def main(cfg: TrainConfig) -> None:
         raw, ema = retrieval_by_t(st.model, clip), retrieval_by_t(st.ema.model, clip)
         scores = {"raw": sum(raw.values()) / len(raw), "ema": sum(ema.values()) / len(ema)}
         meta = {"kind": "noised_clip", "config": ncfg.to_dict(), "diffusion": SPEC.__dict__,
-                "clip_model_name": clip.model_name, "retrieval_by_t": ema,
+                "clip_model_name": clip.model_name,
                 "metric": "mean text->noised-image top-1 over t in (0, 250, 500, 750, 900)"}
         return {"top1_raw": scores["raw"], "top1_ema": scores["ema"],
-                **export_if_best(st, cfg, scores, cfg.out("noised_clip.safetensors"), meta)}
+                **export_if_best(st, cfg, scores, cfg.out("noised_clip.safetensors"), meta,
+                                 {"raw": {"retrieval_by_t": raw}, "ema": {"retrieval_by_t": ema}})}
 
     train_loop(cfg, state, step, evaluate)
