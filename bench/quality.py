@@ -392,10 +392,11 @@ def sec_guided(m: Models, q: bool) -> None:
     text = m.clip.encode_text(short)
     rows = []
     noised_clip = ClipTerm("noised", m.noised_clip, text.embed, 100.0)
-    configs = [  # (row, guidance, sampler); guidance None = classifier guidance, built per prompt below
+    configs = [  # (row, guidance, sampler); a number = classifier guidance of that scale, built per prompt below
         ("unguided unconditional", Guidance(), "ddim"),
         ("unguided unconditional, DDPM sampler", Guidance(), "ddpm"),
-        ("classifier guidance s=3", None, "ddim"),
+        ("classifier guidance s=3", 3.0, "ddim"),
+        ("classifier guidance s=10", 10.0, "ddim"),
         ("CLIP x̂0 guidance (unconditional)",
          Guidance(clip=ClipTerm("x0", m.clip, text.embed, 200.0, cutn=8, range_scale=50.0)), "ddim"),
         ("noised CLIP guidance (unconditional)", Guidance(clip=noised_clip), "ddim"),
@@ -405,10 +406,10 @@ def sec_guided(m: Models, q: bool) -> None:
     for name, g, sampler in configs:
         t0 = time.time()
         settings = SamplerSettings(sampler=sampler, steps=50)
-        if g is None:
+        if isinstance(g, float):
             outs = [run_denoiser(m.decoder, x[i:i + 1], Guidance(classifier=ClassifierTerm(
                 m.classifier, {"kind": sp.shapes[0].kind, "color": sp.shapes[0].color, "background": sp.background},
-                3.0)), settings) for i, sp in enumerate(specs)]
+                g)), settings) for i, sp in enumerate(specs)]
             out = torch.cat(outs)
         else:
             out = run_denoiser(m.decoder, x, g, settings, generator=torch.Generator().manual_seed(3))

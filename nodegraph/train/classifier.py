@@ -14,8 +14,8 @@ from nodegraph.world.render import render, to_model_range
 from nodegraph.world.scene import Scene, random_scenes
 
 DEFAULTS = dict(
-    steps=2000, batch_size=64, lr=5e-4, warmup=100, eval_every=250, ckpt_every=100, ema_decay=0.999,
-    weight_decay=0.01, extra=dict(pool=20_000, channels=32),
+    steps=6000, batch_size=64, lr=5e-4, warmup=100, eval_every=250, ckpt_every=100, ema_decay=0.999,
+    weight_decay=0.01, extra=dict(pool=20_000, channels=48),
 )
 EVAL_SEED = 50_000
 EVAL_TIMESTEPS = (0, 250, 500, 750, 900)
