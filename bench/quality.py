@@ -303,6 +303,9 @@ def sec_text_diff(m: Models, q: bool) -> None:
     k = len(thetas)
     img = to_model_range(render([_scene(src) for src, _ in TEXT_DIFFS], 32))
     z = F.normalize(m.clip.encode_image(img), dim=-1)
+    # How far apart CLIP puts the source render and a render of the target caption: an edit between two
+    # scenes CLIP barely tells apart gives the decoder little to follow.
+    z_tgt = F.normalize(m.clip.encode_image(to_model_range(render([_scene(t) for _, t in TEXT_DIFFS], 32))), dim=-1)
     xT, ts = invert(m.decoder, img, Condition(image_embed=z), SamplerSettings(steps=50))
     za = m.clip.encode_text([src for src, _ in TEXT_DIFFS]).embed
     zb = m.clip.encode_text([tgt for _, tgt in TEXT_DIFFS]).embed
@@ -322,11 +325,12 @@ def sec_text_diff(m: Models, q: bool) -> None:
             rows.append([_edit_name(src_cap, tgt_cap), strength, score_batch(o[:1], [src_cap]).attribute_accuracy,
                          score_batch(o[-1:], [tgt_cap]).attribute_accuracy,
                          " ".join(f"{v:+.2f}" for v in margin.tolist()), f"{rises}/{k - 1}",
-                         (steps.max() / steps.sum()).item()])
+                         (steps.max() / steps.sum()).item(), (z[i] @ z_tgt[i]).item()])
     table("Text diffs (slerp toward normalize(z_target - z_source), θ = 0, .125, .25, .375, .5, from the "
           "DDIM-inverted x_T; edit strength 0 = plain decode)",
           ["edit", "edit strength", "θ=0 matches source", "θ=.5 matches target", "CLIP margin target-source per θ",
-           "steps with margin not falling", "largest step / total pixel change"], rows)
+           "steps with margin not falling", "largest step / total pixel change",
+           "CLIP cos(source render, target render)"], rows)
 
 
 def _edit_name(src: str, tgt: str) -> str:
