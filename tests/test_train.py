@@ -154,3 +154,45 @@ def test_export_records_the_table_of_the_weights_it_writes(tmp_path):
     assert read_metadata(out)["weights"] == "raw" and read_metadata(out)["accuracy_by_t"] == {"0": 0.9}
     export_if_best(state, cfg, {"raw": 0.5, "ema": 0.95}, out, {"metric": "m"}, tables)
     assert read_metadata(out)["weights"] == "ema" and read_metadata(out)["accuracy_by_t"] == {"0": 0.4}
+
+
+def test_time_limit_plans_the_run_to_end_inside_it():
+    from nodegraph.train.common import fit_steps_to_time
+
+    cfg = TrainConfig(name="t", steps=10_000, batch_size=1, lr=1e-3, time_limit=100.0)
+    # 50 steps took 10 s: 90 s remain, 90% of that at 0.2 s/step is 405 more steps
+    assert fit_steps_to_time(cfg, 50, 10.0, 50) == 455
+    # a run that fits is left alone, and one already over its limit still ends on a step after this one
+    short = TrainConfig(name="t", steps=60, batch_size=1, lr=1e-3, time_limit=100.0)
+    assert fit_steps_to_time(short, 50, 10.0, 50) == 60
+    assert fit_steps_to_time(cfg, 50, 150.0, 50) == 51
+
+
+@pytest.mark.slow
+def test_decoder_run_with_a_time_limit_shortens_its_steps_and_still_exports(tmp_path, clip_file):
+    cfg = _decoder_cfg(tmp_path, clip_file, 10_000, "timed")
+    cfg.time_limit = 0.5  # seconds: far less than 10 000 steps need
+    decoder_train.main(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "timed" / "log.jsonl").read_text().splitlines()]
+    planned = [r["planned_steps"] for r in rows if "planned_steps" in r]
+    assert len(planned) == 1 and 50 < planned[0] < 10_000
+    assert rows[-1]["step"] == planned[0] and "best" in rows[-1]  # final eval ran at the planned end
+    assert (tmp_path / "timed-out" / "decoder.safetensors").exists()
+
+
+def test_scene_pool_rendered_by_worker_processes_equals_one_process():
+    from nodegraph.world.dataset import PoolSpec, ScenePool
+
+    spec = PoolSpec(size=40, seed=3, resolutions=(32,))
+    one, many = ScenePool(spec, chunk=16), ScenePool(spec, chunk=16, workers=2)
+    assert torch.equal(one.images[32], many.images[32])
+
+
+def test_train_cli_device_errors_name_the_fix(capsys):
+    with pytest.raises(SystemExit):
+        train_main(["prior", "--device", "cuda"])
+    assert "CPU only so far; drop --device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            train_main(["decoder", "--device", "cuda"])
+        assert "no CUDA device is visible" in capsys.readouterr().err

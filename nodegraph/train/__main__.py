@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+import torch
+
 from nodegraph.train.common import TrainConfig
 
 MODELS = ("clip", "prior", "decoder", "upsampler", "inpaint", "classifier", "noised_clip")
@@ -21,8 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--lr", type=float)
+    ap.add_argument("--eval-every", type=int)
+    ap.add_argument("--ckpt-every", type=int)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when available); decoder only so far")
+    ap.add_argument("--time-limit", type=float, default=0.0, metavar="MINUTES",
+                    help="end this invocation (final checkpoint, eval, export) within MINUTES of wall time")
     ap.add_argument("--run-dir", default="", help="default: runs/MODEL")
     ap.add_argument("--out-dir", default="", help="where best weights are exported; default: models/")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -36,10 +43,19 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             ap.error(f"--set expects KEY=VALUE, got {item!r}")
         extra[key] = _parse(value)
-    for key in ("steps", "batch_size", "lr"):
+    for key in ("steps", "batch_size", "lr", "eval_every", "ckpt_every"):
         if getattr(args, key) is not None:
             defaults[key] = getattr(args, key)
-    cfg = TrainConfig(name=args.model, seed=args.seed, threads=args.threads, run_dir=args.run_dir, out_dir=args.out_dir,
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    if device != "cpu" and not getattr(module, "DEVICE_AWARE", False):
+        ap.error(f"--device {args.device}: training {args.model} runs on the CPU only so far; drop --device")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: no CUDA device is visible here; use --device cpu (or auto)")
+        torch.backends.cuda.matmul.allow_tf32 = True  # small nets: TF32 matmuls, fp32 weights and EMA
+        torch.backends.cudnn.allow_tf32 = True
+    cfg = TrainConfig(name=args.model, seed=args.seed, threads=args.threads, device=device,
+                      time_limit=60 * args.time_limit, run_dir=args.run_dir, out_dir=args.out_dir,
                       extra=extra, **defaults)
     module.main(cfg)
     return 0

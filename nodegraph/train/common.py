@@ -38,6 +38,8 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 500
     threads: int = 2
+    device: str = "cpu"
+    time_limit: float = 0.0  # seconds of wall time for this invocation; 0 = none
     run_dir: str = ""
     out_dir: str = ""
     extra: dict = field(default_factory=dict)
@@ -123,6 +125,7 @@ def start_or_resume(model: nn.Module, cfg: TrainConfig, params: list | None = No
     if not ckpt.exists() and cfg.extra.get("init"):
         init_from(model, Path(cfg.extra["init"]))
         print(f"[{cfg.name}] initialised from {cfg.extra['init']}")
+    model.to(cfg.device)  # before the optimiser and EMA are built, so their state lives beside the weights
     opt = torch.optim.AdamW(
         params if params is not None else model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
     )
@@ -161,21 +164,42 @@ class Logger:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
 
+def fit_steps_to_time(cfg: TrainConfig, step: int, elapsed: float, steps_done: int) -> int:
+    """The step count that ends this invocation inside ``cfg.time_limit``, planned from the measured speed.
+
+    Re-planning early (still inside the lr warm-up) lets the cosine decay finish on time instead of a
+    run being cut off at a high learning rate; 10% of the remaining time is kept for evaluation.
+    """
+    remaining = cfg.time_limit - elapsed
+    return max(step + 1, min(cfg.steps, step + int(0.9 * remaining / (elapsed / steps_done))))
+
+
 def train_loop(
     cfg: TrainConfig,
     state: RunState,
     loss_fn: Callable[[nn.Module, int], tuple[torch.Tensor, dict[str, float]]],
     evaluate: Callable[[RunState], dict[str, float]] | None = None,
     on_checkpoint: Callable[[RunState], None] | None = None,
+    plan_after: int = 50,
 ) -> RunState:
-    """The shared optimisation loop: lr schedule, clipping, EMA, periodic checkpoint and eval."""
+    """The shared optimisation loop: lr schedule, clipping, EMA, periodic checkpoint and eval.
+
+    With ``cfg.time_limit`` the run measures its first ``plan_after`` steps and shortens ``cfg.steps``
+    so that it ends (with its final checkpoint and evaluation) inside the limit.
+    """
     torch.set_num_threads(cfg.threads)
     log = Logger(cfg)
     model = state.model.train()
     params = [p for g in state.opt.param_groups for p in g["params"]]
     window: list[float] = []
-    t_last = time.time()
+    t_start = t_last = time.time()
+    first_step = state.step
     while state.step < cfg.steps:
+        if cfg.time_limit and state.step - first_step == plan_after:
+            planned = fit_steps_to_time(cfg, state.step, time.time() - t_start, plan_after)
+            if planned < cfg.steps:
+                log.log(step=state.step, planned_steps=planned, time_limit=cfg.time_limit)
+                cfg.steps = planned
         for g in state.opt.param_groups:
             g["lr"] = lr_at(state.step, cfg)
         loss, stats = loss_fn(model, state.step)

@@ -34,6 +34,7 @@ DEFAULTS = dict(
     extra=dict(pool=60_000, channels=48, p_drop_image=0.35, p_drop_text=0.45, eval_n=48, eval_steps=25, min_snr=5.0),
 )
 EVAL_SEED = 20_000
+DEVICE_AWARE = True  # `--device cuda` trains here: batches are drawn on the CPU and moved to the weights' device
 # v-prediction: with ε-prediction, x̂0 = (x_t - √(1-ᾱ)ε̂)/√ᾱ amplifies the ε error by ~2·10^4 at t = 999
 # (ᾱ ≈ 2e-9), so the first sampling steps put clipped garbage into the image that later steps keep as
 # grain; v gives x̂0 ≈ -v̂ there. (ε-trained weights fine-tune to v in a few hundred steps.)
@@ -62,9 +63,9 @@ def conditions(clip: ClipModel, images: torch.Tensor | None, captions: list[str]
 
 def drop_conditions(cond: dict[str, torch.Tensor], p_image: float, p_text: float, gen: torch.Generator) -> dict:
     """Switch the image embedding and the text off per sample (classifier-free guidance training)."""
-    b = cond["image_embed"].shape[0]
-    image_on = (torch.rand(b, generator=gen) >= p_image).float()
-    text_on = torch.rand(b, generator=gen) >= p_text
+    b, device = cond["image_embed"].shape[0], cond["image_embed"].device
+    image_on = (torch.rand(b, generator=gen) >= p_image).float().to(device)
+    text_on = (torch.rand(b, generator=gen) >= p_text).to(device)
     return {**cond, "image_on": image_on, "text_mask": cond["text_mask"] & text_on[:, None]}
 
 
@@ -72,8 +73,9 @@ def drop_conditions(cond: dict[str, torch.Tensor], p_image: float, p_text: float
 def _sample(net: UNet, cond: dict[str, torch.Tensor], n: int, steps: int) -> torch.Tensor:
     from nodegraph.diffusion.samplers import sample
 
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 3, 32, 32, generator=gen)
+    device = next(net.parameters()).device
+    gen = torch.Generator(device).manual_seed(0)
+    x = torch.randn(n, 3, 32, 32, generator=gen, device=device)
     out = sample(SPEC.build(), lambda x, t: net(x, t, **cond), x, sampler="ddim", steps=steps, generator=gen,
                  spacing="leading", clip_denoised=True)
     return out.clamp(-1, 1)
@@ -88,7 +90,7 @@ def sample_score(net: UNet, clip: ClipModel, n: int, steps: int, mode: str = "bo
 
     scenes = random_scenes(n, EVAL_SEED)
     caps = [caption(s) for s in scenes]
-    images = to_model_range(render(scenes, 32))
+    images = to_model_range(render(scenes, 32)).to(clip.device)
     cond = conditions(clip, images if mode != "text" else None, caps if mode != "image" else None)
     return score_batch(_sample(net, cond, n, steps), caps).attribute_accuracy
 
@@ -105,20 +107,21 @@ def main(cfg: TrainConfig) -> None:
     clip = load_clip(cfg.extra.get("clip", REPO_ROOT / "models" / "clip.safetensors"))
     clip.model.requires_grad_(False)
     ex = cfg.extra
+    clip.to(cfg.device)
     net = UNet(decoder_config(ex["channels"], clip))
     print(f"[decoder] {count_params(net) / 1e6:.2f}M parameters")
     pool = ScenePool(PoolSpec(size=ex["pool"], seed=cfg.seed, resolutions=(32,)),
-                     cache_dir=cfg.dir().parent / "pools")
+                     cache_dir=cfg.dir().parent / "pools", workers=ex.get("render_workers", 1))
     diffusion = SPEC.build()
     state = start_or_resume(net, cfg)
 
     def step(model: torch.nn.Module, _: int) -> tuple[torch.Tensor, dict[str, float]]:
         idx = pool.sample_indices(cfg.batch_size, state.gen)
-        x0 = pool.batch(idx, 32)
+        x0 = pool.batch(idx, 32).to(cfg.device)
         cond = drop_conditions(conditions(clip, x0, pool.captions(idx, state.gen)),
                                ex["p_drop_image"], ex["p_drop_text"], state.gen)
-        t = torch.randint(diffusion.num_timesteps, (x0.shape[0],), generator=state.gen)
-        noise = torch.randn(x0.shape, generator=state.gen)
+        t = torch.randint(diffusion.num_timesteps, (x0.shape[0],), generator=state.gen).to(cfg.device)
+        noise = torch.randn(x0.shape, generator=state.gen).to(cfg.device)
         x_t = diffusion.q_sample(x0, t, noise)
         loss = diffusion.training_losses(model(x_t, t, **cond), x0, x_t, t, noise, ex["min_snr"]).mean()
         return loss, {}
