@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -157,21 +158,21 @@ def test_export_records_the_table_of_the_weights_it_writes(tmp_path):
 
 
 def test_time_limit_plans_the_run_to_end_inside_it():
-    from nodegraph.train.common import fit_steps_to_time
+    from nodegraph.train.common import fit_steps_to_deadline
 
-    cfg = TrainConfig(name="t", steps=10_000, batch_size=1, lr=1e-3, time_limit=100.0)
-    # 50 steps took 10 s: 90 s remain, 90% of that at 0.2 s/step is 405 more steps
-    assert fit_steps_to_time(cfg, 50, 10.0, 50) == 455
-    # a run that fits is left alone, and one already over its limit still ends on a step after this one
-    short = TrainConfig(name="t", steps=60, batch_size=1, lr=1e-3, time_limit=100.0)
-    assert fit_steps_to_time(short, 50, 10.0, 50) == 60
-    assert fit_steps_to_time(cfg, 50, 150.0, 50) == 51
+    cfg = TrainConfig(name="t", steps=10_000, batch_size=1, lr=1e-3, deadline=1000.0)
+    # 90 s left at 0.2 s/step: 90% of that is 405 more steps
+    assert fit_steps_to_deadline(cfg, 50, 0.2, now=910.0) == 455
+    # a run that fits is left alone, and one already past its deadline still ends on a step after this one
+    short = TrainConfig(name="t", steps=60, batch_size=1, lr=1e-3, deadline=1000.0)
+    assert fit_steps_to_deadline(short, 50, 0.2, now=910.0) == 60
+    assert fit_steps_to_deadline(cfg, 50, 0.2, now=1050.0) == 51
 
 
 @pytest.mark.slow
 def test_decoder_run_with_a_time_limit_shortens_its_steps_and_still_exports(tmp_path, clip_file):
     cfg = _decoder_cfg(tmp_path, clip_file, 10_000, "timed")
-    cfg.time_limit = 0.5  # seconds: far less than 10 000 steps need
+    cfg.deadline = time.time() + 0.5  # seconds: far less than 10 000 steps need
     decoder_train.main(cfg)
     rows = [json.loads(line) for line in (tmp_path / "timed" / "log.jsonl").read_text().splitlines()]
     planned = [r["planned_steps"] for r in rows if "planned_steps" in r]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 
 import torch
 
@@ -18,6 +19,7 @@ MODELS = ("clip", "prior", "decoder", "upsampler", "inpaint", "classifier", "noi
 
 
 def main(argv: list[str] | None = None) -> int:
+    t0 = time.time()  # --time-limit counts from here: pool rendering and model loading are part of the run
     ap = argparse.ArgumentParser(prog="python -m nodegraph.train", description=__doc__)
     ap.add_argument("model", choices=MODELS)
     ap.add_argument("--steps", type=int)
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True  # small nets: TF32 matmuls, fp32 weights and EMA
         torch.backends.cudnn.allow_tf32 = True
     cfg = TrainConfig(name=args.model, seed=args.seed, threads=args.threads, device=device,
-                      time_limit=60 * args.time_limit, run_dir=args.run_dir, out_dir=args.out_dir,
+                      deadline=t0 + 60 * args.time_limit if args.time_limit else 0.0,
+                      run_dir=args.run_dir, out_dir=args.out_dir,
                       extra=extra, **defaults)
     module.main(cfg)
     return 0

@@ -39,7 +39,7 @@ class TrainConfig:
     eval_every: int = 500
     threads: int = 2
     device: str = "cpu"
-    time_limit: float = 0.0  # seconds of wall time for this invocation; 0 = none
+    deadline: float = 0.0  # time.time() by which this invocation must have ended (--time-limit); 0 = none
     run_dir: str = ""
     out_dir: str = ""
     extra: dict = field(default_factory=dict)
@@ -164,14 +164,14 @@ class Logger:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
 
-def fit_steps_to_time(cfg: TrainConfig, step: int, elapsed: float, steps_done: int) -> int:
-    """The step count that ends this invocation inside ``cfg.time_limit``, planned from the measured speed.
+def fit_steps_to_deadline(cfg: TrainConfig, step: int, seconds_per_step: float, now: float) -> int:
+    """The step count that ends this invocation by ``cfg.deadline``, planned from the measured speed.
 
     Re-planning early (still inside the lr warm-up) lets the cosine decay finish on time instead of a
     run being cut off at a high learning rate; 10% of the remaining time is kept for evaluation.
     """
-    remaining = cfg.time_limit - elapsed
-    return max(step + 1, min(cfg.steps, step + int(0.9 * remaining / (elapsed / steps_done))))
+    remaining = cfg.deadline - now
+    return max(step + 1, min(cfg.steps, step + int(0.9 * remaining / seconds_per_step)))
 
 
 def train_loop(
@@ -184,8 +184,9 @@ def train_loop(
 ) -> RunState:
     """The shared optimisation loop: lr schedule, clipping, EMA, periodic checkpoint and eval.
 
-    With ``cfg.time_limit`` the run measures its first ``plan_after`` steps and shortens ``cfg.steps``
-    so that it ends (with its final checkpoint and evaluation) inside the limit.
+    With ``cfg.deadline`` the run measures its first ``plan_after`` steps and shortens ``cfg.steps`` so
+    that it ends (with its final checkpoint and evaluation) by then; the time spent before the loop
+    (rendering the pool, loading CLIP) counts, since the deadline is set when the command starts.
     """
     torch.set_num_threads(cfg.threads)
     log = Logger(cfg)
@@ -195,10 +196,11 @@ def train_loop(
     t_start = t_last = time.time()
     first_step = state.step
     while state.step < cfg.steps:
-        if cfg.time_limit and state.step - first_step == plan_after:
-            planned = fit_steps_to_time(cfg, state.step, time.time() - t_start, plan_after)
+        if cfg.deadline and state.step - first_step == plan_after:
+            now = time.time()
+            planned = fit_steps_to_deadline(cfg, state.step, (now - t_start) / plan_after, now)
             if planned < cfg.steps:
-                log.log(step=state.step, planned_steps=planned, time_limit=cfg.time_limit)
+                log.log(step=state.step, planned_steps=planned, seconds_left=round(cfg.deadline - now, 1))
                 cfg.steps = planned
         for g in state.opt.param_groups:
             g["lr"] = lr_at(state.step, cfg)
