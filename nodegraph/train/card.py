@@ -14,20 +14,27 @@ from nodegraph.models.checkpoint import load_state_dict, read_metadata
 from nodegraph.train.common import REPO_ROOT
 
 
-def _evals(log: Path) -> tuple[list[dict], float, int]:
-    """Evaluation rows, total wall time (summed over resumed segments) and the last step."""
-    rows, wall, last_time, step = [], 0.0, 0.0, 0
+def _evals(log: Path) -> tuple[list[dict], float, int, set[str]]:
+    """Evaluation rows, total wall time (summed over resumed segments), the last step and the hardware used."""
+    rows, wall, last_time, step, devices = [], 0.0, 0.0, 0, set()
     if not log.exists():
-        return rows, wall, step
+        return rows, wall, step, devices
     for line in log.read_text().splitlines():
         row = json.loads(line)
         if row["time"] < last_time:  # a resumed segment restarts its clock
             wall += last_time
         last_time = row["time"]
         step = max(step, row.get("step", 0))
-        if "loss" not in row:
+        if "device" in row:  # a segment's start row
+            devices.add(row.get("hardware", row["device"]))
+        elif "loss" not in row and "planned_steps" not in row:
             rows.append(row)
-    return rows, wall + last_time, step
+    return rows, wall + last_time, step, devices
+
+
+def _hardware(devices: set[str]) -> str:
+    """Logs written before segments recorded their hardware ran on this project's 2-core CPU machine."""
+    return " and ".join(sorted(devices)) if devices else "the 2-core CPU"
 
 
 def write_card(model: str, note: str = "", run_dir: Path | None = None) -> Path:
@@ -36,7 +43,7 @@ def write_card(model: str, note: str = "", run_dir: Path | None = None) -> Path:
     state = load_state_dict(path)
     n_params = sum(v.numel() for v in state.values())
     run = run_dir or REPO_ROOT / "runs" / model
-    evals, wall, last_step = _evals(run / "log.jsonl")
+    evals, wall, last_step, devices = _evals(run / "log.jsonl")
     cfg = json.loads((run / "best.json").read_text()) if (run / "best.json").exists() else {}
     lines = [
         f"# {model}.safetensors",
@@ -50,7 +57,7 @@ def write_card(model: str, note: str = "", run_dir: Path | None = None) -> Path:
     lines += [
         f"- Training command: `python -m nodegraph.train {model}` (resumes from `runs/{model}/last.pt`; "
         "data and defaults in `nodegraph/train/" + model + ".py`).",
-        f"- Trained {last_step} steps in {wall / 60:.0f} min of wall time on the 2-core CPU (shared with other work)."
+        f"- Trained {last_step} steps in {wall / 60:.0f} min of wall time on {_hardware(devices)}."
         if evals or last_step
         else f"- Trained to at least step {meta.get('step')}; the run's log did not survive (wall time not recorded).",
         f"- Exported: {meta.get('weights')} weights of step {meta.get('step')}, "

@@ -164,6 +164,12 @@ class Logger:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
 
+def hardware_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"a {torch.cuda.get_device_name(torch.device(device))} GPU"
+    return f"a {os.cpu_count()}-core CPU"
+
+
 def fit_steps_to_deadline(cfg: TrainConfig, step: int, seconds_per_step: float, now: float) -> int:
     """The step count that ends this invocation by ``cfg.deadline``, planned from the measured speed.
 
@@ -195,6 +201,9 @@ def train_loop(
     window: list[float] = []
     t_start = t_last = time.time()
     first_step = state.step
+    # the card reads where and how each segment ran (its wall time means little without the hardware)
+    log.log(step=state.step, device=cfg.device, hardware=hardware_name(cfg.device), batch_size=cfg.batch_size,
+            lr_max=cfg.lr)
     while state.step < cfg.steps:
         if cfg.deadline and state.step - first_step == plan_after:
             now = time.time()
