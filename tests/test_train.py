@@ -203,16 +203,16 @@ def test_card_reads_evaluations_and_hardware_from_a_resumed_log(tmp_path):
     from nodegraph.train.card import _evals, _hardware
 
     rows = [
-        {"time": 0.0, "step": 0, "device": "cuda", "hardware": "a NVIDIA H200 GPU", "batch_size": 256},
+        {"time": 0.0, "step": 0, "device": "cuda", "hardware": "NVIDIA H200 GPU", "batch_size": 256},
         {"time": 5.0, "step": 50, "planned_steps": 900, "seconds_left": 100.0},
         {"time": 60.0, "step": 500, "loss": 0.1},
         {"time": 61.0, "step": 500, "acc_raw": 0.9},
-        {"time": 0.0, "step": 500, "device": "cpu", "hardware": "a 2-core CPU", "batch_size": 32},  # resumed
+        {"time": 0.0, "step": 500, "device": "cpu", "hardware": "2-core CPU", "batch_size": 32},  # resumed
         {"time": 30.0, "step": 900, "acc_raw": 0.95},
     ]
     log = tmp_path / "log.jsonl"
     log.write_text("\n".join(json.dumps(r) for r in rows))
     evals, wall, last, hardware = _evals(log)
     assert [r["step"] for r in evals] == [500, 900] and wall == 91.0 and last == 900
-    assert _hardware(hardware) == "a 2-core CPU and a NVIDIA H200 GPU"
+    assert _hardware(hardware) == "the 2-core CPU and the NVIDIA H200 GPU"
     assert _hardware(set()) == "the 2-core CPU"  # logs from before segments recorded their hardware

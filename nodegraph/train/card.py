@@ -34,7 +34,7 @@ def _evals(log: Path) -> tuple[list[dict], float, int, set[str]]:
 
 def _hardware(devices: set[str]) -> str:
     """Logs written before segments recorded their hardware ran on this project's 2-core CPU machine."""
-    return " and ".join(sorted(devices)) if devices else "the 2-core CPU"
+    return " and ".join(f"the {d}" for d in sorted(devices)) if devices else "the 2-core CPU"
 
 
 def write_card(model: str, note: str = "", run_dir: Path | None = None) -> Path:

@@ -166,8 +166,8 @@ class Logger:
 
 def hardware_name(device: str) -> str:
     if device.startswith("cuda"):
-        return f"a {torch.cuda.get_device_name(torch.device(device))} GPU"
-    return f"a {os.cpu_count()}-core CPU"
+        return f"{torch.cuda.get_device_name(torch.device(device))} GPU"
+    return f"{os.cpu_count()}-core CPU"
 
 
 def fit_steps_to_deadline(cfg: TrainConfig, step: int, seconds_per_step: float, now: float) -> int:
