@@ -278,16 +278,22 @@ def sec_variations(m: Models, q: bool) -> None:
           ["x_T", "shape+colour kept", "kind", "colour", "mean |pixel diff| to source", "diversity"], rows)
 
 
-TEXT_DIFFS = [  # (source render and source text, target text = the caption the last frame should match)
-    ("a large yellow square in the center on a purple background",
-     "a large yellow circle in the center on a purple background"),
-    ("a large red triangle in the center on a white background",
-     "a large blue triangle in the center on a white background"),
-    ("a large green circle on the left on a black background",
-     "a large green cross on the left on a black background"),
-    ("a large orange cross at the top on a blue background",
-     "a large white cross at the top on a blue background"),
+# Each edit on four scenes (where, background, colour of the kind edits), so a row is not one image's luck.
+TEXT_DIFF_SCENES = [("in the center", "purple", "yellow"), ("on the left", "black", "green"),
+                    ("at the top", "green", "white"), ("on the right", "yellow", "red")]
+TEXT_DIFF_EDITS = [  # (source kind, source colour, target kind, target colour); None = the scene's colour
+    ("square", None, "circle", None), ("triangle", "red", "triangle", "blue"),
+    ("circle", None, "cross", None), ("cross", "orange", "cross", "white"),
 ]
+
+
+def text_diff_pairs() -> list[list[tuple[str, str]]]:
+    """Per edit, (source caption, target caption) on each of the four scenes."""
+    def cap(kind, color, where, bg):
+        return f"a large {color} {kind} {where} on a {bg} background"
+
+    return [[(cap(k0, c0 or col, where, bg), cap(k1, c1 or col, where, bg)) for where, bg, col in TEXT_DIFF_SCENES]
+            for k0, c0, k1, c1 in TEXT_DIFF_EDITS]
 
 
 def sec_text_diff(m: Models, q: bool) -> None:
@@ -296,40 +302,50 @@ def sec_text_diff(m: Models, q: bool) -> None:
     full captions (short ones like "a yellow square" are outside the captions CLIP was trained on). Each
     edit is decoded plainly (the conditional model at z_θ) and with edit guidance of strength 1 (ε(z_θ) +
     (ε(z_θ) − ε(z_source))). Smoothness: how the CLIP score of each frame (cos to the target text − cos to
-    the source text) moves with θ, and how much of the total pixel change the largest single θ step carries."""
+    the source text) moves with θ, and how much of the total pixel change the largest single θ step carries.
+    Every number is over the edit's four scenes (exact: scenes whose last frame matches the target caption)."""
     from nodegraph.generate.embeddings import interpolate, text_direction
 
     thetas = [0.0, 0.125, 0.25, 0.375, 0.5]
-    k = len(thetas)
-    img = to_model_range(render([_scene(src) for src, _ in TEXT_DIFFS], 32))
+    k, per_edit = len(thetas), len(TEXT_DIFF_SCENES)
+    pairs = [p for edit in text_diff_pairs() for p in edit]
+    src_caps, tgt_caps = [a for a, _ in pairs], [b for _, b in pairs]
+    img = to_model_range(render([_scene(c) for c in src_caps], 32))
     z = F.normalize(m.clip.encode_image(img), dim=-1)
     # How far apart CLIP puts the source render and a render of the target caption: an edit between two
     # scenes CLIP barely tells apart gives the decoder little to follow.
-    z_tgt = F.normalize(m.clip.encode_image(to_model_range(render([_scene(t) for _, t in TEXT_DIFFS], 32))), dim=-1)
+    z_tgt = F.normalize(m.clip.encode_image(to_model_range(render([_scene(c) for c in tgt_caps], 32))), dim=-1)
     xT, ts = invert(m.decoder, img, Condition(image_embed=z), SamplerSettings(steps=50))
-    za = m.clip.encode_text([src for src, _ in TEXT_DIFFS]).embed
-    zb = m.clip.encode_text([tgt for _, tgt in TEXT_DIFFS]).embed
+    za, zb = m.clip.encode_text(src_caps).embed, m.clip.encode_text(tgt_caps).embed
     mix = torch.cat([interpolate(z[i : i + 1], text_direction(za[i : i + 1], zb[i : i + 1]), thetas)
-                     for i in range(len(TEXT_DIFFS))])
+                     for i in range(len(pairs))])
     rows = []
     for strength in (0.0, 1.0):
         # All edits × θ in one batch; each frame's source embedding is its image's.
         g = Guidance.edit(Condition(image_embed=mix), Condition(image_embed=z.repeat_interleave(k, 0)), strength)
         out = run_denoiser(m.decoder, xT.repeat_interleave(k, 0), g, SamplerSettings(), timesteps=ts).clamp(-1, 1)
-        e = F.normalize(m.clip.encode_image(out), dim=-1)
-        for i, (src_cap, tgt_cap) in enumerate(TEXT_DIFFS):
-            o, ei = out[i * k : (i + 1) * k], e[i * k : (i + 1) * k]
-            margin = ei @ F.normalize(zb[i], dim=-1) - ei @ F.normalize(za[i], dim=-1)
-            rises = sum(bool(margin[j + 1] >= margin[j] - 0.02) for j in range(k - 1))
-            steps = torch.stack([(o[j + 1] - o[j]).abs().mean() for j in range(k - 1)])
-            rows.append([_edit_name(src_cap, tgt_cap), strength, score_batch(o[:1], [src_cap]).attribute_accuracy,
-                         score_batch(o[-1:], [tgt_cap]).attribute_accuracy,
-                         " ".join(f"{v:+.2f}" for v in margin.tolist()), f"{rises}/{k - 1}",
-                         (steps.max() / steps.sum()).item(), (z[i] @ z_tgt[i]).item()])
-    table("Text diffs (slerp toward normalize(z_target - z_source), θ = 0, .125, .25, .375, .5, from the "
-          "DDIM-inverted x_T; edit strength 0 = plain decode)",
-          ["edit", "edit strength", "θ=0 matches source", "θ=.5 matches target", "CLIP margin target-source per θ",
-           "steps with margin not falling", "largest step / total pixel change",
+        e = F.normalize(m.clip.encode_image(out), dim=-1).view(len(pairs), k, -1)
+        frames = out.view(len(pairs), k, *out.shape[1:])
+        first = [score_batch(frames[i, :1], [src_caps[i]]) for i in range(len(pairs))]
+        last = [score_batch(frames[i, -1:], [tgt_caps[i]]) for i in range(len(pairs))]
+        margins = (e @ F.normalize(zb, dim=-1)[:, :, None] - e @ F.normalize(za, dim=-1)[:, :, None]).squeeze(-1)
+        rises = (margins[:, 1:] >= margins[:, :-1] - 0.02).sum(1)
+        steps = (frames[:, 1:] - frames[:, :-1]).abs().flatten(2).mean(-1)
+        largest = steps.max(1).values / steps.sum(1)
+        cos = (z * z_tgt).sum(-1)
+        for j in range(len(TEXT_DIFF_EDITS)):
+            sl = slice(j * per_edit, (j + 1) * per_edit)
+            rows.append([_edit_name(src_caps[sl.start], tgt_caps[sl.start]), strength,
+                         sum(r.attribute_accuracy for r in first[sl]) / per_edit,
+                         sum(r.attribute_accuracy for r in last[sl]) / per_edit,
+                         f"{sum(r.exact_rate for r in last[sl]):.0f}/{per_edit}",
+                         " ".join(f"{v:+.2f}" for v in margins[sl].mean(0).tolist()),
+                         f"{int(rises[sl].sum())}/{(k - 1) * per_edit}", largest[sl].mean().item(),
+                         cos[sl].mean().item()])
+    table(f"Text diffs ({len(TEXT_DIFF_EDITS)} edits x {per_edit} scenes; slerp toward normalize(z_target - z_source), "
+          "θ = 0, .125, .25, .375, .5, from the DDIM-inverted x_T; edit strength 0 = plain decode)",
+          ["edit", "edit strength", "θ=0 matches source", "θ=.5 matches target", "θ=.5 exact",
+           "mean CLIP margin target-source per θ", "steps with margin not falling", "largest step / total pixel change",
            "CLIP cos(source render, target render)"], rows)
 
 
