@@ -8,7 +8,7 @@ rm -rf "$out" && mkdir -p "$out"
 run() { local name="$1"; shift; "$ng" run "$@" --out "$out/$name" > /dev/null; }
 
 run dalle2_red_circle workflows/dalle2_text2img.json --param prompt="a large red circle on the left on a blue background" --param seed=0 --param batch_size=4
-run dalle2_two_shapes workflows/dalle2_text2img.json --param prompt="a yellow square on the left and a white triangle on the right on a purple background" --param seed=0 --param batch_size=4
+run dalle2_two_shapes workflows/dalle2_text2img.json --param prompt="a large yellow square on the left and a large white triangle on the right, on a purple background" --param seed=0 --param batch_size=4
 run glide_green_cross workflows/glide_text2img.json --param prompt="a small green cross at the top on a black background" --param seed=0 --param batch_size=4
 run variations workflows/dalle2_variations.json --param seed=0 --param count=4
 run text_diff workflows/dalle2_text_diff.json --param count=4
