@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("steps", "batch_size", "lr", "eval_every", "ckpt_every"):
         if getattr(args, key) is not None:
             defaults[key] = getattr(args, key)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device != "cpu" and not getattr(module, "DEVICE_AWARE", False):
         ap.error(f"--device {args.device}: training {args.model} runs on the CPU only so far; drop --device")
     if device.startswith("cuda"):
