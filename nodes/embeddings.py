@@ -1,4 +1,4 @@
-"""CLIP encoders and embedding arithmetic: TextEncode, CLIPImageEmbed, TextDiff, EmbedMix."""
+"""CLIP encoders and embedding arithmetic: TextEncode, CLIPImageEmbed, TextDiff, EmbedArithmetic, EmbedMix."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from nodegraph.context import RunContext
 from nodegraph.errors import InputValueError
-from nodegraph.generate.embeddings import interpolate, text_direction
+from nodegraph.generate.embeddings import analogy, interpolate, text_direction
 from nodegraph.models.clip import ClipModel, TextEncoding
 from nodegraph.node import In, Node, Out
 
@@ -59,6 +59,32 @@ class TextDiff(Node):
 
     def run(self, ctx: RunContext, source: TextEncoding, target: TextEncoding) -> tuple[torch.Tensor]:
         return (text_direction(source.embed, target.embed),)
+
+
+class EmbedArithmetic(Node):
+    """base − subtract + add, renormalised: e.g. an image's embedding moved by the difference between the
+    prior's embeddings of two captions (a text diff with a definite endpoint). Several embeddings on
+    subtract or add (a batch of prior samples) are averaged first, for a steadier difference."""
+
+    category = "conditioning"
+    inputs = {
+        "base": In("IMAGE_EMBED", description="the embedding to move (its batch is kept)"),
+        "subtract": In("IMAGE_EMBED", description="e.g. prior samples for the image's caption"),
+        "add": In("IMAGE_EMBED", description="e.g. prior samples for the changed caption"),
+        "weight": In("FLOAT", default=1.0, min=0.0, max=4.0, step=0.25, description="how much of the "
+                     "difference to add (1 = all of it)"),
+    }
+    outputs = (Out("IMAGE_EMBED", "image_embed"),)
+
+    def run(self, ctx: RunContext, base: torch.Tensor, subtract: torch.Tensor, add: torch.Tensor,
+            weight: float) -> tuple[torch.Tensor]:
+        for name, other in (("subtract", subtract), ("add", add)):
+            if other.shape[-1] != base.shape[-1]:
+                raise InputValueError(name, f"embedding widths differ ({other.shape[-1]} vs {base.shape[-1]}): "
+                                      "use the same CLIP (and a prior trained on it) for all three")
+        source = subtract.to(base.device).mean(0, keepdim=True)
+        target = add.to(base.device).mean(0, keepdim=True)
+        return (analogy(base, source, target, weight),)
 
 
 class EmbedMix(Node):

@@ -21,7 +21,7 @@ from nodegraph.generate.conditions import (
     prior_condition,
     unet_condition,
 )
-from nodegraph.generate.embeddings import interpolate, lerp, slerp, text_direction
+from nodegraph.generate.embeddings import analogy, interpolate, lerp, slerp, text_direction
 from nodegraph.generate.sampling import (
     SamplerSettings,
     guidance_cond_fn,
@@ -406,6 +406,19 @@ def test_text_direction_is_unit_norm_and_antisymmetric():
     torch.testing.assert_close(text_direction(t, s), -d)
     # It points from the source caption toward the target one.
     assert ((F.normalize(t, dim=-1) - F.normalize(s, dim=-1)) * d).sum(-1).gt(0).all()
+
+
+def test_analogy_moves_the_base_by_the_difference_and_lands_on_the_target_when_base_is_the_source():
+    base, source, target = unit(3, 16, seed=6), unit(3, 16, seed=7), unit(3, 16, seed=8)
+    out = analogy(base, source, target)
+    torch.testing.assert_close(out, F.normalize(base - source + target, dim=-1))
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(3))
+    # The image whose embedding is the source's becomes the target's: the endpoint of the edit.
+    torch.testing.assert_close(analogy(source, source, target), target)
+    # Weight 0 is the base; the slerp from base to the result is the edit's path.
+    torch.testing.assert_close(analogy(base, source, target, weight=0.0), base)
+    half = analogy(base, source, target, weight=0.5)
+    assert ((half * target).sum(-1) > (base * target).sum(-1)).all()
 
 
 def test_interpolate_is_t_major():

@@ -536,6 +536,26 @@ def test_text_diff_is_the_unit_direction_between_captions(shared):
     torch.testing.assert_close(direction, text_direction(source.embed, target.embed))
 
 
+def arithmetic_graph(base: dict, subtract: dict, add: dict, **inputs: Any) -> dict[str, Any]:
+    return {"base": node("FixedEmbed", **base), "subtract": node("FixedEmbed", **subtract),
+            "add": node("FixedEmbed", **add),
+            "shift": node("EmbedArithmetic", base=["base", 0], subtract=["subtract", 0], add=["add", 0], **inputs),
+            "out": preview("shift")}
+
+
+def test_embed_arithmetic_averages_each_side_then_moves_every_base_row(shared):
+    base, sub, add = unit_vectors(2, 128, 3), unit_vectors(4, 128, 4), unit_vectors(4, 128, 5)
+    out = value(shared.run(arithmetic_graph({"batch": 2, "seed": 3}, {"batch": 4, "seed": 4},
+                                            {"batch": 4, "seed": 5}, weight=0.5)))
+    assert out.shape == (2, 128)
+    torch.testing.assert_close(out, F.normalize(base + 0.5 * (add.mean(0) - sub.mean(0)), dim=-1))
+
+
+def test_embed_arithmetic_rejects_an_embedding_of_another_width(shared):
+    err = failure(shared, arithmetic_graph({}, {"width": 64}, {}))
+    assert err.exception.input == "subtract" and "widths differ (64 vs 128)" in str(err)
+
+
 # ----------------------------------------------------------------------------- events and interrupts
 def test_decoder_reports_every_step_with_a_preview(shared):
     events: list[dict] = []

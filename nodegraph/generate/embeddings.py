@@ -1,4 +1,4 @@
-"""Arithmetic on CLIP embeddings: interpolation on the sphere and DALL·E 2 text diffs."""
+"""Arithmetic on CLIP embeddings: interpolation on the sphere, DALL·E 2 text diffs and analogies."""
 
 from __future__ import annotations
 
@@ -26,6 +26,16 @@ def lerp(a: Tensor, b: Tensor, t: float) -> Tensor:
 def text_direction(source: Tensor, target: Tensor) -> Tensor:
     """DALL·E 2's text diff z_d = normalize(z_target − z_source) of two CLIP text embeddings."""
     return F.normalize(F.normalize(target, dim=-1) - F.normalize(source, dim=-1), dim=-1)
+
+
+def analogy(base: Tensor, source: Tensor, target: Tensor, weight: float = 1.0) -> Tensor:
+    """normalize(base + w·(target − source)): base moved by the difference between two embeddings.
+
+    For a text diff, source and target are the prior's image embeddings of the two captions: unlike
+    the raw text difference, that difference lies among image embeddings (CLIP keeps text and image
+    embeddings apart), and w = 1 is a definite endpoint, the image with the caption's change made.
+    """
+    return F.normalize(F.normalize(base, dim=-1) + weight * (target - source), dim=-1)
 
 
 def interpolate(a: Tensor, b: Tensor, ts: list[float], mode: str = "slerp") -> Tensor:
