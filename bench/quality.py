@@ -297,56 +297,83 @@ def text_diff_pairs() -> list[list[tuple[str, str]]]:
 
 
 def sec_text_diff(m: Models, q: bool) -> None:
-    """DALL·E 2 text diffs over the paper's range: θ rises linearly from 0 to at most 0.5 (beyond that the
-    slerp leaves the region of image embeddings and the decoder loses the scene). The direction is between
-    full captions (short ones like "a yellow square" are outside the captions CLIP was trained on). Each
-    edit is decoded plainly (the conditional model at z_θ) and with edit guidance of strength 1 (ε(z_θ) +
-    (ε(z_θ) − ε(z_source))). Smoothness: how the CLIP score of each frame (cos to the target text − cos to
-    the source text) moves with θ, and how much of the total pixel change the largest single θ step carries.
-    Every number is over the edit's four scenes (exact: scenes whose last frame matches the target caption)."""
-    from nodegraph.generate.embeddings import interpolate, text_direction
+    """DALL·E 2 text diffs, three ways, each as the decoded path from the image (θ = 0) to the edit:
 
-    thetas = [0.0, 0.125, 0.25, 0.375, 0.5]
-    k, per_edit = len(thetas), len(TEXT_DIFF_SCENES)
+    - the paper's: slerp toward z_d = normalize(z_target − z_source) of the captions' text embeddings,
+      θ ≤ 0.5 (beyond that the slerp leaves the image embeddings), decoded plainly (scale 1, exact at θ = 0)
+      and with CFG 3;
+    - the workflow's: slerp toward the image embedding moved by the prior's difference between the captions
+      (mean of 8 paired prior samples each), θ ≤ 1, CFG 3;
+    - an oracle endpoint: a render of the target caption's own embedding, CFG 3, which bounds what the
+      decoder can make of the inverted x_T at all.
+
+    Directions are between full captions (short ones like "a yellow square" are outside the captions CLIP
+    was trained on). Smoothness: how the CLIP score of each frame (cos to the target text − cos to the
+    source text) moves with θ, and how much of the total pixel change the largest single θ step carries.
+    Every number is over the edit's four scenes (exact: scenes whose last frame matches the target caption)."""
+    from nodegraph.generate.embeddings import analogy, interpolate, text_direction
+
+    k, per_edit = 5, len(TEXT_DIFF_SCENES)
     pairs = [p for edit in text_diff_pairs() for p in edit]
+    n = len(pairs)
     src_caps, tgt_caps = [a for a, _ in pairs], [b for _, b in pairs]
     img = to_model_range(render([_scene(c) for c in src_caps], 32))
     z = F.normalize(m.clip.encode_image(img), dim=-1)
-    # How far apart CLIP puts the source render and a render of the target caption: an edit between two
-    # scenes CLIP barely tells apart gives the decoder little to follow.
     z_tgt = F.normalize(m.clip.encode_image(to_model_range(render([_scene(c) for c in tgt_caps], 32))), dim=-1)
     xT, ts = invert(m.decoder, img, Condition(image_embed=z), SamplerSettings(steps=50))
-    za, zb = m.clip.encode_text(src_caps).embed, m.clip.encode_text(tgt_caps).embed
-    mix = torch.cat([interpolate(z[i : i + 1], text_direction(za[i : i + 1], zb[i : i + 1]), thetas)
-                     for i in range(len(pairs))])
+    ta, tb = m.clip.encode_text(src_caps), m.clip.encode_text(tgt_caps)
+    # Paired prior samples: the same x_T for both captions, so the difference is the captions', not the noise's.
+    g = torch.Generator().manual_seed(SEED)
+    pa, pb = torch.zeros_like(z), torch.zeros_like(z)
+    for _ in range(8):
+        x = torch.randn(n, z.shape[-1], generator=g)
+        pa += sample_prior(m.prior, Condition(text=ta), 2.0, SamplerSettings(steps=25), n, x_T=x) / 8
+        pb += sample_prior(m.prior, Condition(text=tb), 2.0, SamplerSettings(steps=25), n, x_T=x) / 8
+    text_path = [0.0, 0.125, 0.25, 0.375, 0.5]
+    methods = [
+        ("text direction, θ ≤ .5, scale 1", text_direction(ta.embed, tb.embed), text_path, 1.0),
+        ("text direction, θ ≤ .5, CFG 3", text_direction(ta.embed, tb.embed), text_path, 3.0),
+        ("prior analogy, θ ≤ 1, CFG 3 (workflow)", analogy(z, pa, pb), [0.0, 0.25, 0.5, 0.75, 1.0], 3.0),
+    ]
     rows = []
-    for strength in (0.0, 1.0):
-        # All edits × θ in one batch; each frame's source embedding is its image's.
-        g = Guidance.edit(Condition(image_embed=mix), Condition(image_embed=z.repeat_interleave(k, 0)), strength)
-        out = run_denoiser(m.decoder, xT.repeat_interleave(k, 0), g, SamplerSettings(), timesteps=ts).clamp(-1, 1)
-        e = F.normalize(m.clip.encode_image(out), dim=-1).view(len(pairs), k, -1)
-        frames = out.view(len(pairs), k, *out.shape[1:])
-        first = [score_batch(frames[i, :1], [src_caps[i]]) for i in range(len(pairs))]
-        last = [score_batch(frames[i, -1:], [tgt_caps[i]]) for i in range(len(pairs))]
-        margins = (e @ F.normalize(zb, dim=-1)[:, :, None] - e @ F.normalize(za, dim=-1)[:, :, None]).squeeze(-1)
+    for name, toward, thetas, scale in methods:
+        mix = torch.cat([interpolate(z[i : i + 1], toward[i : i + 1], thetas) for i in range(n)])
+        out = run_denoiser(m.decoder, xT.repeat_interleave(k, 0), Guidance.cfg(Condition(image_embed=mix), scale),
+                           SamplerSettings(), timesteps=ts).clamp(-1, 1)
+        e = F.normalize(m.clip.encode_image(out), dim=-1).view(n, k, -1)
+        frames = out.view(n, k, *out.shape[1:])
+        first = [score_batch(frames[i, :1], [src_caps[i]]) for i in range(n)]
+        last = [score_batch(frames[i, -1:], [tgt_caps[i]]) for i in range(n)]
+        psnr0 = 10 * torch.log10(4 / (frames[:, 0] - img).pow(2).flatten(1).mean(1).clamp_min(1e-10))
+        margins = (e @ F.normalize(tb.embed, dim=-1)[:, :, None] - e @ F.normalize(ta.embed, dim=-1)[:, :, None])
+        margins = margins.squeeze(-1)
         rises = (margins[:, 1:] >= margins[:, :-1] - 0.02).sum(1)
         steps = (frames[:, 1:] - frames[:, :-1]).abs().flatten(2).mean(-1)
         largest = steps.max(1).values / steps.sum(1)
-        cos = (z * z_tgt).sum(-1)
         for j in range(len(TEXT_DIFF_EDITS)):
             sl = slice(j * per_edit, (j + 1) * per_edit)
-            rows.append([_edit_name(src_caps[sl.start], tgt_caps[sl.start]), strength,
-                         sum(r.attribute_accuracy for r in first[sl]) / per_edit,
+            rows.append([_edit_name(src_caps[sl.start], tgt_caps[sl.start]), name,
+                         sum(r.attribute_accuracy for r in first[sl]) / per_edit, psnr0[sl].mean().item(),
                          sum(r.attribute_accuracy for r in last[sl]) / per_edit,
                          f"{sum(r.exact_rate for r in last[sl]):.0f}/{per_edit}",
                          " ".join(f"{v:+.2f}" for v in margins[sl].mean(0).tolist()),
-                         f"{int(rises[sl].sum())}/{(k - 1) * per_edit}", largest[sl].mean().item(),
-                         cos[sl].mean().item()])
-    table(f"Text diffs ({len(TEXT_DIFF_EDITS)} edits x {per_edit} scenes; slerp toward normalize(z_target - z_source), "
-          "θ = 0, .125, .25, .375, .5, from the DDIM-inverted x_T; edit strength 0 = plain decode)",
-          ["edit", "edit strength", "θ=0 matches source", "θ=.5 matches target", "θ=.5 exact",
-           "mean CLIP margin target-source per θ", "steps with margin not falling", "largest step / total pixel change",
-           "CLIP cos(source render, target render)"], rows)
+                         f"{int(rises[sl].sum())}/{(k - 1) * per_edit}", largest[sl].mean().item()])
+        exact = sum(r.exact_rate for r in last)
+        rows.append(["all edits", name, sum(r.attribute_accuracy for r in first) / n, psnr0.mean().item(),
+                     sum(r.attribute_accuracy for r in last) / n, f"{exact:.0f}/{n}", "", "", ""])
+    oracle = run_denoiser(m.decoder, xT, Guidance.cfg(Condition(image_embed=z_tgt), 3.0), SamplerSettings(),
+                          timesteps=ts).clamp(-1, 1)
+    scored = [score_batch(oracle[i : i + 1], [tgt_caps[i]]) for i in range(n)]
+    rows.append(["all edits", "oracle: the target render's embedding, CFG 3", "", "",
+                 sum(r.attribute_accuracy for r in scored) / n, f"{sum(r.exact_rate for r in scored):.0f}/{n}",
+                 "", "", ""])
+    table(f"Text diffs ({len(TEXT_DIFF_EDITS)} edits x {per_edit} scenes, decoded from the DDIM-inverted x_T, "
+          "5 frames from θ = 0 to the last θ; CLIP cos(source render, target render) per edit: "
+          + ", ".join(f"{(z * z_tgt).sum(-1)[j * per_edit:(j + 1) * per_edit].mean().item():.2f}"
+                      for j in range(len(TEXT_DIFF_EDITS))) + ")",
+          ["edit", "method", "first frame matches source", "first frame PSNR to source (dB)",
+           "last frame matches target", "last frame exact", "mean CLIP margin target-source per frame",
+           "steps with margin not falling", "largest step / total pixel change"], rows)
 
 
 def _edit_name(src: str, tgt: str) -> str:

@@ -106,3 +106,19 @@ def test_readme_main_command_writes_a_64px_png(tmp_path):
     assert files and all(f.exists() for f in files)
     with Image.open(files[0]) as png:
         assert png.size == (64, 64)
+
+
+@pytest.mark.slow
+def test_text_diff_starts_at_the_image_and_ends_at_the_target_caption(engine):
+    """Default settings (50 steps, CFG 3): the first frame keeps the render's scene, the last one has the
+    kind the target caption names in the render's colour (bench/quality.py measures 16 scenes)."""
+    from nodegraph.world.scorer import score_batch
+
+    path = REPO / "workflows" / "dalle2_text_diff.json"
+    nodes = json.loads(path.read_text())["nodes"]
+    result = engine.run(str(path), params={"count": 3})
+    frames = [np.asarray(Image.open(f).convert("RGB")) for f in result.files]
+    assert len(frames) == 3
+    source, target = nodes["source"]["inputs"]["text"], nodes["target"]["inputs"]["text"]
+    report = score_batch(np.stack([frames[0], frames[-1]]), [source, target])
+    assert report.exact_rate == 1.0, report
