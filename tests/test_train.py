@@ -43,6 +43,11 @@ def test_decoder_run_resumed_midway_equals_an_uninterrupted_run(tmp_path, clip_f
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
         torch.testing.assert_close(a["ema"][key], b["ema"][key], rtol=0, atol=0)
+    # Every checkpoint also leaves the fp16 raw + EMA pair that `--set init=` continues from.
+    pair = load_state_dict(tmp_path / "straight" / "weights.safetensors")
+    for key in a["model"]:
+        torch.testing.assert_close(pair[f"ema.{key}"].float(), a["ema"][key].float(), atol=2e-3, rtol=2e-3)
+        torch.testing.assert_close(pair[f"raw.{key}"].float(), a["model"][key].float(), atol=2e-3, rtol=2e-3)
     # The exported weights carry what is needed to rebuild the model, in fp16.
     out = tmp_path / "straight-out" / "decoder.safetensors"
     meta = read_metadata(out)
@@ -89,6 +94,32 @@ def test_init_starts_a_fresh_run_from_exported_weights_and_a_missing_file_is_a_c
                           extra={"init": str(tmp_path / "missing.safetensors")})
     with pytest.raises(CheckpointError, match="missing.safetensors"):
         start_or_resume(torch.nn.Linear(3, 2), missing)
+
+
+def test_init_from_a_weight_pair_continues_raw_and_ema_weights_and_the_ema_warm_up(tmp_path):
+    """What a run on a lent machine brings back (fp16 raw + EMA, no optimiser) continues both halves."""
+    from nodegraph.train.common import WEIGHT_PAIR, RunState, save_weight_pair, start_or_resume
+
+    first = TrainConfig(name="t", steps=1, batch_size=1, lr=1e-3, run_dir=str(tmp_path / "first"))
+    model = torch.nn.Linear(3, 2)
+    state = RunState(model, EMA(model, 0.999), torch.optim.AdamW(model.parameters()), 7, torch.Generator())
+    with torch.no_grad():
+        model.weight.add_(1.0)  # raw moves away from the average
+    state.ema.update(model)
+    state.ema.updates = 40
+    (tmp_path / "first").mkdir()
+    save_weight_pair(state, first)
+    pair = tmp_path / "first" / WEIGHT_PAIR
+    assert pair.stat().st_size < 2 * 2 * sum(p.numel() for p in model.parameters()) + 1000  # fp16, both halves
+
+    cont = TrainConfig(name="t", steps=1, batch_size=1, lr=1e-3, run_dir=str(tmp_path / "cont"),
+                       extra={"init": str(pair)})
+    fresh = torch.nn.Linear(3, 2)
+    resumed = start_or_resume(fresh, cont)
+    torch.testing.assert_close(fresh.weight, model.weight, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(resumed.ema.model.weight, state.ema.model.weight, atol=2e-3, rtol=2e-3)
+    assert not torch.allclose(resumed.ema.model.weight, fresh.weight)
+    assert resumed.ema.updates == 40 and resumed.step == 0
 
 
 def test_clip_kind_twins_differ_from_their_scene_only_in_one_shapes_kind():

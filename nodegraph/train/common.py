@@ -112,18 +112,36 @@ def save_state(state: RunState, cfg: TrainConfig) -> None:
         },
         cfg.dir() / "last.pt",
     )
+    save_weight_pair(state, cfg)
+
+
+WEIGHT_PAIR = "weights.safetensors"
+
+
+def save_weight_pair(state: RunState, cfg: TrainConfig) -> None:
+    """fp16 raw and EMA weights beside last.pt, with the EMA's update count: a third of its size (no
+    optimiser moments), so a run on a lent machine that returns only small files can still be continued,
+    raw and EMA both, with `--set init=runs/MODEL/weights.safetensors` (the optimiser restarts)."""
+    tensors = {**{f"raw.{k}": v for k, v in state.model.state_dict().items()},
+               **{f"ema.{k}": v for k, v in state.ema.model.state_dict().items()}}
+    tmp = cfg.dir() / (WEIGHT_PAIR + ".tmp")
+    save_safetensors(tensors, tmp, {"ema_updates": json.dumps(state.ema.updates), "step": json.dumps(state.step)},
+                     dtype=torch.float16)
+    os.replace(tmp, cfg.dir() / WEIGHT_PAIR)
 
 
 def start_or_resume(model: nn.Module, cfg: TrainConfig, params: list | None = None) -> RunState:
     """Fresh state seeded from cfg.seed, or the run's last checkpoint if one exists.
 
     A fresh run with ``--set init=PATH`` starts from exported weights (fine-tuning, e.g. from the
-    committed model of an earlier session); the EMA starts from the same weights.
+    committed model of an earlier session), the EMA from the same weights; from a run's weight pair
+    (`save_weight_pair`) the raw weights and the EMA, with its update count, each continue.
     """
     torch.manual_seed(cfg.seed)
     ckpt = cfg.dir() / "last.pt"
+    ema_init: tuple[dict, int] | None = None
     if not ckpt.exists() and cfg.extra.get("init"):
-        init_from(model, Path(cfg.extra["init"]))
+        ema_init = init_from(model, Path(cfg.extra["init"]))
         print(f"[{cfg.name}] initialised from {cfg.extra['init']}")
     model.to(cfg.device)  # before the optimiser and EMA are built, so their state lives beside the weights
     opt = torch.optim.AdamW(
@@ -131,6 +149,9 @@ def start_or_resume(model: nn.Module, cfg: TrainConfig, params: list | None = No
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     state = RunState(model, EMA(model, cfg.ema_decay), opt, 0, gen)
+    if ema_init is not None:
+        state.ema.model.load_state_dict(ema_init[0])
+        state.ema.updates = ema_init[1]
     if ckpt.exists():
         data = torch.load(ckpt, weights_only=True, map_location="cpu")
         model.load_state_dict(data["model"])
@@ -144,11 +165,18 @@ def start_or_resume(model: nn.Module, cfg: TrainConfig, params: list | None = No
     return state
 
 
-def init_from(model: nn.Module, path: Path) -> None:
-    """Initialise from an exported safetensors file (e.g. the committed weights of an earlier session)."""
-    from nodegraph.models.checkpoint import load_state_dict
+def init_from(model: nn.Module, path: Path) -> tuple[dict, int] | None:
+    """Load exported weights (e.g. the committed model of an earlier session) into the model; for a weight
+    pair, load its raw half and return the EMA half and update count for the caller's EMA."""
+    from nodegraph.models.checkpoint import load_state_dict, read_metadata
 
-    model.load_state_dict(load_state_dict(path, dtype=torch.float32))
+    state = load_state_dict(path, dtype=torch.float32)
+    if not any(k.startswith("raw.") for k in state):
+        model.load_state_dict(state)
+        return None
+    model.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("raw.")})
+    ema = {k[4:]: v for k, v in state.items() if k.startswith("ema.")}
+    return ema, int(read_metadata(path).get("ema_updates", 0))
 
 
 class Logger:
