@@ -247,3 +247,15 @@ def test_card_reads_evaluations_and_hardware_from_a_resumed_log(tmp_path):
     assert [r["step"] for r in evals] == [500, 900] and wall == 91.0 and last == 900
     assert _hardware(hardware) == "the 2-core CPU and the NVIDIA H200 GPU"
     assert _hardware(set()) == "the 2-core CPU"  # logs from before segments recorded their hardware
+
+
+def test_train_cli_names_an_init_file_that_does_not_fit_the_model(tmp_path, capsys):
+    export(torch.nn.Linear(3, 2), tmp_path / "linear.safetensors", {"kind": "test"})
+    with pytest.raises(SystemExit) as err:
+        train_main(["upsampler", "--steps", "1", "--threads", "1", "--run-dir", str(tmp_path / "run"),
+                    "--out-dir", str(tmp_path / "out"), "--set", "pool=8",
+                    "--set", f"init={tmp_path / 'linear.safetensors'}"])
+    assert err.value.code == 2
+    message = capsys.readouterr().err
+    assert "linear.safetensors does not match the architecture" in message
+    assert "unexpected keys: bias, weight" in message

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from nodegraph.models.checkpoint import CheckpointError
 from nodegraph.train.common import TrainConfig
 
 MODELS = ("clip", "prior", "decoder", "upsampler", "inpaint", "classifier", "noised_clip")
@@ -62,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                       deadline=t0 + 60 * args.time_limit if args.time_limit else 0.0,
                       run_dir=args.run_dir, out_dir=args.out_dir,
                       extra=extra, **defaults)
-    module.main(cfg)
+    try:
+        module.main(cfg)
+    except CheckpointError as exc:  # a wrong --set init= or clip= file: say which, without a traceback
+        ap.exit(2, f"{ap.prog}: error: {exc}\n")
     return 0
 
 

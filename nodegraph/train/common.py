@@ -168,14 +168,18 @@ def start_or_resume(model: nn.Module, cfg: TrainConfig, params: list | None = No
 def init_from(model: nn.Module, path: Path) -> tuple[dict, int] | None:
     """Load exported weights (e.g. the committed model of an earlier session) into the model; for a weight
     pair, load its raw half and return the EMA half and update count for the caller's EMA."""
-    from nodegraph.models.checkpoint import load_state_dict, read_metadata
+    from nodegraph.models.checkpoint import check_compatible, load_state_dict, read_metadata
 
     state = load_state_dict(path, dtype=torch.float32)
     if not any(k.startswith("raw.") for k in state):
+        check_compatible(model, state, f"init={path}")
         model.load_state_dict(state)
         return None
-    model.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("raw.")})
+    raw = {k[4:]: v for k, v in state.items() if k.startswith("raw.")}
     ema = {k[4:]: v for k, v in state.items() if k.startswith("ema.")}
+    check_compatible(model, raw, f"init={path} (raw half)")
+    check_compatible(model, ema, f"init={path} (EMA half)")
+    model.load_state_dict(raw)
     return ema, int(read_metadata(path).get("ema_updates", 0))
 
 
