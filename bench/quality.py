@@ -329,10 +329,10 @@ def sec_text_diff(m: Models, q: bool) -> None:
         x = torch.randn(n, z.shape[-1], generator=g)
         pa += sample_prior(m.prior, Condition(text=ta), 2.0, SamplerSettings(steps=25), n, x_T=x) / 8
         pb += sample_prior(m.prior, Condition(text=tb), 2.0, SamplerSettings(steps=25), n, x_T=x) / 8
-    text_path = [0.0, 0.125, 0.25, 0.375, 0.5]
+    text_path, d_text = [0.0, 0.125, 0.25, 0.375, 0.5], text_direction(ta.embed, tb.embed)
     methods = [
-        ("text direction, θ ≤ .5, scale 1", text_direction(ta.embed, tb.embed), text_path, 1.0),
-        ("text direction, θ ≤ .5, CFG 3", text_direction(ta.embed, tb.embed), text_path, 3.0),
+        ("text direction, θ ≤ .5, scale 1", d_text, text_path, 1.0),
+        ("text direction, θ ≤ .5, CFG 3", d_text, text_path, 3.0),
         ("prior analogy, θ ≤ 1, CFG 3 (workflow)", analogy(z, pa, pb), [0.0, 0.25, 0.5, 0.75, 1.0], 3.0),
     ]
     rows = []
