@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nodegraph.engine import Engine
+from nodegraph.engine.api import Engine
 
 Workflow = dict[str, dict[str, Any]]
 

@@ -467,7 +467,7 @@ def sec_guided(m: Models, q: bool) -> None:
 
 
 def sec_cache(m: Models, q: bool) -> None:
-    from nodegraph.engine import Engine
+    from nodegraph.engine.api import Engine
 
     with tempfile.TemporaryDirectory() as out:
         eng = Engine("cpu", output_dir=out, plugins=False)

@@ -12,14 +12,14 @@ TYPE_CHECKING = False  # not imported from typing, which alone costs more than t
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Engine": "nodegraph.engine",
-    "run": "nodegraph.engine",
-    "RunResult": "nodegraph.executor",
-    "Node": "nodegraph.node",
-    "In": "nodegraph.node",
-    "Out": "nodegraph.node",
-    "RunContext": "nodegraph.context",
-    "Registry": "nodegraph.registry",
+    "Engine": "nodegraph.engine.api",
+    "run": "nodegraph.engine.api",
+    "RunResult": "nodegraph.engine.executor",
+    "Node": "nodegraph.engine.node",
+    "In": "nodegraph.engine.node",
+    "Out": "nodegraph.engine.node",
+    "RunContext": "nodegraph.engine.context",
+    "Registry": "nodegraph.engine.registry",
     "NodegraphError": "nodegraph.errors",
     "WorkflowError": "nodegraph.errors",
     "NodeExecutionError": "nodegraph.errors",
@@ -50,8 +50,11 @@ __all__ = [
 if TYPE_CHECKING:
     from typing import Any
 
-    from nodegraph.context import RunContext
-    from nodegraph.engine import Engine, run
+    from nodegraph.engine.api import Engine, run
+    from nodegraph.engine.context import RunContext
+    from nodegraph.engine.executor import RunResult
+    from nodegraph.engine.node import In, Node, Out
+    from nodegraph.engine.registry import Registry
     from nodegraph.errors import (
         ConfigError,
         InputValueError,
@@ -61,9 +64,6 @@ if TYPE_CHECKING:
         ValidationIssue,
         WorkflowError,
     )
-    from nodegraph.executor import RunResult
-    from nodegraph.node import In, Node, Out
-    from nodegraph.registry import Registry
 
 
 def __getattr__(name: str) -> Any:

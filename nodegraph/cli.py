@@ -92,9 +92,9 @@ def _add_param_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from nodegraph.engine import Engine
+    from nodegraph.engine.api import Engine
+    from nodegraph.engine.workflow import load_workflow
     from nodegraph.errors import ConfigError, WorkflowError
-    from nodegraph.workflow import load_workflow
 
     try:
         workflow = load_workflow(args.workflow)
@@ -180,7 +180,7 @@ def _run_once(
 
 
 def _print_result(result: Any, engine: Any, out: TextIO) -> None:
-    from nodegraph.events import jsonable
+    from nodegraph.engine.events import jsonable
 
     for node_id, ui in result.outputs.items():
         for key, value in ui.items():
@@ -201,8 +201,8 @@ def _display_path(path: Path) -> str:
 
 
 def _parse_param_args(items: list[str]) -> dict[str, str]:
+    from nodegraph.engine.workflow import issue
     from nodegraph.errors import WorkflowError
-    from nodegraph.workflow import issue
 
     params: dict[str, str] = {}
     problems = []
@@ -219,8 +219,8 @@ def _parse_param_args(items: list[str]) -> dict[str, str]:
 
 def _read_params_file(path: Path, base: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], list[Any]]:
     """(line number, params) per non-blank line, and an issue naming each line that is not JSON."""
+    from nodegraph.engine.workflow import decode_text, issue, read_file_bytes
     from nodegraph.errors import WorkflowError
-    from nodegraph.workflow import decode_text, issue, read_file_bytes
 
     text = decode_text(read_file_bytes(path, what="params"), source=str(path))
     runs: list[tuple[int, dict[str, Any]]] = []
@@ -282,7 +282,7 @@ def _check_runs(
 
 
 def _config_issue(exc: Exception) -> Any:
-    from nodegraph.workflow import issue
+    from nodegraph.engine.workflow import issue
 
     return issue("invalid_option", str(exc))
 
@@ -304,9 +304,9 @@ def _report_invalid(errors: list[Any], *, as_json: bool, prefix: str = "") -> No
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from nodegraph.engine import Engine
+    from nodegraph.engine.api import Engine
+    from nodegraph.engine.workflow import load_workflow
     from nodegraph.errors import WorkflowError
-    from nodegraph.workflow import load_workflow
 
     try:
         params = _parse_param_args(args.param)
@@ -320,7 +320,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_nodes(args: argparse.Namespace) -> int:
-    from nodegraph.registry import Registry
+    from nodegraph.engine.registry import Registry
 
     registry = Registry.discover()
     for error in registry.load_errors:

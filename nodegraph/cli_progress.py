@@ -6,7 +6,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from nodegraph import events
+from nodegraph.engine import events
 
 
 class ProgressBars:

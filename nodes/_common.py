@@ -7,11 +7,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from nodegraph.context import RunContext
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In
 from nodegraph.errors import InputValueError
 from nodegraph.generate.conditions import Condition, ConditionError, Guidance
 from nodegraph.generate.sampling import SamplerSettings
-from nodegraph.node import In
 
 SAMPLER_INPUTS: dict[str, In] = {
     "sampler": In("STRING", default="ddim", choices=("ddim", "ddpm", "dpmpp_2m"),

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nodegraph.context import RunContext
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In, Node, Out
 from nodegraph.errors import InputValueError
 from nodegraph.generate.embeddings import analogy, interpolate, text_direction
 from nodegraph.models.clip import ClipModel, TextEncoding
-from nodegraph.node import In, Node, Out
 
 MAX_PROMPT_CHARS = 2000
 

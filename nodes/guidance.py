@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from nodegraph.context import RunContext
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In, Node, Out
 from nodegraph.errors import InputValueError
 from nodegraph.generate.conditions import ClassifierTerm, ClipTerm, Condition, Guidance
 from nodegraph.models.classifier import attributes_from_prompt, labels_for
 from nodegraph.models.clip import TextEncoding
-from nodegraph.node import In, Node, Out
 
 TERMS = 4
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from nodegraph.context import RunContext
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.imageio import from_pil, mask_from_alpha, save_png, to_pil
+from nodegraph.engine.node import In, Node, Out
+from nodegraph.engine.paths import confine
 from nodegraph.errors import InputValueError
-from nodegraph.imageio import from_pil, mask_from_alpha, save_png, to_pil
-from nodegraph.node import In, Node, Out
-from nodegraph.paths import confine
 
 
 class LoadImage(Node):

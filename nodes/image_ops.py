@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nodegraph.context import RunContext
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In, Node, Out
 from nodegraph.errors import InputValueError
-from nodegraph.node import In, Node, Out
 
 
 class ImageScale(Node):

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from nodegraph.context import RunContext
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In, Node, Out
 from nodegraph.errors import InputValueError
 from nodegraph.models import bundled
 from nodegraph.models.checkpoint import CheckpointError
-from nodegraph.node import In, Node, Out
 
 _CHECKPOINT_HELP = "file inside the models directory; empty = the bundled model"
 

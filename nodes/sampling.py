@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from nodegraph.context import RunContext
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In, Node, Out
 from nodegraph.errors import InputValueError
 from nodegraph.generate import sampling as S
 from nodegraph.generate.conditions import Condition, ConditionError, Guidance, Latent, NoiseSpec
 from nodegraph.models.clip import TextEncoding
 from nodegraph.models.diffusion_model import DiffusionModel
-from nodegraph.node import In, Node, Out
 from nodegraph.nodes._common import (
     CONDITION_INPUTS,
     SAMPLER_INPUTS,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nodegraph.context import RunContext
-from nodegraph.node import In, Node, Out
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In, Node, Out
 
 
 class Int(Node):

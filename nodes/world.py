@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from nodegraph.context import RunContext
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In, Node, Out
 from nodegraph.errors import InputValueError
-from nodegraph.node import In, Node, Out
 from nodegraph.world.captions import parse_prompt
 from nodegraph.world.render import render, to_model_range
 from nodegraph.world.scene import PAIRS, Scene, Shape

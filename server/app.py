@@ -27,7 +27,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from nodegraph.engine import Engine
+from nodegraph.engine.api import Engine
 from nodegraph.errors import ValidationIssue
 from nodegraph.server import protocol
 from nodegraph.server.clients import ClientHub, Frame

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlencode
 
-from nodegraph.engine import Engine
+from nodegraph.engine.api import Engine
 from nodegraph.server.app import NodegraphServer
 from nodegraph.server.config import ServerConfig
 

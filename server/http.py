@@ -35,8 +35,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from nodegraph.engine.paths import confine
 from nodegraph.errors import InputValueError
-from nodegraph.paths import confine
 from nodegraph.server.security import valid_id
 
 if TYPE_CHECKING:

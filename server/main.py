@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from urllib.parse import quote
 
-from nodegraph.engine import Engine
+from nodegraph.engine.api import Engine
 from nodegraph.errors import ConfigError
 from nodegraph.server.app import NodegraphServer, StartError
 from nodegraph.server.config import ServerConfig, parse_args

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from nodegraph import events
+from nodegraph.engine import events
 from nodegraph.errors import ValidationIssue
 
 # Prompt and client ids name files (history/<prompt_id>.json), so they are kept to a safe alphabet.

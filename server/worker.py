@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodegraph import events
-from nodegraph.engine import Engine
+from nodegraph.engine import events
+from nodegraph.engine.api import Engine
 from nodegraph.errors import Interrupted, NodeExecutionError, WorkflowError
 from nodegraph.server.clients import Frame
 from nodegraph.server.history import HistoryStore

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from nodegraph.engine import Engine
+from nodegraph.engine.api import Engine
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -122,7 +122,7 @@ def make_failing_plugin(root: Path) -> Path:
     plugin = root / "plugin"
     plugin.mkdir()
     (plugin / "ng_failing_plugin.py").write_text(
-        "from nodegraph.node import In, Node, Out\n"
+        "from nodegraph.engine.node import In, Node, Out\n"
         "class Explode(Node):\n"
         "    inputs = {'x': In('FLOAT', default=0.0)}\n"
         "    outputs = (Out('FLOAT'),)\n"

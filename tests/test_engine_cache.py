@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import torch
 
-from nodegraph.cache import CacheEntry, OutputCache, tensor_bytes
-from nodegraph.context import RunContext
-from nodegraph.engine import Engine
-from nodegraph.node import In, Node, Out
+from nodegraph.engine.api import Engine
+from nodegraph.engine.cache import CacheEntry, OutputCache, tensor_bytes
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In, Node, Out
 from nodegraph.nodes.utility import Add, Float
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from nodegraph.context import RunContext
-from nodegraph.engine import Engine
-from nodegraph.node import In, Node, Out
+from nodegraph.engine.api import Engine
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In, Node, Out
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 import nodegraph
-from nodegraph.context import RunContext
-from nodegraph.engine import Engine
+from nodegraph.engine.api import Engine
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In, Node, Out
 from nodegraph.errors import InputValueError, Interrupted, NodeExecutionError
-from nodegraph.node import In, Node, Out
 
 
 class Fail(Node):
@@ -326,6 +326,6 @@ def test_import_nodegraph_is_cheap() -> None:
     import subprocess
     import sys
 
-    code = "import sys, nodegraph; print('torch' in sys.modules, 'nodegraph.engine' in sys.modules)"
+    code = "import sys, nodegraph; print('torch' in sys.modules, 'nodegraph.engine.api' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from nodegraph.engine import Engine
+from nodegraph.engine.api import Engine
+from nodegraph.engine.imageio import from_pil, mask_from_alpha, mask_to_pil, preview_image, to_pil
 from nodegraph.errors import NodeExecutionError, WorkflowError
-from nodegraph.imageio import from_pil, mask_from_alpha, mask_to_pil, preview_image, to_pil
 
 
 def save_workflow(image: str = "in.png", prefix: str = "result") -> dict[str, Any]:
@@ -96,8 +96,8 @@ def test_save_never_overwrites(engine: Engine, picture: Image.Image) -> None:
 
 
 def test_a_batch_writes_one_file_per_image(engine: Engine) -> None:
-    from nodegraph.context import RunContext
-    from nodegraph.node import Node, Out
+    from nodegraph.engine.context import RunContext
+    from nodegraph.engine.node import Node, Out
 
     class Batch(Node):
         outputs = (Out("IMAGE"),)

@@ -9,10 +9,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nodegraph.context import RunContext
-from nodegraph.engine import Engine
+from nodegraph.engine.api import Engine
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.registry import Registry
 from nodegraph.nodes.utility import Add, Float
-from nodegraph.registry import Registry
 
 CALLS: list[str] = []
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 import nodegraph.nodes
-from nodegraph.context import RunContext
-from nodegraph.engine import Engine
+from nodegraph.engine.api import Engine
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In, Node, Out
+from nodegraph.engine.registry import Registry
 from nodegraph.errors import NodeDefinitionError
-from nodegraph.node import In, Node, Out
-from nodegraph.registry import Registry
 
 
 def test_builtin_nodes_are_discovered() -> None:
@@ -26,7 +26,7 @@ def test_builtin_nodes_are_discovered() -> None:
 
 def test_a_new_module_in_the_nodes_package_is_picked_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "zz_extra_for_test.py").write_text(
-        "from nodegraph.node import Node, Out\n"
+        "from nodegraph.engine.node import Node, Out\n"
         "class _Hidden(Node):\n"
         "    def run(self, ctx):\n        return ()\n"
         "class Extra(Node):\n"
@@ -55,7 +55,7 @@ def test_a_broken_module_is_reported_not_fatal(tmp_path: Path, monkeypatch: pyte
 def make_plugin(root: Path, value: str) -> None:
     """A fake installed distribution declaring a `nodegraph.nodes` entry point."""
     (root / "ng_test_plugin.py").write_text(
-        "from nodegraph.node import Node, Out\n"
+        "from nodegraph.engine.node import Node, Out\n"
         "class PluginNode(Node):\n"
         "    outputs = (Out('STRING'),)\n"
         "    def run(self, ctx):\n        return ('from plugin',)\n"

@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from nodegraph.context import RunContext
-from nodegraph.engine import Engine
+from nodegraph.engine.api import Engine
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In, Node, Out
+from nodegraph.engine.registry import Registry
 from nodegraph.errors import Interrupted, NodeExecutionError, WorkflowError
 from nodegraph.generate.embeddings import slerp, text_direction
 from nodegraph.models.checkpoint import load_state_dict
-from nodegraph.node import In, Node, Out
-from nodegraph.registry import Registry
 from nodegraph.world.scorer import score
 
 from fixtures_models import DECODER_SIZE, HIGH_RES, build_tiny_models, write_decoder
@@ -334,7 +334,10 @@ def test_edit_guidance_keeps_an_inversion_exact_where_target_equals_source(share
     )
     result = shared.run(graph)
     plain = value(result)
-    torch.testing.assert_close(value(result, "edited_out"), plain, atol=1e-5, rtol=0)
+    # Not bit-exact: (1 + s)·ε − s·ε in fp32 from a batched forward is ε up to a few ulp, which the DDIM steps
+    # amplify by up to 1/√ᾱ (1.08e-5 seen with torch 2.14). A changed condition moves pixels by > 1e-3, so a
+    # 1e-4 bound still tells "unchanged" from "edited" with a 10x margin.
+    torch.testing.assert_close(value(result, "edited_out"), plain, atol=1e-4, rtol=0)
     assert (value(result, "moved_out") - plain).abs().max() > 1e-3
 
 

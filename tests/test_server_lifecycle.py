@@ -22,8 +22,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from nodegraph import cli
-from nodegraph.context import RunContext
-from nodegraph.node import In, Node, Out
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In, Node, Out
 from nodegraph.server import main as server_main
 
 from test_server_support import (

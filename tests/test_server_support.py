@@ -20,10 +20,10 @@ from websockets.sync.client import ClientConnection, connect
 
 import nodegraph.nodes.image as image_nodes
 import nodegraph.nodes.utility as utility_nodes
-from nodegraph.context import RunContext
-from nodegraph.engine import Engine
-from nodegraph.node import In, Node, Out
-from nodegraph.registry import Registry
+from nodegraph.engine.api import Engine
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In, Node, Out
+from nodegraph.engine.registry import Registry
 from nodegraph.server.background import BackgroundServer
 from nodegraph.server.config import ServerConfig
 

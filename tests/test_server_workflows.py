@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from nodegraph.engine import Engine
-from nodegraph.registry import Registry
+from nodegraph.engine.api import Engine
+from nodegraph.engine.registry import Registry
 
 from test_server_support import REPO, Client, ServerPool, types_of
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from nodegraph.context import RunContext
-from nodegraph.engine import Engine
+from nodegraph.engine.api import Engine
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In, Node, Out
 from nodegraph.errors import ValidationIssue, WorkflowError
-from nodegraph.node import In, Node, Out
 
 
 class Ranged(Node):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nodegraph import workflow as workflow_module
-from nodegraph.engine import Engine
+from nodegraph.engine import workflow as workflow_module
+from nodegraph.engine.api import Engine
 
 
 def codes(engine: Engine, path: Path) -> list[str]:

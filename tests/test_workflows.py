@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nodegraph.engine import Engine
+from nodegraph.engine.api import Engine
 from nodegraph.world.captions import parse_prompt
 from nodegraph.world.render import render_uint8
 from nodegraph.world.scene import Scene, Shape

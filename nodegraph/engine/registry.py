@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
+from nodegraph.engine.node import Node, NodeSpec
 from nodegraph.errors import NodeDefinitionError
-from nodegraph.node import Node, NodeSpec
 
 ENTRY_POINT_GROUP = "nodegraph.nodes"
 BUILTIN_PACKAGE = "nodegraph.nodes"

@@ -22,13 +22,13 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from nodegraph import types
+from nodegraph.engine import sockets as types
 from nodegraph.errors import NodeDefinitionError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from nodegraph.context import RunContext
+    from nodegraph.engine.context import RunContext
 
 
 class _NoDefault:

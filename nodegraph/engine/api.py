@@ -22,15 +22,15 @@ from typing import Any
 
 import torch
 
-from nodegraph.cache import OutputCache
-from nodegraph.context import RunContext, RunState
+from nodegraph.engine.cache import OutputCache
+from nodegraph.engine.context import RunContext, RunState
+from nodegraph.engine.events import EventCallback
+from nodegraph.engine.executor import RunResult, execute
+from nodegraph.engine.plan import Plan, build_plan, signatures
+from nodegraph.engine.registry import Registry
+from nodegraph.engine.validate import validate_nodes
+from nodegraph.engine.workflow import Workflow, apply_params, load_workflow
 from nodegraph.errors import ConfigError, InputValueError, ValidationIssue, WorkflowError
-from nodegraph.events import EventCallback
-from nodegraph.executor import RunResult, execute
-from nodegraph.plan import Plan, build_plan, signatures
-from nodegraph.registry import Registry
-from nodegraph.validate import validate_nodes
-from nodegraph.workflow import Workflow, apply_params, load_workflow
 
 logger = logging.getLogger("nodegraph")
 

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
 
-from nodegraph import types
+from nodegraph.engine import sockets as types
 from nodegraph.errors import ValidationIssue, WorkflowError
 
 if TYPE_CHECKING:
-    from nodegraph.registry import Registry
+    from nodegraph.engine.registry import Registry
 
 # Workflows are a few kilobytes; the cap keeps a wrong path (a model, a video) from eating memory.
 MAX_WORKFLOW_BYTES = 32 * 1024 * 1024

@@ -15,8 +15,8 @@ from hashlib import blake2b
 
 import networkx as nx
 
+from nodegraph.engine.validate import CompiledNode
 from nodegraph.errors import ValidationIssue
-from nodegraph.validate import CompiledNode
 
 
 @dataclass(slots=True)

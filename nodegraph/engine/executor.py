@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodegraph import events
-from nodegraph.cache import CacheEntry, OutputCache, tensor_bytes
-from nodegraph.context import RunContext, RunState
+from nodegraph.engine import events
+from nodegraph.engine.cache import CacheEntry, OutputCache, tensor_bytes
+from nodegraph.engine.context import RunContext, RunState
+from nodegraph.engine.plan import Plan
 from nodegraph.errors import Interrupted, NodeExecutionError
-from nodegraph.plan import Plan
 
 
 @dataclass

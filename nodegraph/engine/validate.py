@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from nodegraph import types
+from nodegraph.engine import sockets as types
+from nodegraph.engine.node import NodeSpec
 from nodegraph.errors import ValidationIssue
-from nodegraph.node import NodeSpec
 
 if TYPE_CHECKING:
-    from nodegraph.registry import Registry
+    from nodegraph.engine.registry import Registry
 
 Link = tuple[str, int, Callable[[Any], Any] | None]
 _MISSING: Any = object()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nodegraph.engine.paths import confine
 from nodegraph.errors import Interrupted
-from nodegraph.paths import confine
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -107,7 +107,7 @@ class RunContext:
             return
         data: dict[str, Any] = {"value": value, "max": max, "node": self.node_id, "prompt_id": self.prompt_id}
         if preview is not None:
-            from nodegraph.imageio import preview_image
+            from nodegraph.engine.imageio import preview_image
 
             data["preview"] = preview_image(preview)
         emit("progress", data)
