@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nodegraph import weights
 from nodegraph.generate.conditions import ClassifierTerm, ClipTerm, Condition, Guidance
 from nodegraph.generate.sampling import SamplerSettings, inpaint, invert, run_denoiser, sample_prior, upsample
-from nodegraph.models import bundled
+from nodegraph.models import loader
 from nodegraph.world.captions import PromptSpec, ShapeSpec, caption, parse_prompt
 from nodegraph.world.render import render, to_model_range
 from nodegraph.world.scene import random_scenes
@@ -55,7 +56,7 @@ class Models:
         if family.startswith("_"):
             raise AttributeError(family)
         if family not in self._cache:
-            self._cache[family] = bundled.load(family)
+            self._cache[family] = loader.load(family)
         return self._cache[family]
 
 
@@ -502,7 +503,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
     m = Models()
-    print(f"# nodegraph quality bench ({'quick' if args.quick else 'full'}; models in {bundled.models_dir()})")
+    print(f"# nodegraph quality bench ({'quick' if args.quick else 'full'}; models in {weights.models_dir()})")
     with torch.no_grad():
         for name in names:
             t0 = time.time()

@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
 
     nodes = commands.add_parser("nodes", help="list the available nodes")
     nodes.add_argument("--json", action="store_true", help="the catalogue as JSON (inputs, types, ranges, outputs)")
+    nodes.add_argument("--types", action="store_true",
+                       help="the socket types the nodes use instead: each one's value class and conventions")
     nodes.set_defaults(handler=_cmd_nodes)
 
     serve = commands.add_parser(
@@ -325,6 +327,16 @@ def _cmd_nodes(args: argparse.Namespace) -> int:
     registry = Registry.discover()
     for error in registry.load_errors:
         print(f"nodegraph: warning: could not load {error}", file=sys.stderr)
+    if args.types:
+        table = registry.socket_types()
+        if args.json:
+            json.dump(table, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            for name, info in table.items():
+                print(f"{name}: {info['value']}{'  [constant]' if info['constant'] else ''}")
+                print(f"      {info['convention']}")
+        return EXIT_OK
     catalogue = registry.catalogue()
     if args.json:
         json.dump(catalogue, sys.stdout, indent=2)

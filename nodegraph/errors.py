@@ -1,7 +1,14 @@
 """Exceptions a user can cause, and the validation issue record that crosses every boundary.
 
-The engine turns these into events (Python API, websocket) or exit codes (CLI): WorkflowError and
-InputValueError mean invalid input (exit 2), NodeExecutionError a node failed at run time (exit 1).
+Shared by the engine and the library (the one module both import), so the library can say which of
+its arguments is at fault without knowing about graphs. The engine turns these into events (Python
+API, websocket) or exit codes (CLI): WorkflowError and InputValueError mean invalid input (exit 2),
+NodeExecutionError a node failed at run time (exit 1).
+
+The error contract: a library function that rejects an argument raises an InputValueError (or a
+subclass: CheckpointError, ConditionError) naming the argument, and names its arguments like the node
+inputs that feed them (`checkpoint`, `text`, `image_embed`, `guidance`, `latent`, ...). The executor
+maps it to that node input in one place (NodeExecutionError.input), so nodes do not translate errors.
 """
 
 from __future__ import annotations
@@ -44,10 +51,11 @@ class WorkflowError(NodegraphError):
         return {"errors": [issue.model_dump() for issue in self.errors]}
 
 
-class InputValueError(NodegraphError):
-    """Raised by a node (in `run` or `fingerprint`) when one of its input values is unusable.
+class InputValueError(NodegraphError, ValueError):
+    """A value given to a node input (or to the library argument of the same name) is unusable.
 
-    It is the user's input that is wrong, not the node, so the CLI exits 2 rather than 1.
+    It is the user's input that is wrong, not the node, so the CLI exits 2 rather than 1. `input` is
+    None when no single input is to blame.
     """
 
     def __init__(self, input: str | None, message: str, code: str = "invalid_value") -> None:
@@ -57,14 +65,38 @@ class InputValueError(NodegraphError):
         super().__init__(message if input is None else f"input {input!r}: {message}")
 
 
-class NodeExecutionError(NodegraphError):
-    """A node raised while running; names the node, its class and the original exception."""
+class CheckpointError(InputValueError):
+    """A checkpoint that cannot be found or read, or that does not fit the architecture it is loaded into."""
 
-    def __init__(self, node_id: str, node_type: str, exception: BaseException, traceback: list[str]) -> None:
+    def __init__(self, message: str, input: str | None = "checkpoint") -> None:
+        super().__init__(input, message)
+
+
+class ConditionError(InputValueError):
+    """A condition a model cannot take: text for a model without a text input, a width or batch that does
+    not fit, a guidance term of the wrong kind. `input` names the condition (text, image_embed, guidance...)."""
+
+    def __init__(self, message: str, input: str | None = None) -> None:
+        super().__init__(input, message)
+
+
+class NodeExecutionError(NodegraphError):
+    """A node raised while running; names the node, its class, the original exception and, for an
+    InputValueError that names one of the node's inputs, that input (`input`; None otherwise)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        node_type: str,
+        exception: BaseException,
+        traceback: list[str],
+        input: str | None = None,
+    ) -> None:
         self.node_id = node_id
         self.node_type = node_type
         self.exception = exception
         self.traceback = traceback
+        self.input = input
         super().__init__(f"node {node_id!r} ({node_type}) failed: {type(exception).__name__}: {exception}")
 
     @property

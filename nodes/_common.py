@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from nodegraph.engine.context import RunContext
 from nodegraph.engine.node import In
+from nodegraph.engine.sockets import GUIDANCE, IMAGE_EMBED, TEXT_EMBED
 from nodegraph.errors import InputValueError
-from nodegraph.generate.conditions import Condition, ConditionError, Guidance
+from nodegraph.generate.conditions import Condition, Guidance
 from nodegraph.generate.sampling import SamplerSettings
 
 SAMPLER_INPUTS: dict[str, In] = {
@@ -23,11 +23,11 @@ SAMPLER_INPUTS: dict[str, In] = {
 }
 
 CONDITION_INPUTS: dict[str, In] = {
-    "text": In("TEXT_EMBED", optional=True, description="caption (GLIDE mode)"),
-    "image_embed": In("IMAGE_EMBED", optional=True, description="CLIP image embedding (unCLIP mode)"),
+    "text": In(TEXT_EMBED, optional=True, description="caption (GLIDE mode)"),
+    "image_embed": In(IMAGE_EMBED, optional=True, description="CLIP image embedding (unCLIP mode)"),
     "guidance_scale": In("FLOAT", default=3.0, min=0.0, max=50.0, step=0.5,
                          description="classifier-free guidance scale (1 = conditional model, 0 = unconditional)"),
-    "guidance": In("GUIDANCE", optional=True, description="composable guidance; replaces text, image_embed "
+    "guidance": In(GUIDANCE, optional=True, description="composable guidance; replaces text, image_embed "
                    "and guidance_scale when connected"),
 }
 
@@ -56,15 +56,3 @@ def progress_callback(ctx: RunContext, preview: bool = True) -> Callable:
         ctx.progress(step, total, preview=x0.clamp(-1, 1) if preview else None)
 
     return callback
-
-
-def to_resolution(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize images to a model's square resolution (area when shrinking, bilinear when growing)."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    mode = "area" if images.shape[-1] > size else "bilinear"
-    return F.interpolate(images, size=(size, size), mode=mode)
-
-
-def as_input_error(input_name: str, exc: ConditionError) -> InputValueError:
-    return InputValueError(input_name, str(exc))

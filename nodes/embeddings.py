@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from nodegraph.engine.context import RunContext
 from nodegraph.engine.node import In, Node, Out
+from nodegraph.engine.sockets import CLIP, IMAGE, IMAGE_EMBED, TEXT_EMBED
 from nodegraph.errors import InputValueError
 from nodegraph.generate.embeddings import analogy, interpolate, text_direction
 from nodegraph.models.clip import ClipModel, TextEncoding
-
-MAX_PROMPT_CHARS = 2000
 
 
 class TextEncode(Node):
@@ -19,32 +17,26 @@ class TextEncode(Node):
 
     category = "conditioning"
     inputs = {
-        "clip": In("CLIP"),
+        "clip": In(CLIP),
         "text": In("STRING", default="", multiline=True, description="the caption; empty = the empty caption"),
     }
-    outputs = (Out("TEXT_EMBED", "text"),)
+    outputs = (Out(TEXT_EMBED, "text"),)
 
     @torch.no_grad()
     def run(self, ctx: RunContext, clip: ClipModel, text: str) -> tuple[TextEncoding]:
-        if len(text) > MAX_PROMPT_CHARS:
-            raise InputValueError("text", f"the caption has {len(text)} characters; at most {MAX_PROMPT_CHARS}")
-        n_tokens = len(clip.tokenizer.encode(text)) + 2  # + start and end of text
-        if n_tokens > clip.context_length:
-            raise InputValueError("text", f"the caption is {n_tokens} tokens long but this CLIP reads at most "
-                                  f"{clip.context_length}; shorten it")
-        return (clip.encode_text([text]),)
+        return (clip.encode_caption(text),)
 
 
 class CLIPImageEmbed(Node):
     """Embeds images with CLIP's image tower (unit norm): what unCLIP variations decode from."""
 
     category = "conditioning"
-    inputs = {"clip": In("CLIP"), "images": In("IMAGE", description="images in [-1, 1], any size")}
-    outputs = (Out("IMAGE_EMBED", "image_embed"),)
+    inputs = {"clip": In(CLIP), "images": In(IMAGE, description="images in [-1, 1], any size")}
+    outputs = (Out(IMAGE_EMBED, "image_embed"),)
 
     @torch.no_grad()
     def run(self, ctx: RunContext, clip: ClipModel, images: torch.Tensor) -> tuple[torch.Tensor]:
-        return (F.normalize(clip.encode_image(images.to(clip.device)), dim=-1),)
+        return (clip.embed_images(images),)
 
 
 class TextDiff(Node):
@@ -52,10 +44,10 @@ class TextDiff(Node):
 
     category = "conditioning"
     inputs = {
-        "source": In("TEXT_EMBED", description="caption of the current image"),
-        "target": In("TEXT_EMBED", description="caption of the desired image"),
+        "source": In(TEXT_EMBED, description="caption of the current image"),
+        "target": In(TEXT_EMBED, description="caption of the desired image"),
     }
-    outputs = (Out("IMAGE_EMBED", "direction"),)
+    outputs = (Out(IMAGE_EMBED, "direction"),)
 
     def run(self, ctx: RunContext, source: TextEncoding, target: TextEncoding) -> tuple[torch.Tensor]:
         return (text_direction(source.embed, target.embed),)
@@ -68,13 +60,13 @@ class EmbedArithmetic(Node):
 
     category = "conditioning"
     inputs = {
-        "base": In("IMAGE_EMBED", description="the embedding to move (its batch is kept)"),
-        "subtract": In("IMAGE_EMBED", description="e.g. prior samples for the image's caption"),
-        "add": In("IMAGE_EMBED", description="e.g. prior samples for the changed caption"),
+        "base": In(IMAGE_EMBED, description="the embedding to move (its batch is kept)"),
+        "subtract": In(IMAGE_EMBED, description="e.g. prior samples for the image's caption"),
+        "add": In(IMAGE_EMBED, description="e.g. prior samples for the changed caption"),
         "weight": In("FLOAT", default=1.0, min=0.0, max=4.0, step=0.25, description="how much of the "
                      "difference to add (1 = all of it)"),
     }
-    outputs = (Out("IMAGE_EMBED", "image_embed"),)
+    outputs = (Out(IMAGE_EMBED, "image_embed"),)
 
     def run(self, ctx: RunContext, base: torch.Tensor, subtract: torch.Tensor, add: torch.Tensor,
             weight: float) -> tuple[torch.Tensor]:
@@ -93,14 +85,14 @@ class EmbedMix(Node):
 
     category = "conditioning"
     inputs = {
-        "a": In("IMAGE_EMBED"),
-        "b": In("IMAGE_EMBED"),
+        "a": In(IMAGE_EMBED),
+        "b": In(IMAGE_EMBED),
         "t_start": In("FLOAT", default=0.5, min=0.0, max=1.0, step=0.05, description="first θ"),
         "t_end": In("FLOAT", default=0.5, min=0.0, max=1.0, step=0.05, description="last θ"),
         "count": In("INT", default=1, min=1, max=32, description="number of θ evenly spaced from start to end"),
         "mode": In("STRING", default="slerp", choices=("slerp", "lerp")),
     }
-    outputs = (Out("IMAGE_EMBED", "image_embed"),)
+    outputs = (Out(IMAGE_EMBED, "image_embed"),)
 
     def run(self, ctx: RunContext, a: torch.Tensor, b: torch.Tensor, t_start: float, t_end: float, count: int,
             mode: str) -> tuple[torch.Tensor]:

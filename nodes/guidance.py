@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from nodegraph.engine.context import RunContext
 from nodegraph.engine.node import In, Node, Out
+from nodegraph.engine.sockets import (
+    CLASSIFIER,
+    CLASSIFIER_GUIDANCE,
+    CLIP,
+    CLIP_GUIDANCE,
+    GUIDANCE,
+    IMAGE_EMBED,
+    NOISED_CLIP,
+    TEXT_EMBED,
+)
 from nodegraph.errors import InputValueError
 from nodegraph.generate.conditions import ClassifierTerm, ClipTerm, Condition, Guidance
-from nodegraph.models.classifier import attributes_from_prompt, labels_for
 from nodegraph.models.clip import TextEncoding
 
 TERMS = 4
@@ -15,8 +24,8 @@ TERMS = 4
 def _term_inputs() -> dict[str, In]:
     inputs: dict[str, In] = {}
     for i in range(1, TERMS + 1):
-        inputs[f"text_{i}"] = In("TEXT_EMBED", optional=True, description=f"caption of term {i}")
-        inputs[f"image_embed_{i}"] = In("IMAGE_EMBED", optional=True, description=f"image embedding of term {i}")
+        inputs[f"text_{i}"] = In(TEXT_EMBED, optional=True, description=f"caption of term {i}")
+        inputs[f"image_embed_{i}"] = In(IMAGE_EMBED, optional=True, description=f"image embedding of term {i}")
         inputs[f"weight_{i}"] = In("FLOAT", default=3.0, min=-50.0, max=50.0, step=0.5,
                                    description=f"guidance weight s_{i} (negative pushes away)")
     return inputs
@@ -29,10 +38,10 @@ class GuidanceCombine(Node):
     category = "guidance"
     inputs = {
         **_term_inputs(),
-        "classifier": In("CLASSIFIER_GUIDANCE", optional=True),
-        "clip": In("CLIP_GUIDANCE", optional=True),
+        "classifier": In(CLASSIFIER_GUIDANCE, optional=True),
+        "clip": In(CLIP_GUIDANCE, optional=True),
     }
-    outputs = (Out("GUIDANCE", "guidance"),)
+    outputs = (Out(GUIDANCE, "guidance"),)
 
     def run(self, ctx: RunContext, classifier: ClassifierTerm | None, clip: ClipTerm | None,
             **terms) -> tuple[Guidance]:
@@ -55,16 +64,16 @@ class EditGuidance(Node):
 
     category = "guidance"
     inputs = {
-        "target_text": In("TEXT_EMBED", optional=True, description="caption to decode under"),
-        "target_image_embed": In("IMAGE_EMBED", optional=True, description="image embedding to decode under "
+        "target_text": In(TEXT_EMBED, optional=True, description="caption to decode under"),
+        "target_image_embed": In(IMAGE_EMBED, optional=True, description="image embedding to decode under "
                                  "(e.g. the text-diff mix)"),
-        "source_text": In("TEXT_EMBED", optional=True, description="caption the latent was inverted under"),
-        "source_image_embed": In("IMAGE_EMBED", optional=True, description="image embedding the latent was "
+        "source_text": In(TEXT_EMBED, optional=True, description="caption the latent was inverted under"),
+        "source_image_embed": In(IMAGE_EMBED, optional=True, description="image embedding the latent was "
                                  "inverted under"),
         "strength": In("FLOAT", default=1.0, min=0.0, max=20.0, step=0.25,
                        description="how far past the target, away from the source, to push (0 = no push)"),
     }
-    outputs = (Out("GUIDANCE", "guidance"),)
+    outputs = (Out(GUIDANCE, "guidance"),)
 
     def run(self, ctx: RunContext, target_text, target_image_embed, source_text, source_image_embed,
             strength: float) -> tuple[Guidance]:
@@ -79,28 +88,19 @@ class EditGuidance(Node):
 
 
 class ClassifierGuidance(Node):
-    """Classifier guidance (Dhariwal & Nichol) toward the attributes a prompt names, e.g. 'a red circle'."""
+    """Classifier guidance (Dhariwal & Nichol) toward the attributes a caption names, e.g. 'a red circle'."""
 
     category = "guidance"
     inputs = {
-        "classifier": In("CLASSIFIER"),
-        "prompt": In("STRING", default="a red circle", description="one shape: colour, kind, size, position, "
-                     "background (what it names is what is guided)"),
+        "classifier": In(CLASSIFIER),
+        "caption": In("STRING", default="a red circle", description="one shape: colour, kind, size, position, "
+                      "background (what it names is what is guided)"),
         "scale": In("FLOAT", default=2.0, min=0.0, max=100.0, step=0.5, description="gradient scale s"),
     }
-    outputs = (Out("CLASSIFIER_GUIDANCE", "classifier_guidance"),)
+    outputs = (Out(CLASSIFIER_GUIDANCE, "classifier_guidance"),)
 
-    def run(self, ctx: RunContext, classifier, prompt: str, scale: float) -> tuple[ClassifierTerm]:
-        try:
-            labels = attributes_from_prompt(prompt)
-            labels_for(labels, 1, classifier_device(classifier))
-        except ValueError as exc:
-            raise InputValueError("prompt", str(exc)) from None
-        return (ClassifierTerm(classifier, labels, scale),)
-
-
-def classifier_device(model):
-    return next(model.parameters()).device
+    def run(self, ctx: RunContext, classifier, caption: str, scale: float) -> tuple[ClassifierTerm]:
+        return (ClassifierTerm.toward(classifier, caption, scale),)
 
 
 class CLIPGuidance(Node):
@@ -109,10 +109,10 @@ class CLIPGuidance(Node):
 
     category = "guidance"
     inputs = {
-        "text": In("TEXT_EMBED", description="caption to steer toward"),
+        "text": In(TEXT_EMBED, description="caption to steer toward"),
         "mode": In("STRING", default="noised", choices=("noised", "x0")),
-        "clip": In("CLIP", optional=True, description="CLIP for mode x0"),
-        "noised_clip": In("NOISED_CLIP", optional=True, description="noised image tower for mode noised"),
+        "clip": In(CLIP, optional=True, description="CLIP for mode x0"),
+        "noised_clip": In(NOISED_CLIP, optional=True, description="noised image tower for mode noised"),
         "scale": In("FLOAT", default=100.0, min=0.0, max=10000.0, step=10.0, description="gradient scale"),
         "cutn": In("INT", default=8, min=1, max=64, description="random cutouts per step (mode x0)"),
         "tv_scale": In("FLOAT", default=0.0, min=0.0, max=10000.0, description="total-variation loss (mode x0)"),
@@ -120,7 +120,7 @@ class CLIPGuidance(Node):
         "grad_clamp": In("FLOAT", default=0.0, min=0.0, max=1000.0, description="clamp the gradient's RMS "
                          "(mode x0); 0 = off"),
     }
-    outputs = (Out("CLIP_GUIDANCE", "clip_guidance"),)
+    outputs = (Out(CLIP_GUIDANCE, "clip_guidance"),)
 
     def run(self, ctx: RunContext, text: TextEncoding, mode: str, clip, noised_clip, scale: float, cutn: int,
             tv_scale: float, range_scale: float, grad_clamp: float) -> tuple[ClipTerm]:

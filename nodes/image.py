@@ -14,6 +14,7 @@ from nodegraph.engine.context import RunContext
 from nodegraph.engine.imageio import from_pil, mask_from_alpha, save_png, to_pil
 from nodegraph.engine.node import In, Node, Out
 from nodegraph.engine.paths import confine
+from nodegraph.engine.sockets import IMAGE, MASK
 from nodegraph.errors import InputValueError
 
 
@@ -27,7 +28,7 @@ class LoadImage(Node):
 
     category = "image"
     inputs = {"image": In("STRING", description="image file, relative to the input directory")}
-    outputs = (Out("IMAGE", "image"), Out("MASK", "mask"))
+    outputs = (Out(IMAGE, "image"), Out(MASK, "mask"))
 
     @classmethod
     def fingerprint(cls, ctx: RunContext, image: str | None = None) -> str:
@@ -63,7 +64,7 @@ class SaveImage(Node):
     category = "image"
     output_node = True
     inputs = {
-        "images": In("IMAGE", description="images [B, C, H, W] in [-1, 1]"),
+        "images": In(IMAGE, description="images [B, C, H, W] in [-1, 1]"),
         "filename_prefix": In(
             "STRING",
             default="nodegraph",

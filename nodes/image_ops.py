@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from nodegraph.engine.context import RunContext
 from nodegraph.engine.node import In, Node, Out
+from nodegraph.engine.sockets import IMAGE
 from nodegraph.errors import InputValueError
 
 
@@ -14,8 +15,8 @@ class ImageScale(Node):
     """Resizes images to a square size (area filter when shrinking, bilinear when growing)."""
 
     category = "image"
-    inputs = {"images": In("IMAGE"), "size": In("INT", default=64, min=8, max=1024)}
-    outputs = (Out("IMAGE", "images"),)
+    inputs = {"images": In(IMAGE), "size": In("INT", default=64, min=8, max=1024)}
+    outputs = (Out(IMAGE, "images"),)
 
     def run(self, ctx: RunContext, images: torch.Tensor, size: int) -> tuple[torch.Tensor]:
         mode = "area" if images.shape[-1] > size else "bilinear"
@@ -26,8 +27,8 @@ class ImageBatch(Node):
     """Concatenates two image batches (resized to the first one's size) into one."""
 
     category = "image"
-    inputs = {"a": In("IMAGE"), "b": In("IMAGE")}
-    outputs = (Out("IMAGE", "images"),)
+    inputs = {"a": In(IMAGE), "b": In(IMAGE)}
+    outputs = (Out(IMAGE, "images"),)
 
     def run(self, ctx: RunContext, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor]:
         if a.shape[1] != b.shape[1]:

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from nodegraph import weights
 from nodegraph.engine.context import RunContext
 from nodegraph.engine.node import In, Node, Out
-from nodegraph.errors import InputValueError
-from nodegraph.models import bundled
-from nodegraph.models.checkpoint import CheckpointError
+from nodegraph.engine.sockets import (
+    CLASSIFIER,
+    CLIP,
+    DECODER,
+    INPAINT_MODEL,
+    NOISED_CLIP,
+    PRIOR,
+    UPSAMPLER,
+)
+from nodegraph.models import loader
 
-_CHECKPOINT_HELP = "file inside the models directory; empty = the bundled model"
+_CHECKPOINT = In("STRING", default="", description="file inside the models directory; empty = the bundled model")
 
 
 class _Loader(Node):
@@ -22,22 +30,14 @@ class _Loader(Node):
 
     category = "loaders"
     family = ""
-    inputs = {"checkpoint": In("STRING", default="", description=_CHECKPOINT_HELP)}
+    inputs = {"checkpoint": _CHECKPOINT}
 
     @classmethod
     def fingerprint(cls, ctx: RunContext, checkpoint: str | None = None, **_: Any) -> str:
-        if checkpoint is None:
-            return ""
-        try:
-            return bundled.file_fingerprint(bundled.resolve(checkpoint, cls.family))
-        except CheckpointError as exc:
-            raise InputValueError("checkpoint", str(exc)) from None
+        return "" if checkpoint is None else weights.fingerprint(weights.resolve(checkpoint, cls.family))
 
     def run(self, ctx: RunContext, checkpoint: str) -> tuple[Any]:
-        try:
-            return (bundled.load(self.family, checkpoint, ctx.device),)
-        except CheckpointError as exc:
-            raise InputValueError("checkpoint", str(exc)) from None
+        return (loader.load(self.family, checkpoint, ctx.device),)
 
 
 class CLIPLoader(_Loader):
@@ -45,57 +45,54 @@ class CLIPLoader(_Loader):
 
     family = "clip"
     inputs = {
-        "checkpoint": In("STRING", default="", description=_CHECKPOINT_HELP),
+        "checkpoint": _CHECKPOINT,
         "config": In("STRING", default="", description="open_clip config name for a real checkpoint, e.g. "
                      "ViT-B-32; empty = the one named in the file (bundled: shapes-clip)"),
         "quick_gelu": In("BOOLEAN", default=False, description="true for OpenAI's original weights"),
     }
-    outputs = (Out("CLIP", "clip"),)
+    outputs = (Out(CLIP, "clip"),)
 
     def run(self, ctx: RunContext, checkpoint: str, config: str, quick_gelu: bool) -> tuple[Any]:
-        try:
-            return (bundled.load("clip", checkpoint, ctx.device, model_name=config or None, quick_gelu=quick_gelu),)
-        except CheckpointError as exc:
-            raise InputValueError("checkpoint", str(exc)) from None
+        return (loader.load("clip", checkpoint, ctx.device, model_name=config or None, quick_gelu=quick_gelu),)
 
 
 class PriorLoader(_Loader):
     """Loads a DALL·E 2 diffusion prior (text -> CLIP image embedding)."""
 
     family = "prior"
-    outputs = (Out("PRIOR", "prior"),)
+    outputs = (Out(PRIOR, "prior"),)
 
 
 class DecoderLoader(_Loader):
     """Loads a decoder (text- and image-embedding-conditioned, GLIDE / unCLIP)."""
 
     family = "decoder"
-    outputs = (Out("DECODER", "decoder"),)
+    outputs = (Out(DECODER, "decoder"),)
 
 
 class InpaintLoader(_Loader):
     """Loads the inpainting decoder (GLIDE-style: sees the known pixels and the mask)."""
 
     family = "inpaint"
-    outputs = (Out("DECODER", "decoder"),)
+    outputs = (Out(INPAINT_MODEL, "inpaint_model"),)
 
 
 class UpsamplerLoader(_Loader):
     """Loads a diffusion upsampler."""
 
     family = "upsampler"
-    outputs = (Out("UPSAMPLER", "upsampler"),)
+    outputs = (Out(UPSAMPLER, "upsampler"),)
 
 
 class ClassifierLoader(_Loader):
     """Loads the noisy classifier used for classifier guidance."""
 
     family = "classifier"
-    outputs = (Out("CLASSIFIER", "classifier"),)
+    outputs = (Out(CLASSIFIER, "classifier"),)
 
 
 class NoisedCLIPLoader(_Loader):
     """Loads the noised CLIP image tower (GLIDE's CLIP guidance on x_t)."""
 
     family = "noised_clip"
-    outputs = (Out("NOISED_CLIP", "noised_clip"),)
+    outputs = (Out(NOISED_CLIP, "noised_clip"),)

@@ -7,6 +7,7 @@ import torch
 
 from nodegraph.engine.context import RunContext
 from nodegraph.engine.node import In, Node, Out
+from nodegraph.engine.sockets import IMAGE, MASK
 from nodegraph.errors import InputValueError
 
 
@@ -22,7 +23,7 @@ class MaskFromRect(Node):
         "w": In("INT", default=16, min=1, max=4096, description="rectangle width"),
         "h": In("INT", default=16, min=1, max=4096, description="rectangle height"),
     }
-    outputs = (Out("MASK", "mask"),)
+    outputs = (Out(MASK, "mask"),)
 
     def run(self, ctx: RunContext, width: int, height: int, x: int, y: int, w: int, h: int) -> tuple[torch.Tensor]:
         if x >= width or y >= height:
@@ -38,11 +39,11 @@ class MaskFromImage(Node):
 
     category = "mask"
     inputs = {
-        "images": In("IMAGE", description="images in [-1, 1]"),
+        "images": In(IMAGE, description="images in [-1, 1]"),
         "channel": In("STRING", default="luminance", choices=("luminance", "red", "green", "blue")),
         "threshold": In("FLOAT", default=0.5, min=0.0, max=1.0, step=0.05, description="on the 0..1 scale"),
     }
-    outputs = (Out("MASK", "mask"),)
+    outputs = (Out(MASK, "mask"),)
 
     def run(self, ctx: RunContext, images: torch.Tensor, channel: str, threshold: float) -> tuple[torch.Tensor]:
         x = (images + 1) / 2
@@ -57,8 +58,8 @@ class InvertMask(Node):
     """1 − mask: swaps the region to generate and the region to keep."""
 
     category = "mask"
-    inputs = {"mask": In("MASK")}
-    outputs = (Out("MASK", "mask"),)
+    inputs = {"mask": In(MASK)}
+    outputs = (Out(MASK, "mask"),)
 
     def run(self, ctx: RunContext, mask: torch.Tensor) -> tuple[torch.Tensor]:
         return (1 - mask,)

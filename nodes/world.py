@@ -1,4 +1,4 @@
-"""Shapes World nodes: render a scene from its caption, and score images against a prompt."""
+"""Shapes World nodes: render a scene from its caption, and score images against a caption."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 
 from nodegraph.engine.context import RunContext
 from nodegraph.engine.node import In, Node, Out
+from nodegraph.engine.sockets import IMAGE
 from nodegraph.errors import InputValueError
 from nodegraph.world.captions import parse_prompt
 from nodegraph.world.render import render, to_model_range
@@ -19,46 +20,46 @@ class RenderScene(Node):
 
     category = "world"
     inputs = {
-        "prompt": In("STRING", default="a large red circle in the center on a blue background", multiline=True),
+        "caption": In("STRING", default="a large red circle in the center on a blue background", multiline=True),
         "resolution": In("INT", default=64, choices=(32, 64, 128)),
     }
-    outputs = (Out("IMAGE", "image"),)
+    outputs = (Out(IMAGE, "image"),)
 
-    def run(self, ctx: RunContext, prompt: str, resolution: int) -> tuple[torch.Tensor]:
+    def run(self, ctx: RunContext, caption: str, resolution: int) -> tuple[torch.Tensor]:
         try:
-            spec = parse_prompt(prompt)
+            spec = parse_prompt(caption)
         except ValueError as exc:
-            raise InputValueError("prompt", str(exc)) from None
+            raise InputValueError("caption", str(exc)) from None
         if spec.background is None:
-            raise InputValueError("prompt", "name the background, e.g. '... on a blue background'")
+            raise InputValueError("caption", "name the background, e.g. '... on a blue background'")
         default_pos = ["center"] if len(spec.shapes) == 1 else list(PAIRS[0])
         shapes = tuple(
             Shape(s.kind, s.color, s.size or "large", s.position or default_pos[i]) for i, s in enumerate(spec.shapes)
         )
         if any(s.color == spec.background for s in shapes):
-            raise InputValueError("prompt", "a shape's colour must differ from the background's")
+            raise InputValueError("caption", "a shape's colour must differ from the background's")
         image = to_model_range(render([Scene(spec.background, shapes)], resolution))
         return (image.to(ctx.device),)
 
 
 class ScoreImage(Node):
-    """Scores images against a prompt with the Shapes World scorer: records per-attribute results and
+    """Scores images against a caption with the Shapes World scorer: records per-attribute results and
     outputs the attribute accuracy (fraction of named attributes right, over the batch)."""
 
     category = "world"
     output_node = True
     inputs = {
-        "images": In("IMAGE"),
-        "prompt": In("STRING", default="", multiline=True, description="the caption the images should show"),
+        "images": In(IMAGE),
+        "caption": In("STRING", default="", multiline=True, description="the caption the images should show"),
     }
     outputs = (Out("FLOAT", "accuracy"),)
 
-    def run(self, ctx: RunContext, images: torch.Tensor, prompt: str) -> tuple[float]:
+    def run(self, ctx: RunContext, images: torch.Tensor, caption: str) -> tuple[float]:
         try:
-            parse_prompt(prompt)
+            parse_prompt(caption)
         except ValueError as exc:
-            raise InputValueError("prompt", str(exc)) from None
-        report = score_batch(images.detach().float().cpu().clamp(-1, 1), [prompt] * images.shape[0])
+            raise InputValueError("caption", str(exc)) from None
+        report = score_batch(images.detach().float().cpu().clamp(-1, 1), [caption] * images.shape[0])
         ctx.record(attribute_accuracy=report.attribute_accuracy, exact_rate=report.exact_rate,
                    per_attribute={k: v for k, v in report.per_attribute.items() if v == v})
         return (report.attribute_accuracy,)

@@ -134,7 +134,7 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 def _final_frame(prompt_id: str) -> Frame:
-    return (encode(events.EXECUTING, {"node": None, "display_node": None, "prompt_id": prompt_id}), True)
+    return (encode(*events.executing(prompt_id, None)), True)
 
 
 class EventRelay:
@@ -238,10 +238,7 @@ class PromptRunner:
             self._report_error(relay, item, exc, node_id=None, trace=traceback.format_exception(exc))
         if relay.terminal is None:  # the engine stopped without saying how: say it for it
             if status == "interrupted":
-                relay.emit(
-                    events.EXECUTION_INTERRUPTED,
-                    {"prompt_id": item.prompt_id, "node_id": None, "node_type": None, "executed": []},
-                )
+                relay.emit(*events.execution_interrupted(item.prompt_id))
             elif status == "error":
                 self._report_error(relay, item, RuntimeError("the run ended without a result"), None, [])
         finished = time.time()
@@ -280,19 +277,9 @@ class PromptRunner:
         node = workflow_nodes(item.prompt).get(node_id) if node_id is not None else None
         if isinstance(node, dict) and isinstance(node.get("class_type"), str):
             node_type = node["class_type"]
-        data: dict[str, Any] = {
-            "prompt_id": item.prompt_id,
-            "node_id": node_id,
-            "node_type": node_type,
-            "executed": [],
-            "exception_message": str(exc),
-            "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-            "traceback": trace,
-            "timestamp": events.timestamp(),
-        }
-        if errors is not None:
-            data["errors"] = errors  # every validation issue, in the CLI's `validate` format
-        relay.emit(events.EXECUTION_ERROR, data)
+        # `errors`: every validation issue, in the CLI's `validate` format
+        relay.emit(*events.execution_error(item.prompt_id, exc, node_id=node_id, node_type=node_type,
+                                           traceback=trace, errors=errors))
 
     def _describe_file(self, path: Path) -> dict[str, str]:
         base = self.engine.output_dir.resolve()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -15,7 +17,8 @@ from nodegraph.engine.api import Engine
 from nodegraph.engine.context import RunContext
 from nodegraph.engine.node import In, Node, Out
 from nodegraph.engine.registry import Registry
-from nodegraph.errors import NodeDefinitionError
+from nodegraph.engine.sockets import SocketType
+from nodegraph.errors import NodeDefinitionError, NodeExecutionError
 
 
 def test_builtin_nodes_are_discovered() -> None:
@@ -198,3 +201,70 @@ def test_catalogue_entries() -> None:
     assert catalogue["Preview"]["inputs"]["value"]["type"] == "*"
     assert catalogue["SaveImage"]["inputs"]["images"]["link_only"] is True
     assert [out["type"] for out in catalogue["LoadImage"]["outputs"]] == ["IMAGE", "MASK"]
+
+
+# ------------------------------------------------------------------------------------------ socket types
+def test_the_catalogue_lists_every_socket_type_the_nodes_use_with_its_value_class() -> None:
+    registry = Registry.discover(plugins=False)
+    used = {str(t) for name in registry for t in
+            [*(i.type for i in registry[name].inputs.values()), *(o.type for o in registry[name].outputs)]}
+    table = registry.socket_types()
+    assert set(table) == used
+    assert {"IMAGE", "MASK", "LATENT", "NOISE", "GUIDANCE", "DECODER", "INPAINT_MODEL"} <= used
+    for name, info in table.items():
+        assert info["value"] != "undeclared", name
+        module, _, cls = info["value"].rpartition(".")
+        assert isinstance(getattr(importlib.import_module(module), cls), type), name
+        assert info["convention"], name
+    assert "1 = the region to generate" in table["MASK"]["convention"]
+    assert table["DECODER"]["kind"] == "decoder" and table["INPAINT_MODEL"]["kind"] == "inpaint"
+
+
+def test_nodes_types_prints_the_socket_table() -> None:
+    from nodegraph import cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["nodes", "--types", "--json"]) == 0
+    table = json.loads(out.getvalue())
+    assert table["LATENT"]["value"] == "nodegraph.generate.conditions.Latent"
+    assert table["INT"]["constant"] is True and table["IMAGE"]["constant"] is False
+
+
+def test_a_plugin_may_declare_a_socket_type_but_not_redeclare_one() -> None:
+    registry = Registry()
+    photo = SocketType("PHOTO", "builtins:bytes", "PNG bytes")
+
+    class MakePhoto(Node):
+        outputs = (Out(photo, "photo"),)
+
+        def run(self, ctx: RunContext) -> tuple[bytes]:
+            return (b"png",)
+
+    registry.register(MakePhoto)
+    assert registry.socket_types()["PHOTO"] == {"value": "builtins.bytes", "convention": "PNG bytes",
+                                                "constant": False}
+
+    class Clash(Node):
+        outputs = (Out(SocketType("IMAGE", "builtins:bytes", "not a tensor"), "image"),)
+
+        def run(self, ctx: RunContext) -> tuple[bytes]:
+            return (b"",)
+
+    with pytest.raises(NodeDefinitionError, match="IMAGE carries builtins:bytes, but it is already declared"):
+        registry.register(Clash)
+
+
+def test_a_node_that_puts_the_wrong_value_on_a_socket_is_named(engine: Engine) -> None:
+    class Broken(Node):
+        outputs = (Out("IMAGE", "images"),)
+
+        def run(self, ctx: RunContext) -> tuple[str]:
+            return ("not an image",)
+
+    engine.registry.register(Broken)
+    with pytest.raises(NodeExecutionError) as info:
+        engine.run({"b": {"class_type": "Broken", "inputs": {}}, "p": {"class_type": "Preview",
+                                                                     "inputs": {"value": ["b", 0]}}})
+    assert info.value.node_id == "b" and "output 0 (images)" in str(info.value)
+    assert "IMAGE carries torch.Tensor, not str" in str(info.value)

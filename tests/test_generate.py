@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nodegraph.diffusion import make_betas
+from nodegraph.errors import ConditionError
 from nodegraph.generate.conditions import (
     ClassifierTerm,
     ClipTerm,
     Condition,
-    ConditionError,
     Guidance,
     NoiseSpec,
     prior_condition,
@@ -278,27 +278,28 @@ def test_best_of_keeps_per_sample_the_candidate_closest_to_its_text(models):
 
 
 # ------------------------------------------------------------------------------------------- inpaint
-def known_mask(batch: int = 1) -> torch.Tensor:
-    mask = torch.ones(batch, 1, DECODER_SIZE, DECODER_SIZE)
-    mask[..., 6:22, 4:20] = 0  # the region to generate
+def paint_mask(batch: int = 1) -> torch.Tensor:
+    """The MASK socket's polarity: 1 = the region to generate."""
+    mask = torch.zeros(batch, 1, DECODER_SIZE, DECODER_SIZE)
+    mask[..., 6:22, 4:20] = 1
     return mask
 
 
 @pytest.mark.parametrize(("family", "method"), [("inpaint", "model"), ("decoder", "repaint")])
 def test_inpaint_keeps_known_pixels_exactly(models, family, method):
-    image, mask = scene_image(batch=2), known_mask()
+    image, mask = scene_image(batch=2), paint_mask()
     guidance = Guidance.cfg(Condition(text=encode(models, PROMPT)), 3.0)
     out = inpaint(models[family], image, mask, guidance, SamplerSettings(steps=4), method=method, jump_length=2,
                   n_resample=2, generator=torch.Generator().manual_seed(0))
     assert out.shape == image.shape
-    known = mask.expand_as(image).bool()
+    known = (1 - mask).expand_as(image).bool()
     assert torch.equal(out[known], image[known])
     # Where mask = 0 something was generated.
     assert (out[~known] - image[~known]).abs().mean() > 0.05
 
 
 def test_inpaint_refuses_a_model_of_the_wrong_kind_for_the_method(models):
-    image, mask, guidance, settings = scene_image(), known_mask(), Guidance(), SamplerSettings(steps=2)
+    image, mask, guidance, settings = scene_image(), paint_mask(), Guidance(), SamplerSettings(steps=2)
     with pytest.raises(ConditionError, match="needs an inpainting checkpoint, got a decoder"):
         inpaint(models["decoder"], image, mask, guidance, settings, method="model")
     with pytest.raises(ConditionError, match="runs a plain decoder"):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodegraph.models.checkpoint import CheckpointError, load_into, load_state_dict, read_metadata, save_safetensors
+from nodegraph.errors import CheckpointError
+from nodegraph.models.checkpoint import load_into, load_state_dict, read_metadata, save_safetensors
 from nodegraph.models.clip import build_clip, load_clip
 from nodegraph.models.diffusion_model import load_diffusion_model
 from nodegraph.models.prior import PriorConfig, PriorTransformer

@@ -252,9 +252,10 @@ def test_decoder_refuses_guidance_together_with_text(shared):
     assert err.exception.input == "guidance" and "not both" in str(err)
 
 
-def test_decoder_refuses_an_inpainting_model(shared):
-    err = failure(shared, decoder_graph(decoder=["inpaint_model", 0], noise=["noise", 0], text=["text", 0]))
-    assert err.exception.input == "decoder" and "inpaint model" in str(err) and "Inpaint node" in str(err)
+def test_decoder_refuses_an_inpainting_model_before_running(shared):
+    issues = shared.validate(decoder_graph(decoder=["inpaint_model", 0], noise=["noise", 0], text=["text", 0]))
+    assert [(i.node, i.input, i.type) for i in issues] == [("decode", "decoder", "type_mismatch")]
+    assert "takes DECODER" in issues[0].message and "INPAINT_MODEL" in issues[0].message
 
 
 def test_decoder_draws_one_image_per_embedding_when_the_noise_batch_is_one(shared):
@@ -269,7 +270,7 @@ def test_decoder_draws_one_image_per_embedding_when_the_noise_batch_is_one(share
 def inverted_graph(**decoder_inputs: Any) -> dict[str, Any]:
     graph = decoder_graph(latent=["invert", 0], image_embed=["embed", 0], **decoder_inputs)
     graph.update(
-        image=node("RenderScene", prompt=PROMPT, resolution=DECODER_SIZE),
+        image=node("RenderScene", caption=PROMPT, resolution=DECODER_SIZE),
         embed=node("CLIPImageEmbed", clip=["clip", 0], images=["image", 0]),
         invert=node("DDIMInvert", decoder=["decoder_model", 0], images=["image", 0], image_embed=["embed", 0],
                     steps=4),
@@ -304,7 +305,7 @@ def test_guidance_nodes_steer_the_decoder(shared):
         other=node("TextEncode", clip=["clip", 0], text="a small green square at the top on a white background"),
         classifier_model=node("ClassifierLoader"),
         noised_model=node("NoisedCLIPLoader"),
-        by_class=node("ClassifierGuidance", classifier=["classifier_model", 0], prompt="a red circle", scale=2.0),
+        by_class=node("ClassifierGuidance", classifier=["classifier_model", 0], caption="a red circle", scale=2.0),
         by_clip=node("CLIPGuidance", text=["text", 0], mode="noised", noised_clip=["noised_model", 0], scale=10.0),
         guide=node("GuidanceCombine", text_1=["text", 0], weight_1=3.0, text_2=["other", 0], weight_2=-1.0,
                    classifier=["by_class", 0], clip=["by_clip", 0]),
@@ -351,15 +352,19 @@ def test_edit_guidance_without_a_source_says_what_to_connect(shared):
 RECT = {"x": 8, "y": 4, "w": 12, "h": 16}
 
 
-@pytest.mark.parametrize(("loader", "method"), [("InpaintLoader", "model"), ("DecoderLoader", "repaint")])
-def test_inpaint_regenerates_only_the_masked_region_bit_exactly(shared, loader, method):
+@pytest.mark.parametrize(("loader", "paint"), [
+    ("InpaintLoader", node("Inpaint", model=["model", 0], images=["image", 0], mask=["mask", 0], noise=["noise", 0],
+                           text=["text", 0], steps=3)),
+    ("DecoderLoader", node("RePaint", decoder=["model", 0], images=["image", 0], mask=["mask", 0],
+                           noise=["noise", 0], text=["text", 0], steps=3, jump_length=2, resample=2)),
+], ids=["Inpaint", "RePaint"])
+def test_inpaint_regenerates_only_the_masked_region_bit_exactly(shared, loader, paint):
     graph = text_graph(
         model=node(loader),
-        image=node("RenderScene", prompt=PROMPT, resolution=DECODER_SIZE),
+        image=node("RenderScene", caption=PROMPT, resolution=DECODER_SIZE),
         mask=node("MaskFromRect", width=DECODER_SIZE, height=DECODER_SIZE, **RECT),
         noise=node("Noise", seed=5, batch_size=2),
-        paint=node("Inpaint", decoder=["model", 0], images=["image", 0], mask=["mask", 0], noise=["noise", 0],
-                   text=["text", 0], method=method, steps=3, jump_length=2, resample=2),
+        paint=paint,
         out=preview("paint"),
         src=preview("image"),
     )
@@ -374,18 +379,21 @@ def test_inpaint_regenerates_only_the_masked_region_bit_exactly(shared, loader, 
     assert (out - src)[inside.expand_as(out)].abs().mean() > 0.05
 
 
-def test_inpaint_method_model_refuses_a_plain_decoder(shared):
+@pytest.mark.parametrize(("loader", "paint", "wanted"), [
+    ("DecoderLoader", "Inpaint", "INPAINT_MODEL"), ("InpaintLoader", "RePaint", "DECODER")])
+def test_inpainting_nodes_refuse_the_other_kind_of_model_before_running(shared, loader, paint, wanted):
     graph = text_graph(
-        model=node("DecoderLoader"),
-        image=node("RenderScene", prompt=PROMPT, resolution=DECODER_SIZE),
+        model=node(loader),
+        image=node("RenderScene", caption=PROMPT, resolution=DECODER_SIZE),
         mask=node("MaskFromRect", width=DECODER_SIZE, height=DECODER_SIZE),
         noise=node("Noise"),
-        paint=node("Inpaint", decoder=["model", 0], images=["image", 0], mask=["mask", 0], noise=["noise", 0],
-                   method="model", steps=2),
+        paint=node(paint, **{"model" if paint == "Inpaint" else "decoder": ["model", 0]}, images=["image", 0],
+                   mask=["mask", 0], noise=["noise", 0], steps=2),
         out=preview("paint"),
     )
-    err = failure(shared, graph)
-    assert err.exception.input == "decoder" and "inpainting checkpoint" in str(err)
+    issues = shared.validate(graph)
+    assert [(i.node, i.type) for i in issues] == [("paint", "type_mismatch")]
+    assert wanted in issues[0].message and loader in issues[0].message
 
 
 # ---------------------------------------------------------------------------------------- Guidance
@@ -397,11 +405,11 @@ def test_guidance_combine_with_nothing_connected_is_an_error(shared):
 def test_classifier_guidance_with_an_unreadable_prompt_names_prompt(shared):
     graph = {
         "classifier": node("ClassifierLoader"),
-        "guide": node("ClassifierGuidance", classifier=["classifier", 0], prompt="make it pretty"),
+        "guide": node("ClassifierGuidance", classifier=["classifier", 0], caption="make it pretty"),
         "out": preview("guide"),
     }
     err = failure(shared, graph)
-    assert err.exception.input == "prompt" and "no Shapes World attribute" in str(err)
+    assert err.exception.input == "caption" and "no Shapes World attribute" in str(err)
 
 
 def test_clip_guidance_on_x0_without_a_clip_names_mode(shared):
@@ -429,7 +437,7 @@ def test_mask_from_rect_starting_outside_names_the_input(shared, x, y, bad):
 def test_mask_from_image_thresholds_channels_and_invert_mask(shared):
     def masks(prompt: str, channel: str, threshold: float) -> torch.Tensor:
         graph = {
-            "image": node("RenderScene", prompt=prompt, resolution=32),
+            "image": node("RenderScene", caption=prompt, resolution=32),
             "mask": node("MaskFromImage", images=["image", 0], channel=channel, threshold=threshold),
             "inverted": node("InvertMask", mask=["mask", 0]),
             "out": preview("mask"),
@@ -468,7 +476,7 @@ def test_mask_from_image_thresholds_channels_and_invert_mask(shared):
     ids=["one", "defaults", "two"],
 )
 def test_render_scene_draws_what_the_prompt_names(shared, prompt, full):
-    image = value(shared.run({"image": node("RenderScene", prompt=prompt, resolution=64), "out": preview("image")}))
+    image = value(shared.run({"image": node("RenderScene", caption=prompt, resolution=64), "out": preview("image")}))
     assert image.shape == (1, 3, 64, 64)
     # Unnamed size and position default to large and centre (left / right for two shapes).
     result = score(image[0], full)
@@ -480,14 +488,14 @@ def test_render_scene_draws_what_the_prompt_names(shared, prompt, full):
     [("a cat on a mat", "not a canonical Shapes World prompt"), ("a red circle on a red background", "must differ")],
 )
 def test_render_scene_rejects_prompts_it_cannot_draw(shared, prompt, message):
-    err = failure(shared, {"image": node("RenderScene", prompt=prompt), "out": preview("image")})
-    assert err.exception.input == "prompt" and message in str(err)
+    err = failure(shared, {"image": node("RenderScene", caption=prompt), "out": preview("image")})
+    assert err.exception.input == "caption" and message in str(err)
 
 
 def test_score_image_records_attribute_accuracy(shared):
     def accuracy(prompt: str) -> float:
-        graph = {"image": node("RenderScene", prompt=PROMPT, resolution=32),
-                 "score": node("ScoreImage", images=["image", 0], prompt=prompt)}
+        graph = {"image": node("RenderScene", caption=PROMPT, resolution=32),
+                 "score": node("ScoreImage", images=["image", 0], caption=prompt)}
         recorded = shared.run(graph).outputs["score"]
         assert recorded["per_attribute"]["color"] in (0.0, 1.0)
         return recorded["attribute_accuracy"]
@@ -495,8 +503,8 @@ def test_score_image_records_attribute_accuracy(shared):
     assert accuracy(PROMPT) == 1.0
     assert accuracy(PROMPT.replace("red", "green")) == pytest.approx(4 / 5)  # only the colour is wrong
     err = failure(shared, {"image": node("RenderScene"), "score": node("ScoreImage", images=["image", 0],
-                                                                        prompt="blue things")})
-    assert err.exception.input == "prompt"
+                                                                        caption="blue things")})
+    assert err.exception.input == "caption"
 
 
 # -------------------------------------------------------------------------------------- Embeddings

@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from nodegraph.models.checkpoint import CheckpointError, load_state_dict, read_metadata
+from nodegraph.errors import CheckpointError
+from nodegraph.models.checkpoint import load_state_dict, read_metadata
 from nodegraph.models.clip import build_clip
 from nodegraph.train import decoder as decoder_train
 from nodegraph.train.__main__ import main as train_main
@@ -140,11 +141,11 @@ def test_clip_kind_twins_differ_from_their_scene_only_in_one_shapes_kind():
 def test_clip_swap_accuracy_separates_a_trained_clip_from_a_random_one(clip_file):
     """The zero-shot attribute reading that picks CLIP weights: the bundled CLIP reads colour and size
     from images; a random CLIP answers one fixed caption and reads nothing."""
-    from nodegraph.models import bundled
+    from nodegraph.models import loader
     from nodegraph.models.clip import load_clip
     from nodegraph.train.clip import SWAPS, swap_accuracy
 
-    trained = swap_accuracy(bundled.load("clip"), n=24)
+    trained = swap_accuracy(loader.load("clip"), n=24)
     random = swap_accuracy(load_clip(clip_file), n=24)
     assert set(trained) == set(random) == set(SWAPS)
     assert trained["color"] >= 0.9 and trained["size"] >= 0.9

@@ -73,7 +73,7 @@ def test_inpaint_keeps_every_pixel_outside_the_mask(engine):
     path = REPO / "workflows" / "glide_inpaint.json"
     result = engine.run(str(path), params={"steps": 6})
     data = json.loads(path.read_text())["nodes"]
-    spec = parse_prompt(data["image"]["inputs"]["prompt"])
+    spec = parse_prompt(data["image"]["inputs"]["caption"])
     scene = Scene(spec.background, tuple(Shape(s.kind, s.color, s.size, s.position) for s in spec.shapes))
     source = render_uint8([scene], 32)[0].permute(1, 2, 0).numpy()
     out = np.asarray(Image.open(result.files[0]).convert("RGB"))

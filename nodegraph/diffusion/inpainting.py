@@ -1,9 +1,11 @@
 """Inpainting: a model conditioned on the known pixels (GLIDE) or replacement of the known region (RePaint).
 
-MASK CONVENTION (the one place it is defined): ``mask`` is 1 where pixels are KNOWN and kept, 0 where they
-are to be generated. It has shape (B or 1, 1 or C, H, W) and broadcasts against the image; values between
+Polarity: here the mask is ``known``, 1 where pixels are KNOWN and kept, 0 where they are to be generated,
+the way inpainting models take it as input (GLIDE's [image·known, known] channels). The MASK socket says the
+opposite (1 = repaint, as ComfyUI); `nodegraph.generate.sampling.known_pixels` is the one place a socket
+mask is turned into ``known``. It has shape (B or 1, 1 or C, H, W) and broadcasts against the image; values between
 0 and 1 blend. Every function here returns a result whose known region equals ``image`` exactly:
-``mask·image + (1 - mask)·x``.
+``known·image + (1 - known)·x``.
 """
 
 from __future__ import annotations
@@ -18,25 +20,25 @@ from .guidance import CondModel
 from .samplers import Callback, ModelFn, prepare_timesteps, report, sample
 
 
-def paste_known(image: Tensor, mask: Tensor, x: Tensor) -> Tensor:
-    """mask·image + (1 - mask)·x: the known pixels from ``image``, the rest from ``x``."""
-    return mask * image + (1 - mask) * x
+def paste_known(image: Tensor, known: Tensor, x: Tensor) -> Tensor:
+    """known·image + (1 - known)·x: the known pixels from ``image``, the rest from ``x``."""
+    return known * image + (1 - known) * x
 
 
-def inpainting_channels(image: Tensor, mask: Tensor) -> Tensor:
-    """[image·mask, mask] along channels: the extra input of a GLIDE-style inpainting model.
+def inpainting_channels(image: Tensor, known: Tensor) -> Tensor:
+    """[image·known, known] along channels: the extra input of a GLIDE-style inpainting model.
 
-    The mask is broadcast to the image's batch and size and keeps its own channel count (one for an image
-    mask, as in GLIDE). The project's UNet takes this as ``extra=``, so for it put
-    ``{"extra": inpainting_channels(image, mask)}`` into every condition dict, the null one included.
+    ``known`` is broadcast to the image's batch and size and keeps its own channel count (one, as in
+    GLIDE). The project's UNet takes this as ``extra=``, so for it put
+    ``{"extra": inpainting_channels(image, known)}`` into every condition dict, the null one included.
     """
-    mask = mask.expand(image.shape[0], mask.shape[1], *image.shape[2:])
-    return torch.cat([image * mask, mask], dim=1)
+    known = known.expand(image.shape[0], known.shape[1], *image.shape[2:])
+    return torch.cat([image * known, known], dim=1)
 
 
 def with_inpainting_channels(model: CondModel) -> CondModel:
-    """Adapt a network whose input is the channel concatenation [x_t, image·mask, mask] to the
-    conditional-model interface: image and mask travel in the condition dict as ``inpaint_image`` and
+    """Adapt a network whose input is the channel concatenation [x_t, image·known, known] to the
+    conditional-model interface: image and known travel in the condition dict as ``inpaint_image`` and
     ``inpaint_mask`` (so classifier-free guidance batches them like any other condition; give them in the
     null condition too) and are removed before the network sees the dict."""
 
@@ -52,7 +54,7 @@ def inpaint_conditioned(
     diffusion: GaussianDiffusion,
     model_fn: ModelFn,
     image: Tensor,
-    mask: Tensor,
+    known: Tensor,
     x_T: Tensor,
     *,
     denoised_fn: DenoisedFn | None = None,
@@ -63,10 +65,10 @@ def inpaint_conditioned(
     ``sample_kwargs`` go to :func:`sample` (sampler, steps, respacing, eta, generator, callback, …)."""
 
     def paste(x0: Tensor) -> Tensor:
-        x0 = paste_known(image, mask, x0)
+        x0 = paste_known(image, known, x0)
         return x0 if denoised_fn is None else denoised_fn(x0)
 
-    return paste_known(image, mask, sample(diffusion, model_fn, x_T, denoised_fn=paste, **sample_kwargs))
+    return paste_known(image, known, sample(diffusion, model_fn, x_T, denoised_fn=paste, **sample_kwargs))
 
 
 def repaint_schedule(num_steps: int, jump_length: int = 10, n_resample: int = 1) -> list[int]:
@@ -95,7 +97,7 @@ def inpaint_repaint(
     diffusion: GaussianDiffusion,
     model_fn: ModelFn,
     image: Tensor,
-    mask: Tensor,
+    known: Tensor,
     x_T: Tensor,
     timesteps: Sequence[int],
     *,
@@ -109,7 +111,7 @@ def inpaint_repaint(
     """RePaint with any unconditional ``model_fn``, along :func:`repaint_schedule`:
 
     - down t → s: the unknown region takes an ancestral DDPM step, the known region is the image noised
-      afresh to level s,  x_s = mask·(√ᾱ_s x + √(1-ᾱ_s) z') + (1-mask)·(μ̃ + √Σ z)  (x itself at s = clean);
+      afresh to level s,  x_s = known·(√ᾱ_s x + √(1-ᾱ_s) z') + (1-known)·(μ̃ + √Σ z)  (x itself at s = clean);
     - up s → t (a resampling jump): x_t ~ q(x_t | x_s) = N(√(ᾱ_t/ᾱ_s) x_s, (1 - ᾱ_t/ᾱ_s) I), which lets the
       generated region harmonise with the context it was just given.
     The callback's step counts every transition of the path.
@@ -126,16 +128,16 @@ def inpaint_repaint(
             pmv = diffusion.p_mean_variance(out, x, ts[p], s, clip_denoised, denoised_fn)
             x0 = pmv.pred_x0
             if s < 0:
-                x = paste_known(image, mask, pmv.mean)
+                x = paste_known(image, known, pmv.mean)
             else:
                 unknown = pmv.mean + pmv.variance**0.5 * _randn(x, generator)
-                known = abar[q] ** 0.5 * image + (1 - abar[q]) ** 0.5 * _randn(x, generator)
-                x = paste_known(known, mask, unknown)
+                noised_image = abar[q] ** 0.5 * image + (1 - abar[q]) ** 0.5 * _randn(x, generator)
+                x = paste_known(noised_image, known, unknown)
         else:
             ratio = abar[q] / abar[p]
             x = ratio**0.5 * x + (1 - ratio) ** 0.5 * _randn(x, generator)
         report(callback, k + 1, len(path) - 1, x, x0)
-    return paste_known(image, mask, x)
+    return paste_known(image, known, x)
 
 
 def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nodegraph.engine import events
 from nodegraph.engine.paths import confine
 from nodegraph.errors import Interrupted
 
@@ -105,12 +106,11 @@ class RunContext:
         emit = self._run.emit
         if emit is None:
             return
-        data: dict[str, Any] = {"value": value, "max": max, "node": self.node_id, "prompt_id": self.prompt_id}
         if preview is not None:
             from nodegraph.engine.imageio import preview_image
 
-            data["preview"] = preview_image(preview)
-        emit("progress", data)
+            preview = preview_image(preview)
+        emit(*events.progress(self.prompt_id, self.node_id, value, max, preview))
 
     def record(self, **items: Any) -> None:
         """Add (or replace) named values in this node's UI output, e.g. record(images=[...])."""

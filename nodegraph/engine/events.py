@@ -1,6 +1,8 @@
-"""Event names and payload helpers; payloads follow ComfyUI's websocket messages.
+"""Event names and the one place their payloads are built; payloads follow ComfyUI's websocket messages.
 
-Every event is delivered as `on_event(type, data)` and every `data` carries "prompt_id":
+Every event is delivered as `on_event(type, data)` and every `data` carries "prompt_id" (ComfyUI's name
+for the id of a run). The executor and the server both build events with the functions below, each
+returning `(type, data)`, so a payload cannot drift between the two:
 
     execution_start        {"prompt_id", "timestamp"}
     execution_cached       {"nodes": [ids served from cache], "prompt_id", "timestamp"}
@@ -9,7 +11,8 @@ Every event is delivered as `on_event(type, data)` and every `data` carries "pro
     executed               {"node", "display_node", "output": {JSON-friendly UI values}, "prompt_id"}
     execution_success      {"prompt_id", "timestamp"}
     execution_error        {"prompt_id", "node_id", "node_type", "executed", "exception_message",
-                            "exception_type", "traceback": [lines], "timestamp"}
+                            "exception_type", "traceback": [lines], "current_inputs", "timestamp",
+                            "errors"?: [validation issues, when the run stopped before its first node]}
     execution_interrupted  {"prompt_id", "node_id", "node_type", "executed", "timestamp"}
 """
 
@@ -32,9 +35,79 @@ EXECUTION_INTERRUPTED = "execution_interrupted"
 EventCallback = Callable[[str, dict[str, Any]], None]
 
 
+Event = tuple[str, dict[str, Any]]
+
+
 def timestamp() -> int:
     """Milliseconds since the epoch, as ComfyUI stamps its events."""
     return int(time.time() * 1000)
+
+
+def execution_start(prompt_id: str) -> Event:
+    return EXECUTION_START, {"prompt_id": prompt_id, "timestamp": timestamp()}
+
+
+def execution_cached(prompt_id: str, nodes: list[str]) -> Event:
+    return EXECUTION_CACHED, {"nodes": nodes, "prompt_id": prompt_id, "timestamp": timestamp()}
+
+
+def executing(prompt_id: str, node: str | None) -> Event:
+    """A node starts (or, with node None, the run is over: always the last event of a run)."""
+    return EXECUTING, {"node": node, "display_node": node, "prompt_id": prompt_id}
+
+
+def progress(prompt_id: str, node: str, value: float, max: float, preview: Any = None) -> Event:
+    data: dict[str, Any] = {"value": value, "max": max, "node": node, "prompt_id": prompt_id}
+    if preview is not None:
+        data["preview"] = preview
+    return PROGRESS, data
+
+
+def executed(prompt_id: str, node: str, output: Mapping[str, Any]) -> Event:
+    return EXECUTED, {"node": node, "display_node": node, "output": jsonable(output), "prompt_id": prompt_id}
+
+
+def execution_success(prompt_id: str) -> Event:
+    return EXECUTION_SUCCESS, {"prompt_id": prompt_id, "timestamp": timestamp()}
+
+
+def execution_error(
+    prompt_id: str,
+    exception: BaseException,
+    *,
+    node_id: str | None = None,
+    node_type: str | None = None,
+    executed: list[str] | None = None,
+    traceback: list[str] | None = None,
+    current_inputs: Mapping[str, Any] | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> Event:
+    data: dict[str, Any] = {
+        "prompt_id": prompt_id,
+        "node_id": node_id,
+        "node_type": node_type,
+        "executed": list(executed or []),
+        "exception_message": str(exception),
+        "exception_type": f"{type(exception).__module__}.{type(exception).__qualname__}",
+        "traceback": list(traceback or []),
+        "current_inputs": jsonable(current_inputs or {}),
+        "timestamp": timestamp(),
+    }
+    if errors is not None:
+        data["errors"] = errors
+    return EXECUTION_ERROR, data
+
+
+def execution_interrupted(
+    prompt_id: str, node_id: str | None = None, node_type: str | None = None, executed: list[str] | None = None
+) -> Event:
+    return EXECUTION_INTERRUPTED, {
+        "prompt_id": prompt_id,
+        "node_id": node_id,
+        "node_type": node_type,
+        "executed": list(executed or []),
+        "timestamp": timestamp(),
+    }
 
 
 def jsonable(value: Any, depth: int = 0) -> Any:

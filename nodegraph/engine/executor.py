@@ -18,7 +18,8 @@ from nodegraph.engine import events
 from nodegraph.engine.cache import CacheEntry, OutputCache, tensor_bytes
 from nodegraph.engine.context import RunContext, RunState
 from nodegraph.engine.plan import Plan
-from nodegraph.errors import Interrupted, NodeExecutionError
+from nodegraph.engine.sockets import SocketType
+from nodegraph.errors import InputValueError, Interrupted, NodeExecutionError
 
 
 @dataclass
@@ -53,7 +54,7 @@ def execute(plan: Plan, signatures: dict[str, str], cache: OutputCache, state: R
     prompt_id = state.prompt_id
     nodes = plan.nodes
     if emit is not None:
-        emit(events.EXECUTION_START, {"prompt_id": prompt_id, "timestamp": events.timestamp()})
+        emit(*events.execution_start(prompt_id))
     entries, to_run, cached = _find_work(plan, signatures, cache)
 
     # How many pending consumers each value has, so it can be released after the last one.
@@ -66,14 +67,11 @@ def execute(plan: Plan, signatures: dict[str, str], cache: OutputCache, state: R
     }
 
     if emit is not None:
-        emit(
-            events.EXECUTION_CACHED,
-            {"nodes": cached, "prompt_id": prompt_id, "timestamp": events.timestamp()},
-        )
+        emit(*events.execution_cached(prompt_id, cached))
         for node_id in plan.outputs:
             entry = entries.get(node_id)
             if entry is not None and entry.ui is not None:
-                _emit_executed(emit, node_id, entry.ui, prompt_id)
+                emit(*events.executed(prompt_id, node_id, entry.ui))
 
     executed: list[str] = []
     produced: dict[str, CacheEntry] = {}  # this run's results by signature: identical nodes run once
@@ -101,7 +99,7 @@ def execute(plan: Plan, signatures: dict[str, str], cache: OutputCache, state: R
             if node_id in consumers:
                 values[node_id] = entry.outputs
             if entry.ui is not None and emit is not None:
-                _emit_executed(emit, node_id, entry.ui, prompt_id)
+                emit(*events.executed(prompt_id, node_id, entry.ui))
             for source, _, _ in node.links.values():
                 left = consumers[source] - 1
                 consumers[source] = left
@@ -111,20 +109,11 @@ def execute(plan: Plan, signatures: dict[str, str], cache: OutputCache, state: R
     except (Interrupted, KeyboardInterrupt):
         if emit is not None:
             node_id, node_type = current if current is not None else (None, None)
-            emit(
-                events.EXECUTION_INTERRUPTED,
-                {
-                    "prompt_id": prompt_id,
-                    "node_id": node_id,
-                    "node_type": node_type,
-                    "executed": executed,
-                    "timestamp": events.timestamp(),
-                },
-            )
+            emit(*events.execution_interrupted(prompt_id, node_id, node_type, executed))
         raise
     finally:
         if emit is not None and not finished:
-            emit(events.EXECUTING, {"node": None, "display_node": None, "prompt_id": prompt_id})
+            emit(*events.executing(prompt_id, None))
 
     outputs: dict[str, dict[str, Any]] = {}
     files: list[Path] = []
@@ -134,8 +123,8 @@ def execute(plan: Plan, signatures: dict[str, str], cache: OutputCache, state: R
         if entry.files:
             files.extend(entry.files)
     if emit is not None:
-        emit(events.EXECUTION_SUCCESS, {"prompt_id": prompt_id, "timestamp": events.timestamp()})
-        emit(events.EXECUTING, {"node": None, "display_node": None, "prompt_id": prompt_id})
+        emit(*events.execution_success(prompt_id))
+        emit(*events.executing(prompt_id, None))
     return RunResult(
         prompt_id=prompt_id,
         outputs=outputs,
@@ -187,7 +176,7 @@ def _run_node(
 ) -> CacheEntry:
     spec = node.spec
     if emit is not None:
-        emit(events.EXECUTING, {"node": node_id, "display_node": node_id, "prompt_id": state.prompt_id})
+        emit(*events.executing(state.prompt_id, node_id))
     if node.links:
         kwargs = dict(node.constants)
         for name, (source, index, convert) in node.links.items():
@@ -204,33 +193,24 @@ def _run_node(
     except Exception as exc:
         lines = traceback.format_exception(exc)
         if emit is not None:
-            emit(
-                events.EXECUTION_ERROR,
-                {
-                    "prompt_id": state.prompt_id,
-                    "node_id": node_id,
-                    "node_type": spec.name,
-                    "executed": list(executed),
-                    "exception_message": str(exc),
-                    "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-                    "traceback": lines,
-                    "current_inputs": events.jsonable(kwargs),
-                    "timestamp": events.timestamp(),
-                },
-            )
-        raise NodeExecutionError(node_id, spec.name, exc, lines) from exc
+            emit(*events.execution_error(state.prompt_id, exc, node_id=node_id, node_type=spec.name,
+                                         executed=executed, traceback=lines, current_inputs=kwargs))
+        raise NodeExecutionError(node_id, spec.name, exc, lines, _blamed_input(spec, exc)) from exc
     # Recorded UI values are real objects (Preview keeps the tensor itself), so they count too.
     nbytes = tensor_bytes(result) if ctx.ui is None else tensor_bytes((result, ctx.ui))
     return CacheEntry(result, ctx.ui, ctx.files, nbytes)
 
 
 def _check_result(spec: Any, result: Any) -> tuple[Any, ...]:
+    """The node's outputs as a tuple, each checked against its socket type's value class."""
     expected = len(spec.outputs)
     if result is None and expected == 0:
         return ()
-    if type(result) is tuple and len(result) == expected:
-        return result
     if isinstance(result, (tuple, list)) and len(result) == expected:
+        for index, (out, value) in enumerate(zip(spec.outputs, result, strict=True)):
+            problem = out.type.check(value) if isinstance(out.type, SocketType) else None
+            if problem is not None:
+                raise TypeError(f"{spec.name}.run returned a wrong value for output {index} ({out.name}): {problem}")
         return tuple(result)
     declared = ", ".join(out.type for out in spec.outputs) or "nothing"
     raise TypeError(
@@ -240,8 +220,7 @@ def _check_result(spec: Any, result: Any) -> tuple[Any, ...]:
     )
 
 
-def _emit_executed(emit: events.EventCallback, node_id: str, ui: dict[str, Any], prompt_id: str) -> None:
-    emit(
-        events.EXECUTED,
-        {"node": node_id, "display_node": node_id, "output": events.jsonable(ui), "prompt_id": prompt_id},
-    )
+def _blamed_input(spec: Any, exc: BaseException) -> str | None:
+    """The node input an InputValueError names (library errors name the argument of the same name)."""
+    name = getattr(exc, "input", None) if isinstance(exc, InputValueError) else None
+    return name if name in spec.inputs else None

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from nodegraph.engine import sockets as types
+from nodegraph.engine import sockets
 from nodegraph.errors import NodeDefinitionError
 
 if TYPE_CHECKING:
@@ -39,9 +39,16 @@ class _NoDefault:
 NO_DEFAULT: Any = _NoDefault()
 
 
+def _declared(type_: str) -> str:
+    """A bare name of a built-in socket type becomes its declaration (value class, conventions)."""
+    if isinstance(type_, sockets.SocketType):
+        return type_
+    return sockets.BUILTIN.get(type_, type_) if isinstance(type_, str) else type_
+
+
 @dataclass(frozen=True, slots=True)
 class In:
-    """An input socket: its type and, for constant types, default, range and choices."""
+    """An input socket: its type (a SocketType, or a name) and, for constant types, default, range and choices."""
 
     type: str
     default: Any = NO_DEFAULT
@@ -53,13 +60,16 @@ class In:
     description: str = ""
     multiline: bool = False
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "type", _declared(self.type))
+
     @property
     def has_default(self) -> bool:
         return self.default is not NO_DEFAULT
 
     def describe(self) -> dict[str, Any]:
         """The catalogue entry for this input (JSON-friendly; absent fields are omitted)."""
-        info: dict[str, Any] = {"type": self.type}
+        info: dict[str, Any] = {"type": str(self.type)}
         if self.has_default:
             info["default"] = self.default
         for key in ("min", "max", "step"):
@@ -69,8 +79,8 @@ class In:
         if self.choices is not None:
             info["choices"] = list(self.choices)
         info["optional"] = self.optional
-        info["link_only"] = self.type not in types.CONSTANT_TYPES and self.type != types.ANY
-        info["accepts"] = types.accepted_link_types(self.type)
+        info["link_only"] = self.type not in sockets.CONSTANT_TYPES and self.type != sockets.ANY
+        info["accepts"] = sockets.accepted_link_types(self.type)
         if self.multiline:
             info["multiline"] = True
         if self.description:
@@ -80,14 +90,17 @@ class In:
 
 @dataclass(frozen=True, slots=True)
 class Out:
-    """An output socket: its type and a name shown in the catalogue and GUI."""
+    """An output socket: its type (a SocketType, or a name) and a name shown in the catalogue and GUI."""
 
     type: str
     name: str = ""
     description: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "type", _declared(self.type))
+
     def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"type": self.type, "name": self.name or self.type.lower()}
+        info: dict[str, Any] = {"type": str(self.type), "name": self.name or self.type.lower()}
         if self.description:
             info["description"] = self.description
         return info
@@ -141,14 +154,14 @@ class NodeSpec:
         for index, out in enumerate(outputs):
             if not isinstance(out, Out):
                 raise NodeDefinitionError(f"{where}: outputs[{index}] must be Out(...), got {out!r}")
-            if not types.is_valid_type_name(out.type) or out.type == types.ANY:
+            if not sockets.is_valid_type_name(out.type) or out.type == sockets.ANY:
                 raise NodeDefinitionError(f"{where}: outputs[{index}] has an invalid type {out.type!r}")
         _check_run_signature(where, node_cls, inputs)
         fingerprint = getattr(node_cls, "fingerprint", None)
         if fingerprint is not None and not inspect.ismethod(fingerprint):
             raise NodeDefinitionError(f"{where}: fingerprint must be a classmethod")
         description = node_cls.description or inspect.cleandoc(node_cls.__doc__ or "")
-        checks = {input_name: types.CONSTANT_CHECKS.get(spec.type) for input_name, spec in inputs.items()}
+        checks = {input_name: sockets.CONSTANT_CHECKS.get(spec.type) for input_name, spec in inputs.items()}
         return cls(
             name=node_name,
             cls=node_cls,
@@ -180,11 +193,11 @@ def _check_input(where: str, name: str, spec: In) -> None:
         raise NodeDefinitionError(f"{where}: input name {name!r} must be an identifier")
     if not isinstance(spec, In):
         raise NodeDefinitionError(f"{where}: input {name!r} must be In(...), got {spec!r}")
-    if not types.is_valid_type_name(spec.type):
+    if not sockets.is_valid_type_name(spec.type):
         raise NodeDefinitionError(
             f"{where}: input {name!r} has invalid type {spec.type!r} (use an UPPER_CASE name or '*')"
         )
-    constant = spec.type in types.CONSTANT_TYPES
+    constant = spec.type in sockets.CONSTANT_TYPES
     if not constant and (spec.min is not None or spec.max is not None or spec.choices is not None):
         raise NodeDefinitionError(f"{where}: input {name!r}: min/max/choices only apply to constant types")
     if spec.min is not None and spec.max is not None and spec.min > spec.max:
@@ -198,20 +211,20 @@ def _check_input(where: str, name: str, spec: In) -> None:
         for choice in spec.choices:
             _check_value(where, name, spec, choice, "choice")
     if spec.has_default:
-        if not constant and spec.type != types.ANY:
+        if not constant and spec.type != sockets.ANY:
             raise NodeDefinitionError(f"{where}: input {name!r}: link-only type {spec.type} cannot have a default")
         _check_value(where, name, spec, spec.default, "default")
         if spec.choices is not None and spec.default not in spec.choices:
             raise NodeDefinitionError(f"{where}: input {name!r}: default {spec.default!r} is not among choices")
-        if spec.type in (types.INT, types.FLOAT):
+        if spec.type in (sockets.INT, sockets.FLOAT):
             if (spec.min is not None and spec.default < spec.min) or (spec.max is not None and spec.default > spec.max):
                 raise NodeDefinitionError(f"{where}: input {name!r}: default {spec.default!r} is out of range")
 
 
 def _check_value(where: str, name: str, spec: In, value: Any, what: str) -> None:
     try:
-        converted = types.check_constant(spec.type, value)
-    except types.ConstantError as exc:
+        converted = sockets.check_constant(spec.type, value)
+    except sockets.ConstantError as exc:
         raise NodeDefinitionError(f"{where}: input {name!r}: {what} {value!r}: {exc}") from None
     if type(converted) is not type(value):
         # Defaults are stored as written; require the exact Python type so signatures stay stable.

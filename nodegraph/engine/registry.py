@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
+from nodegraph.engine import sockets
 from nodegraph.engine.node import Node, NodeSpec
 from nodegraph.errors import NodeDefinitionError
 
@@ -31,6 +32,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._specs: dict[str, NodeSpec] = {}
+        self._sockets: dict[str, sockets.SocketType] = dict(sockets.BUILTIN)
         self.load_errors: list[str] = []
         self.version = 0
 
@@ -53,7 +55,9 @@ class Registry:
                 f"node name {spec.name!r} is already registered by "
                 f"{existing.cls.__module__}.{existing.cls.__qualname__}; pass replace=True or rename it"
             )
+        declared = self._declared_sockets(spec)
         self._specs[spec.name] = spec
+        self._sockets.update(declared)
         self.version += 1
         return spec
 
@@ -108,6 +112,33 @@ class Registry:
         last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
         location = f" ({last[0].filename}:{last[0].lineno})" if last else ""
         self.load_errors.append(f"{where}: {type(exc).__name__}: {exc}{location}")
+
+    def _declared_sockets(self, spec: NodeSpec) -> dict[str, sockets.SocketType]:
+        """The socket types `spec` declares; one name may not be declared with two value classes."""
+        found: dict[str, sockets.SocketType] = {}
+        for type_ in [*(i.type for i in spec.inputs.values()), *(o.type for o in spec.outputs)]:
+            if not isinstance(type_, sockets.SocketType):
+                continue
+            known = self._sockets.get(type_) or found.get(type_)
+            if known is not None and (known.value, known.kind) != (type_.value, type_.kind):
+                raise NodeDefinitionError(
+                    f"node {spec.name}: socket type {type_} carries {type_.value}, but it is already declared "
+                    f"carrying {known.value}; rename the type or use the existing declaration"
+                )
+            found[type_] = type_
+        return found
+
+    def socket_types(self) -> dict[str, dict[str, Any]]:
+        """Every socket type a registered node uses, with its value class and conventions (sorted by name)."""
+        used = {str(t) for spec in self._specs.values() for t in
+                [*(i.type for i in spec.inputs.values()), *(o.type for o in spec.outputs)]}
+        table = {}
+        for name in sorted(used):
+            declared = self._sockets.get(name)
+            table[name] = declared.describe() if declared is not None else {
+                "value": "undeclared", "convention": "a name used by a plugin without a SocketType declaration",
+                "constant": False}
+        return table
 
     def get(self, name: str) -> NodeSpec | None:
         return self._specs.get(name)

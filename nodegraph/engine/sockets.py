@@ -1,44 +1,118 @@
-"""The socket type table: which names exist, which take constants, which links are legal.
+"""Socket types, each declared once: its name, the Python class of its value, and its conventions.
 
-A socket type is just a name. The four constant types (INT, FLOAT, STRING, BOOLEAN) may be given
-inline in a workflow; every other name (IMAGE, CLIP, ..., or any new name a node declares) is
-link-only: its values can only come from another node's output. A link is legal when both ends
-name the same type, when the input accepts ANY, or through one of the coercions in COERCIONS.
+A socket type is a name that links compare (a `SocketType` is a `str`, so `In(IMAGE)` and `In("IMAGE")`
+declare the same input) that also carries what travels on it: the value's class as "module:Class"
+(resolved only when a value is checked, so the engine imports no library code to validate a
+workflow), the conventions a node may rely on (shape, range, device, mask polarity) and, for model
+sockets, the checkpoint kind. The executor checks every output against its declared class, so a
+node that puts the wrong object on a socket is named at once, not three nodes later.
+
+The four constant types (INT, FLOAT, STRING, BOOLEAN) may be given inline in a workflow; every other
+type is link-only. A link is legal when both ends name the same type, when the input accepts ANY, or
+through one of the coercions in COERCIONS. A third-party node may declare its own SocketType (the
+registry collects it) or use a bare name, which is link-only with an undeclared value.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from collections.abc import Callable
 from typing import Any
 
-ANY = "*"
-INT = "INT"
-FLOAT = "FLOAT"
-STRING = "STRING"
-BOOLEAN = "BOOLEAN"
+
+class SocketType(str):
+    """A socket type name with its value class ("module:Class"), conventions and model kind."""
+
+    value: str
+    convention: str
+    kind: str | None
+
+    def __new__(cls, name: str, value: str, convention: str, kind: str | None = None) -> SocketType:
+        self = super().__new__(cls, name)
+        self.value = value
+        self.convention = convention
+        self.kind = kind
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickling and deepcopy must rebuild the attributes too
+        return (SocketType, (str(self), self.value, self.convention, self.kind))
+
+    def value_class(self) -> type:
+        """The class values of this type are instances of (imported on first use)."""
+        cls = self.__dict__.get("_class")
+        if cls is None:
+            module, _, name = self.value.partition(":")
+            cls = getattr(importlib.import_module(module), name)
+            self.__dict__["_class"] = cls
+        return cls
+
+    def check(self, value: Any) -> str | None:
+        """Why `value` cannot travel on this socket, or None when it can."""
+        cls = self.value_class()
+        ok = type(value) is cls if cls in (int, bool) else isinstance(value, cls)
+        if not ok:
+            return f"{self} carries {self.value.replace(':', '.')}, not {type(value).__name__}"
+        if self.kind is not None and getattr(value, "kind", None) != self.kind:
+            return f"{self} carries a {self.kind!r} model, not a {getattr(value, 'kind', None)!r} one"
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"value": self.value.replace(":", "."), "convention": self.convention}
+        if self.kind is not None:
+            info["kind"] = self.kind
+        info["constant"] = self in CONSTANT_TYPES
+        return info
+
+
+_DIFFUSION_MODEL = "nodegraph.models.diffusion_model:DiffusionModel"
+_CONDITIONS = "nodegraph.generate.conditions"
+
+INT = SocketType("INT", "builtins:int", "Python int (not bool)")
+FLOAT = SocketType("FLOAT", "builtins:float", "Python float (finite); INT links and int constants are accepted")
+STRING = SocketType("STRING", "builtins:str", "Python str")
+BOOLEAN = SocketType("BOOLEAN", "builtins:bool", "Python bool")
+ANY = SocketType("*", "builtins:object", "any value (inputs only); constants may be numbers, strings or booleans")
+
+IMAGE = SocketType("IMAGE", "torch:Tensor", "float [B, C, H, W] in [-1, 1], C = 3 (1 for grey), on the device of "
+                   "the node that made it; models resize it to their resolution")
+MASK = SocketType("MASK", "torch:Tensor", "float [B, 1, H, W] in [0, 1]: 1 = the region to generate (repaint), "
+                  "0 = keep; as LoadImage reads transparency and as ComfyUI does")
+TEXT_EMBED = SocketType("TEXT_EMBED", "nodegraph.models.clip:TextEncoding", "one CLIP's encoding of B captions: "
+                        "pooled embedding [B, D], token sequence [B, L, W] and its padding mask [B, L]")
+IMAGE_EMBED = SocketType("IMAGE_EMBED", "torch:Tensor", "unit-norm CLIP image embeddings [B, D] (prior samples, "
+                         "CLIPImageEmbed, mixes); a TextDiff direction is unit-norm too")
+LATENT = SocketType("LATENT", f"{_CONDITIONS}:Latent", "a DDIM-inverted x_T [B, C, H, W] with the timestep "
+                    "sequence it was inverted along (decode it with DDIM on the same steps)")
+NOISE = SocketType("NOISE", f"{_CONDITIONS}:NoiseSpec", "a seed and a batch size; each consumer draws x_T in its own "
+                   "shape on the CPU, so images match across devices")
+GUIDANCE = SocketType("GUIDANCE", f"{_CONDITIONS}:Guidance", "weighted conditions for (composable) classifier-free "
+                      "guidance plus optional classifier and CLIP terms")
+CLASSIFIER_GUIDANCE = SocketType("CLASSIFIER_GUIDANCE", f"{_CONDITIONS}:ClassifierTerm",
+                                 "a noisy classifier, the attributes to steer toward and a gradient scale")
+CLIP_GUIDANCE = SocketType("CLIP_GUIDANCE", f"{_CONDITIONS}:ClipTerm",
+                           "a CLIP (x̂0 mode) or noised CLIP tower (x_t mode), a text target and a gradient scale")
+CLIP = SocketType("CLIP", "nodegraph.models.clip:ClipModel", "an open_clip CLIP with its tokenizer and "
+                  "preprocessing, on the run's device")
+PRIOR = SocketType("PRIOR", _DIFFUSION_MODEL, "DALL·E 2 prior: text -> CLIP image embedding", kind="prior")
+DECODER = SocketType("DECODER", _DIFFUSION_MODEL, "decoder: images from text tokens and/or a CLIP image embedding "
+                     "(GLIDE / unCLIP)", kind="decoder")
+INPAINT_MODEL = SocketType("INPAINT_MODEL", _DIFFUSION_MODEL, "inpainting decoder: also sees the known pixels and "
+                           "the mask (GLIDE)", kind="inpaint")
+UPSAMPLER = SocketType("UPSAMPLER", _DIFFUSION_MODEL, "diffusion upsampler from a low-resolution IMAGE",
+                       kind="upsampler")
+CLASSIFIER = SocketType("CLASSIFIER", "nodegraph.models.classifier:NoisyClassifier",
+                        "noise-aware attribute classifier on (x_t, t)")
+NOISED_CLIP = SocketType("NOISED_CLIP", "nodegraph.models.noised_clip:NoisedImageTower",
+                         "noise-aware CLIP image tower on (x_t, t)")
 
 CONSTANT_TYPES = frozenset({INT, FLOAT, STRING, BOOLEAN})
-
-# The link-only types the project uses, with the value convention each one carries. A name that is
-# not listed here is still a valid link-only type; this table is documentation for the catalogue.
-KNOWN_TYPES: dict[str, str] = {
-    INT: "Python int (not bool)",
-    FLOAT: "Python float (finite); INT links and int constants are accepted",
-    STRING: "Python str",
-    BOOLEAN: "Python bool",
-    "IMAGE": "float tensor [B, C, H, W] in [-1, 1] on the producing device",
-    "MASK": "float tensor [B, 1, H, W] in [0, 1]; 1 marks the region to repaint",
-    "TEXT_EMBED": "text conditioning from a CLIP text encoder",
-    "IMAGE_EMBED": "CLIP image embedding",
-    "CLIP": "a loaded CLIP model",
-    "PRIOR": "a loaded DALL-E 2 prior",
-    "DECODER": "a loaded decoder diffusion model",
-    "UPSAMPLER": "a loaded upsampler diffusion model",
-    "NOISE": "a noise tensor or noise source",
-    "GUIDANCE": "a guidance method applied while sampling",
-    ANY: "any value (inputs only)",
+BUILTIN: dict[str, SocketType] = {
+    sock: sock
+    for sock in (INT, FLOAT, STRING, BOOLEAN, ANY, IMAGE, MASK, TEXT_EMBED, IMAGE_EMBED, LATENT, NOISE, GUIDANCE,
+                 CLASSIFIER_GUIDANCE, CLIP_GUIDANCE, CLIP, PRIOR, DECODER, INPAINT_MODEL, UPSAMPLER, CLASSIFIER,
+                 NOISED_CLIP)
 }
 
 # Documented coercions applied when a value crosses a link: (source type, input type) -> converter.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from nodegraph.engine import sockets as types
+from nodegraph.engine import sockets
 from nodegraph.engine.node import NodeSpec
 from nodegraph.errors import ValidationIssue
 
@@ -150,7 +150,7 @@ def _compile(
             continue
         try:
             value = check(value)
-        except types.ConstantError as exc:
+        except sockets.ConstantError as exc:
             issues.append(_issue(exc.code, f"input {name!r}: {exc}", node_id, name))
             continue
         if input_spec.min is not None and value < input_spec.min:
@@ -228,7 +228,7 @@ def _check_link(
         )
         return
     source_type = outputs[index].type
-    ok, converter = types.link_converter(source_type, input_type)
+    ok, converter = sockets.link_converter(source_type, input_type)
     if not ok:
         issues.append(
             _issue(

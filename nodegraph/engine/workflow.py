@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
 
-from nodegraph.engine import sockets as types
+from nodegraph.engine import sockets
 from nodegraph.errors import ValidationIssue, WorkflowError
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ def check_param_specs(workflow: Workflow, registry: Registry) -> list[Validation
                     input=spec.input,
                 )
             )
-        elif input_spec.type not in types.CONSTANT_CHECKS:
+        elif input_spec.type not in sockets.CONSTANT_CHECKS:
             issues.append(
                 issue(
                     "param_not_settable",
@@ -246,15 +246,15 @@ def apply_params(
         node = nodes.get(spec.node)
         node_spec = registry.get(node.get("class_type")) if isinstance(node, dict) else None
         input_spec = node_spec.inputs.get(spec.input) if node_spec is not None else None
-        if input_spec is None or input_spec.type not in types.CONSTANT_CHECKS:
+        if input_spec is None or input_spec.type not in sockets.CONSTANT_CHECKS:
             continue  # the param's target is broken; check_param_specs reported it
         input_type = input_spec.type
         try:
-            if isinstance(value, str) and input_type not in (types.STRING, types.ANY):
-                converted = types.parse_text(input_type, value)
+            if isinstance(value, str) and input_type not in (sockets.STRING, sockets.ANY):
+                converted = sockets.parse_text(input_type, value)
             else:
-                converted = types.check_constant(input_type, value)
-        except types.ConstantError as exc:
+                converted = sockets.check_constant(input_type, value)
+        except sockets.ConstantError as exc:
             issues.append(issue("invalid_param_value", f"param {name!r}: {exc}", node=spec.node, input=spec.input))
             continue
         inputs = node.get("inputs")

@@ -16,12 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from nodegraph.errors import ConditionError, InputValueError
 from nodegraph.models.clip import TextEncoding
 from nodegraph.models.unet import UNetConfig
-
-
-class ConditionError(ValueError):
-    """A condition a model cannot take (e.g. text for a model with no text input)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +46,19 @@ class ClassifierTerm:
     model: torch.nn.Module  # nodegraph.models.classifier.NoisyClassifier
     labels: dict[str, str]
     scale: float
+
+    @staticmethod
+    def toward(model: torch.nn.Module, caption: str, scale: float) -> ClassifierTerm:
+        """Guidance toward what a one-shape caption names; InputValueError("caption") if the classifier
+        cannot read it (two shapes, no attribute it has a head for)."""
+        from nodegraph.models.classifier import attributes_from_prompt, labels_for
+
+        try:
+            labels = attributes_from_prompt(caption)
+            labels_for(labels, 1, torch.device("cpu"))
+        except ValueError as exc:
+            raise InputValueError("caption", str(exc)) from None
+        return ClassifierTerm(model, labels, scale)
 
 
 @dataclass(frozen=True)
@@ -102,9 +112,9 @@ class Guidance:
         return Guidance(conditions=((target, 1.0 + strength), (source, -strength)))
 
 
-def _batched(t: Tensor, batch: int, what: str) -> Tensor:
+def _batched(t: Tensor, batch: int, what: str, input: str) -> Tensor:
     if t.shape[0] not in (1, batch):
-        raise ConditionError(f"{what} has batch {t.shape[0]} but the noise has batch {batch}; use 1 or {batch}")
+        raise ConditionError(f"{what} has batch {t.shape[0]} but the noise has batch {batch}; use 1 or {batch}", input)
     return t.expand(batch, *t.shape[1:])
 
 
@@ -118,32 +128,33 @@ def unet_condition(cfg: UNetConfig, cond: Condition, batch: int, context_length:
             if cond.image_embed.shape[-1] != cfg.clip_dim:
                 raise ConditionError(
                     f"image embedding has width {cond.image_embed.shape[-1]}, the decoder expects {cfg.clip_dim}: "
-                    "use the CLIP the decoder was trained with"
+                    "use the CLIP the decoder was trained with", "image_embed"
                 )
-            out["image_embed"] = _batched(cond.image_embed.to(device, dtype), batch, "the image embedding")
+            embed = cond.image_embed.to(device, dtype)
+            out["image_embed"] = _batched(embed, batch, "the image embedding", "image_embed")
             out["image_on"] = torch.ones(batch, device=device, dtype=dtype)
         else:
             out["image_embed"] = torch.zeros(batch, cfg.clip_dim, device=device, dtype=dtype)
             out["image_on"] = torch.zeros(batch, device=device, dtype=dtype)
     elif cond.image_embed is not None:
-        raise ConditionError("this model takes no image embedding; connect text only, or use a decoder")
+        raise ConditionError("this model takes no image embedding; connect text only, or use a decoder", "image_embed")
     if cfg.text_dim:
         if cond.text is not None:
             enc = cond.text
             if enc.tokens.shape[-1] != cfg.text_dim:
                 raise ConditionError(
                     f"text tokens have width {enc.tokens.shape[-1]}, the decoder expects {cfg.text_dim}: "
-                    "use the CLIP the decoder was trained with"
+                    "use the CLIP the decoder was trained with", "text"
                 )
-            out["text_tokens"] = _batched(enc.tokens.to(device, dtype), batch, "the text")
-            out["text_mask"] = _batched(enc.mask.to(device), batch, "the text")
-            out["text_embed"] = _batched(enc.embed.to(device, dtype), batch, "the text")
+            out["text_tokens"] = _batched(enc.tokens.to(device, dtype), batch, "the text", "text")
+            out["text_mask"] = _batched(enc.mask.to(device), batch, "the text", "text")
+            out["text_embed"] = _batched(enc.embed.to(device, dtype), batch, "the text", "text")
         else:
             out["text_tokens"] = torch.zeros(batch, context_length, cfg.text_dim, device=device, dtype=dtype)
             out["text_mask"] = torch.zeros(batch, context_length, dtype=torch.bool, device=device)
             out["text_embed"] = torch.zeros(batch, cfg.text_embed_dim or cfg.text_dim, device=device, dtype=dtype)
     elif cond.text is not None:
-        raise ConditionError("this model takes no text; leave the text input unconnected")
+        raise ConditionError("this model takes no text; leave the text input unconnected", "text")
     return out
 
 
@@ -151,7 +162,7 @@ def prior_condition(cond: Condition, batch: int, context_length: int, text_width
                     device: torch.device) -> dict[str, Tensor]:
     """The keyword tensors `PriorTransformer.forward` takes; the null condition switches text off."""
     if cond.image_embed is not None:
-        raise ConditionError("the prior is conditioned on text only; connect a TEXT_EMBED")
+        raise ConditionError("the prior is conditioned on text only; connect a TEXT_EMBED", "image_embed")
     if cond.text is None:
         return {
             "text_tokens": torch.zeros(batch, context_length, text_width, device=device),
@@ -161,9 +172,9 @@ def prior_condition(cond: Condition, batch: int, context_length: int, text_width
         }
     enc = cond.text
     return {
-        "text_tokens": _batched(enc.tokens.to(device), batch, "the text"),
-        "text_mask": _batched(enc.mask.to(device), batch, "the text"),
-        "text_embed": _batched(enc.embed.to(device), batch, "the text"),
+        "text_tokens": _batched(enc.tokens.to(device), batch, "the text", "text"),
+        "text_mask": _batched(enc.mask.to(device), batch, "the text", "text"),
+        "text_embed": _batched(enc.embed.to(device), batch, "the text", "text"),
         "text_on": torch.ones(batch, dtype=torch.bool, device=device),
     }
 

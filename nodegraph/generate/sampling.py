@@ -14,14 +14,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nodegraph.diffusion import guidance as G
-from nodegraph.diffusion.inpainting import inpaint_conditioned, inpaint_repaint
+from nodegraph.diffusion.inpainting import inpaint_conditioned, inpaint_repaint, inpainting_channels
 from nodegraph.diffusion.inversion import ddim_invert
 from nodegraph.diffusion.samplers import CondFn, ModelFn, sample
 from nodegraph.diffusion.schedules import timestep_sequence
+from nodegraph.errors import ConditionError, InputValueError
 from nodegraph.generate.conditions import (
     Condition,
-    ConditionError,
     Guidance,
+    Latent,
+    NoiseSpec,
     prior_condition,
     unet_condition,
 )
@@ -61,7 +63,8 @@ def _net_fn(model: DiffusionModel) -> G.CondModel:
 def _context_length(guidance: Guidance) -> int:
     lengths = {c.text.tokens.shape[1] for c, _ in guidance.conditions if c.text is not None}
     if len(lengths) > 1:
-        raise ConditionError("all texts of one guidance must come from the same CLIP (token lengths differ)")
+        raise ConditionError("all texts of one guidance must come from the same CLIP (token lengths differ)",
+                             "guidance")
     return lengths.pop() if lengths else 1
 
 
@@ -120,7 +123,7 @@ def guidance_cond_fn(model: DiffusionModel, guidance: Guidance, model_fn: ModelF
                 grad_clamp=term.grad_clamp, generator=generator,
             ))
         else:
-            raise ConditionError(f"unknown CLIP guidance mode {term.mode!r}; use 'x0' or 'noised'")
+            raise ConditionError(f"unknown CLIP guidance mode {term.mode!r}; use 'x0' or 'noised'", "guidance")
     if not fns:
         return None
     if len(fns) == 1:
@@ -172,7 +175,7 @@ def sample_prior(
     draw from `generator`.
     """
     if text.text is None:
-        raise ConditionError("the prior needs text: connect a TEXT_EMBED")
+        raise ConditionError("the prior needs text: connect a TEXT_EMBED", "text")
     d = prior.net.cfg.clip_dim
     n = batch * best_of
     guidance = guidance or Guidance.cfg(text, scale)
@@ -182,7 +185,8 @@ def sample_prior(
     )
     x = x_T if x_T is not None else torch.randn(n, d, generator=generator, device=prior.device)
     if x.shape != (n, d):
-        raise ConditionError(f"the prior's x_T must have shape ({n}, {d}) for batch {batch} x best_of {best_of}")
+        raise ConditionError(f"the prior's x_T must have shape ({n}, {d}) for batch {batch} x best_of {best_of}",
+                             "noise")
     z = run_denoiser(prior, x, repeated, settings, generator=generator, callback=callback)
     emb = prior.net.denormalize(z)  # [best_of * batch, D], candidate-major
     if best_of == 1:
@@ -218,14 +222,18 @@ def upsample(
     aug_level: int | None = None,
     guidance: Guidance | None = None,
 ) -> Tensor:
-    """Diffusion upsampling of [B, 3, h, w] images in [-1, 1] to the model's resolution.
+    """Diffusion upsampling of [B, 3, h, w] images in [-1, 1] (first resized to the model's input size) to
+    the model's resolution.
 
     The low-res image is noised to `aug_level` (default: the level in the checkpoint's metadata) as in
     training, so the upsampler treats artefacts of the decoder's samples like augmentation noise.
     """
-    cfg = model.net.cfg
-    size = cfg.image_size
-    level = int(aug_level if aug_level is not None else model.meta.get("aug_level", 0))
+    if guidance is not None and guidance.conditions:
+        raise ConditionError("the upsampler takes no text or image embedding; only classifier / CLIP terms apply",
+                             "guidance")
+    size = model.image_size
+    low = resize_to(low.to(model.device), model.low_res)
+    level = int(aug_level if aug_level is not None else model.aug_level)
     b = low.shape[0]
     levels = torch.full((b,), level, dtype=torch.long, device=low.device)
     noisy = model.diffusion.q_sample(low, levels, torch.randn(low.shape, generator=generator, device=low.device))
@@ -233,6 +241,11 @@ def upsample(
     x = torch.randn(b, 3, size, size, generator=generator, device=low.device)
     return run_denoiser(model, x, guidance or Guidance(), settings, generator=generator, callback=callback,
                         fixed={"extra": cond_img, "aug_level": levels}).clamp(-1, 1)
+
+
+def known_pixels(mask: Tensor) -> Tensor:
+    """The one place the MASK socket's polarity (1 = generate) becomes the inpainting models' (1 = known)."""
+    return 1 - mask
 
 
 @torch.no_grad()
@@ -250,37 +263,46 @@ def inpaint(
     n_resample: int = 1,
     x_T: Tensor | None = None,
 ) -> Tensor:
-    """Fill the pixels where mask = 0 (mask = 1 marks known pixels, as in nodegraph.diffusion.inpainting).
+    """Regenerate the pixels where `mask` = 1 (the MASK socket's polarity); the rest equals `image` exactly.
 
-    method "model": an inpainting checkpoint that sees [image * mask, mask] (GLIDE); the known pixels
-    are pasted into x̂0 every step. method "repaint": any decoder, known pixels re-noised every step
-    (RePaint), optionally with resampling jumps. The known region of the result equals `image` exactly.
+    Image and mask are resized to the model's resolution (the mask rounded to 0/1) and broadcast to one
+    batch. method "model": an inpainting checkpoint that sees [image * known, known] (GLIDE); the known
+    pixels are pasted into x̂0 every step. method "repaint": any decoder, known pixels re-noised every step
+    (RePaint), optionally with resampling jumps.
     """
-    b = image.shape[0]
-    mask = mask.to(image)
-    x = x_T if x_T is not None else torch.randn(image.shape, generator=generator, device=image.device)
+    size = model.image_size
+    image = resize_to(image.to(model.device), size)
+    known = known_pixels(resize_to(mask.to(model.device, image.dtype), size).round())
+    b = max(image.shape[0], known.shape[0], x_T.shape[0] if x_T is not None else 1)
+    given = [("images", image), ("mask", known)] + ([("noise", x_T)] if x_T is not None else [])
+    for name, t in given:
+        if t.shape[0] not in (1, b):
+            raise InputValueError(name, f"batch {t.shape[0]} does not match batch {b}; use 1 or {b}")
+    image, known = image.expand(b, -1, -1, -1), known.expand(b, -1, -1, -1)
+    x = x_T.expand(b, -1, -1, -1) if x_T is not None else torch.randn(image.shape, generator=generator,
+                                                                    device=image.device)
     if method == "model":
         if model.kind != "inpaint":
             raise ConditionError(f"method 'model' needs an inpainting checkpoint, got a {model.kind}; "
-                                 "load inpaint.safetensors or use method 'repaint'")
-        fixed = {"extra": torch.cat([image * mask, mask.expand(b, 1, *image.shape[2:])], dim=1)}
+                                 "load inpaint.safetensors or use method 'repaint'", "model")
+        fixed = {"extra": inpainting_channels(image, known)}
         model_fn = guided_model_fn(model, guidance, b, fixed)
         cond_fn = guidance_cond_fn(model, guidance, model_fn, generator)
         return inpaint_conditioned(
-            model.diffusion, model_fn, image, mask, x, sampler=settings.sampler,
+            model.diffusion, model_fn, image, known, x, sampler=settings.sampler,
             timesteps=settings.timesteps(model.diffusion.num_timesteps), eta=settings.eta, generator=generator,
             callback=callback, cond_fn=cond_fn, clip_denoised=settings.clip_denoised,
-        )
+        ).clamp(-1, 1)
     if method == "repaint":
         if model.kind == "inpaint":
-            raise ConditionError("method 'repaint' runs a plain decoder; load decoder.safetensors")
+            raise ConditionError("method 'repaint' runs a plain decoder; load decoder.safetensors", "decoder")
         model_fn = guided_model_fn(model, guidance, b)
         return inpaint_repaint(
-            model.diffusion, model_fn, image, mask, x, settings.timesteps(model.diffusion.num_timesteps),
+            model.diffusion, model_fn, image, known, x, settings.timesteps(model.diffusion.num_timesteps),
             jump_length=jump_length, n_resample=n_resample, generator=generator, callback=callback,
             clip_denoised=settings.clip_denoised,
-        )
-    raise ConditionError(f"unknown inpainting method {method!r}; use 'model' or 'repaint'")
+        ).clamp(-1, 1)
+    raise ConditionError(f"unknown inpainting method {method!r}; use 'model' or 'repaint'", "method")
 
 
 @torch.no_grad()
@@ -292,11 +314,95 @@ def invert(
     *,
     callback: Callback | None = None,
 ) -> tuple[Tensor, list[int]]:
-    """DDIM-invert images to x_T under a condition (no guidance: CFG breaks exact inversion).
+    """DDIM-invert images (resized to the model's resolution) to x_T under a condition (no guidance: CFG
+    breaks exact inversion).
 
     Returns x_T and the timestep sequence; sampling with DDIM (eta 0) along the same sequence and the
     same condition reconstructs the image.
     """
     ts = settings.timesteps(model.diffusion.num_timesteps)
+    image = resize_to(image.to(model.device), model.image_size)
     model_fn = guided_model_fn(model, Guidance.cfg(cond, 1.0), image.shape[0])
     return ddim_invert(model.diffusion, model_fn, image, ts, callback=callback), ts
+
+
+def resize_to(images: Tensor, size: int) -> Tensor:
+    """Images at a model's square resolution (area filter when shrinking, bilinear when growing)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    mode = "area" if images.shape[-1] > size else "bilinear"
+    return F.interpolate(images, size=(size, size), mode=mode)
+
+
+# ------------------------------------------------------------ entry points over socket values (NOISE, LATENT)
+
+
+@torch.no_grad()
+def decode(
+    model: DiffusionModel,
+    guidance: Guidance,
+    settings: SamplerSettings,
+    *,
+    noise: NoiseSpec | None = None,
+    latent: Latent | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Images from a decoder, starting from a Noise's x_T or from a DDIM-inverted latent.
+
+    From a latent it walks the latent's own timesteps with DDIM: with eta 0 and the inversion's condition it
+    reconstructs the image, with another condition it edits it, with eta > 0 it draws variations (one per
+    noise seed). One latent decoded under several conditions (a text diff at several θ) or several noise
+    seeds is broadcast. From noise, a batch-1 noise with a batch of conditions gets one x_T per condition.
+    """
+    if latent is not None:
+        if settings.sampler != "ddim":
+            raise InputValueError("sampler", "a DDIM-inverted latent is decoded with DDIM along its own timesteps; "
+                                  f"set sampler to 'ddim' (got {settings.sampler!r})")
+        b = max(latent.x.shape[0], guidance.batch(), noise.batch if noise is not None else 1)
+        if latent.x.shape[0] not in (1, b):
+            raise InputValueError("latent", f"latent batch {latent.x.shape[0]} vs condition/noise batch {b}")
+        x, timesteps = latent.x.to(model.device).expand(b, -1, -1, -1), list(latent.timesteps)
+        generator = (noise or NoiseSpec(0)).sampler_generator(model.device)
+    elif noise is not None:
+        b = noise.batch if noise.batch > 1 else guidance.batch()
+        x, timesteps = noise.initial((3, model.image_size, model.image_size), model.device, count=b), None
+        generator = noise.sampler_generator(model.device)
+    else:
+        raise InputValueError("noise", "connect a Noise node (or a latent from DDIMInvert)")
+    out = run_denoiser(model, x, guidance, settings, generator=generator, callback=callback, timesteps=timesteps)
+    return out.clamp(-1, 1)
+
+
+@torch.no_grad()
+def prior_from_noise(
+    prior: DiffusionModel,
+    text: Condition,
+    noise: NoiseSpec,
+    scale: float,
+    settings: SamplerSettings,
+    *,
+    best_of: int = 1,
+    guidance: Guidance | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """`sample_prior` with its batch, candidates' x_T and sampler noise drawn from a Noise."""
+    x_T = noise.initial((prior.embed_dim,), prior.device, count=noise.batch * best_of)
+    return sample_prior(prior, text, scale, settings, noise.batch, generator=noise.sampler_generator(prior.device),
+                        callback=callback, best_of=best_of, guidance=guidance, x_T=x_T)
+
+
+@torch.no_grad()
+def inpaint_from_noise(
+    model: DiffusionModel,
+    image: Tensor,
+    mask: Tensor,
+    noise: NoiseSpec,
+    guidance: Guidance,
+    settings: SamplerSettings,
+    **options,
+) -> Tensor:
+    """`inpaint` with x_T and the sampler noise drawn from a Noise (its batch broadcast with the images')."""
+    size = model.image_size
+    x_T = noise.initial((3, size, size), model.device)
+    return inpaint(model, image, mask, guidance, settings, generator=noise.sampler_generator(model.device),
+                   x_T=x_T, **options)

@@ -12,9 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the architecture it is loaded into."""
+from nodegraph.errors import CheckpointError
 
 
 def save_safetensors(

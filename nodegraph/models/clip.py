@@ -16,7 +16,8 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from nodegraph.models.checkpoint import CheckpointError, load_into, read_metadata
+from nodegraph.errors import CheckpointError, InputValueError
+from nodegraph.models.checkpoint import load_into, read_metadata
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 BUNDLED_CLIP = "shapes-clip"
@@ -92,6 +93,21 @@ class ClipModel:
         enc = self.encode_tokens(self.tokenize(texts))
         enc.prompts = tuple(texts)
         return enc
+
+    def encode_caption(self, text: str, max_chars: int = 2000) -> TextEncoding:
+        """One user caption, checked first: InputValueError("text") when it is longer than this CLIP reads
+        (open_clip's tokenizer would silently cut it)."""
+        if len(text) > max_chars:
+            raise InputValueError("text", f"the caption has {len(text)} characters; at most {max_chars}")
+        n_tokens = len(self.tokenizer.encode(text)) + 2  # + start and end of text
+        if n_tokens > self.context_length:
+            raise InputValueError("text", f"the caption is {n_tokens} tokens long but this CLIP reads at most "
+                                  f"{self.context_length}; shorten it")
+        return self.encode_text([text])
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm image embeddings [B, D] of socket images (any size, any device)."""
+        return F.normalize(self.encode_image(images.to(self.device)), dim=-1)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Socket images [B, 3, H, W] in [-1, 1] -> the image tower's normalised input."""

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from nodegraph.diffusion import GaussianDiffusion, make_betas
-from nodegraph.models.checkpoint import CheckpointError, check_compatible, load_state_dict, read_metadata
+from nodegraph.errors import CheckpointError
+from nodegraph.models.checkpoint import check_compatible, load_state_dict, read_metadata
 from nodegraph.models.unet import UNet, UNetConfig
 
 UNET_KINDS = ("decoder", "upsampler", "inpaint")
@@ -41,6 +42,26 @@ class DiffusionModel:
     @property
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
+
+    @property
+    def image_size(self) -> int:
+        """The resolution a UNet samples at (images are resized to it)."""
+        return int(self.net.cfg.image_size)
+
+    @property
+    def embed_dim(self) -> int:
+        """The CLIP embedding width a prior samples."""
+        return int(self.net.cfg.clip_dim)
+
+    @property
+    def low_res(self) -> int:
+        """An upsampler's input resolution (recorded in its checkpoint)."""
+        return int(self.meta.get("low_res", 32))
+
+    @property
+    def aug_level(self) -> int:
+        """The noise level an upsampler's low-res input gets at sampling time (recorded in its checkpoint)."""
+        return int(self.meta.get("aug_level", 0))
 
     def to(self, device: torch.device | str) -> DiffusionModel:
         self.net.to(device)

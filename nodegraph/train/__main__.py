@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from nodegraph.models.checkpoint import CheckpointError
+from nodegraph.errors import CheckpointError
 from nodegraph.train.common import TrainConfig
 
 MODELS = ("clip", "prior", "decoder", "upsampler", "inpaint", "classifier", "noised_clip")

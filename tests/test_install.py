@@ -1,0 +1,63 @@
+"""A wheel is the product a user installs: it must carry the bundled weights and run from any directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{args}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.mark.slow
+def test_wheel_installed_in_a_fresh_venv_runs_the_main_job_from_an_unrelated_directory(tmp_path: Path) -> None:
+    # Build from a copy of the files git tracks or would, so the checkout gets no build/ or egg-info litter.
+    source = tmp_path / "source"
+    listing = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+    tracked = subprocess.run(listing, cwd=REPO, capture_output=True, check=True).stdout
+    for name in tracked.decode().split("\0"):
+        if name and (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    dist = tmp_path / "dist"
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", dist, source,
+         cwd=tmp_path)
+    [wheel] = dist.glob("nodegraph-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "nodegraph/weights/decoder.safetensors" in names and "nodegraph/weights/decoder.md" in names
+
+    # A fresh venv; its dependencies (torch, open_clip, ...) come from this environment through a .pth
+    # line, which adds the directory without running the editable install's hooks in it, so the only
+    # nodegraph it can import is the wheel's.
+    venv = tmp_path / "venv"
+    _run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
+    python = venv / "bin" / "python"
+    site = Path(_run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=tmp_path)
+                .stdout.strip())
+    (site / "outer_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    _run(python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel, cwd=tmp_path)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    workflow = shutil.copy(REPO / "workflows" / "dalle2_text2img.json", elsewhere / "wf.json")
+    env = {k: v for k, v in os.environ.items() if k not in ("NODEGRAPH_MODELS", "PYTHONPATH")}
+    env["OMP_NUM_THREADS"] = "1"
+    where = _run(python, "-c", "import nodegraph.weights as w; print(w.BUNDLED_DIR)", cwd=elsewhere, env=env)
+    assert Path(where.stdout.strip()).is_relative_to(venv)
+    _run(venv / "bin" / "nodegraph", "run", workflow, "--out", "out", "--param", "prior_steps=2", "--param",
+         "steps=3", "--param", "upsample_steps=2", cwd=elsewhere, env=env)
+    [png] = (elsewhere / "out").glob("*.png")
+    assert Image.open(png).size == (64, 64)
