@@ -103,7 +103,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         base = _parse_param_args(args.param)
         runs, problems = _read_params_file(args.params_file, base) if args.params_file else ([(None, base)], [])
         engine = Engine(args.device, input_dir=args.input_dir, output_dir=args.out)
-        _check_runs(engine, workflow, runs, base, args.params_file, problems)
+        prepared = _prepare_runs(engine, workflow, runs, base, args.params_file, problems)
     except WorkflowError as exc:
         _report_invalid(exc.errors, as_json=args.json)
         return EXIT_INVALID
@@ -114,9 +114,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summaries = []
     codes = []
     show_bars = sys.stderr.isatty()
-    for index, (line, params) in enumerate(runs):
+    for index, ((line, params), ready) in enumerate(zip(runs, prepared, strict=True)):
         label = f"run {index + 1}/{len(runs)} " if len(runs) > 1 else ""
-        summary, code = _run_once(engine, workflow, params, line, label, show_bars, args)
+        summary, code = _run_once(engine, ready, params, line, label, show_bars, args)
         summaries.append(summary)
         codes.append(code)
     if args.json:
@@ -133,7 +133,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _run_once(
     engine: Any,
-    workflow: Any,
+    prepared: Any,
     params: dict[str, Any],
     line: int | None,
     label: str,
@@ -146,7 +146,7 @@ def _run_once(
     bars = ProgressBars(sys.stderr, label) if show_bars else None
     where = f"{args.params_file} line {line}: " if line is not None else ""
     try:
-        result = engine.run(workflow, params, on_event=bars)
+        result = engine.run(prepared, on_event=bars)
     except NodeExecutionError as exc:
         code = EXIT_INVALID if exc.is_input_error else EXIT_NODE_FAILED
         print(f"nodegraph: {where}{exc}", file=sys.stderr)
@@ -254,20 +254,29 @@ def _read_params_file(path: Path, base: dict[str, Any]) -> tuple[list[tuple[int,
     return runs, problems
 
 
-def _check_runs(
+def _prepare_runs(
     engine: Any,
     workflow: Any,
     runs: list[tuple[int | None, dict[str, Any]]],
     base: dict[str, Any],
     params_file: Any,
     problems: list[Any],
-) -> None:
-    """Validate every run before the first one starts, so a bad line 40 does not waste 39 runs."""
+) -> list[Any]:
+    """Prepare (and check the files of) every run before the first one starts, so a bad line 40 does not
+    waste 39 runs; the prepared runs are what then runs."""
     from nodegraph.errors import WorkflowError
 
-    per_run = [(line, engine.validate(workflow, params)) for line, params in runs]
+    prepared, per_run = [], []
+    for line, params in runs:
+        try:
+            ready = engine.prepare(workflow, params)
+            issues = engine.validate(ready)
+        except WorkflowError as exc:
+            ready, issues = None, exc.errors
+        prepared.append(ready)
+        per_run.append((line, issues))
     if not problems and not any(issues for _, issues in per_run):
-        return
+        return prepared
     # Issues the workflow has without the file's params are reported once; the rest name their line.
     own = set(engine.validate(workflow, base)) if params_file is not None else set()
     errors = []

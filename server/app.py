@@ -28,7 +28,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from nodegraph.engine.api import Engine
-from nodegraph.errors import ValidationIssue
+from nodegraph.engine.prepare import PreparedRun
+from nodegraph.errors import ValidationIssue, WorkflowError
 from nodegraph.server import protocol
 from nodegraph.server.clients import ClientHub, Frame
 from nodegraph.server.config import ServerConfig
@@ -247,11 +248,13 @@ class NodegraphServer:
         if refusal is not None:
             return [refusal]
         if self._cheap_to_validate(request.prompt):
-            issues = self._validate(request.prompt, request.params)
+            prepared, issues = self._prepare(request.prompt, request.params)
         else:
             assert self._validator is not None
             loop = asyncio.get_running_loop()
-            issues = await loop.run_in_executor(self._validator, self._validate, request.prompt, request.params)
+            prepared, issues = await loop.run_in_executor(
+                self._validator, self._prepare, request.prompt, request.params
+            )
             refusal = self._prompt_refusal(prompt_id)  # again: the queue may have changed meanwhile
             if refusal is not None:
                 return [refusal]
@@ -261,7 +264,8 @@ class NodegraphServer:
             nodes = workflow_nodes(request.prompt)
             frame = protocol.prompt_error("invalid_prompt", message, prompt_id=prompt_id, issues=issues, nodes=nodes)
             return [(frame, True)]
-        item = QueuedPrompt(prompt_id, self.queue.next_number(), client_id, request.prompt, request.params or {})
+        item = QueuedPrompt(prompt_id, self.queue.next_number(), client_id, request.prompt, request.params or {},
+                            prepared=prepared)
         try:
             self.queue.put(item)
         except QueueFull as exc:
@@ -300,12 +304,18 @@ class NodegraphServer:
                 return False
         return True
 
-    def _validate(self, prompt: dict[str, Any], params: dict[str, Any] | None) -> list[ValidationIssue]:
+    def _prepare(
+        self, prompt: dict[str, Any], params: dict[str, Any] | None
+    ) -> tuple[PreparedRun | None, list[ValidationIssue]]:
+        """The prepared run the worker will execute, or the issues that refuse the prompt."""
         try:
-            return self.engine.validate(prompt, params)
+            prepared = self.engine.prepare(prompt, params)
+            return prepared, self.engine.validate(prepared)
+        except WorkflowError as exc:
+            return None, exc.errors
         except Exception as exc:  # validation itself broke: refuse the prompt, say why
             logger.exception("validating a prompt failed")
-            return [ValidationIssue(type="validation_failed", message=f"{type(exc).__name__}: {exc}")]
+            return None, [ValidationIssue(type="validation_failed", message=f"{type(exc).__name__}: {exc}")]
 
     async def _on_interrupt(self, request: InterruptRequest, client_id: str) -> list[Frame]:
         running = self.queue.running

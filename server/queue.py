@@ -33,6 +33,9 @@ class QueuedPrompt:
     params: dict[str, Any]
     submitted_at: float = field(default_factory=time.time)
     interrupt: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    # The engine's PreparedRun from submission (validated then), handed to the worker so it is not prepared
+    # again; a prompt reloaded from disk has none and is prepared when it runs.
+    prepared: Any = field(default=None, repr=False, compare=False)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -221,7 +221,10 @@ class PromptRunner:
         cached: list[str] = []
         status = "error"
         try:
-            result = self.engine.run(item.prompt, item.params or None, relay, item.prompt_id, item.interrupt)
+            if item.prepared is not None:
+                result = self.engine.run(item.prepared, None, relay, item.prompt_id, item.interrupt)
+            else:
+                result = self.engine.run(item.prompt, item.params or None, relay, item.prompt_id, item.interrupt)
             status = "success"
             files = [self._describe_file(path) for path in result.files]
             executed, cached = result.executed, result.cached

@@ -252,3 +252,23 @@ def test_progress_bars_follow_the_events() -> None:
     bars("executing", {"node": None, "prompt_id": "p"})
     text = stream.getvalue()
     assert "run 1/2 nodes" in text and "node 1" in text and "3/3" in text
+
+
+def test_params_file_prepares_each_run_once(cli_main: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checking every line before the first run must not mean preparing every workflow twice."""
+    from nodegraph.engine import api, prepare
+
+    calls: list[dict[str, Any]] = []
+    real = prepare.prepare
+
+    def counting(workflow: Any, params: Any, *rest: Any) -> Any:
+        calls.append(dict(params or {}))
+        return real(workflow, params, *rest)
+
+    monkeypatch.setattr(api, "prepare", counting)
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text('{"a": 1}\n{"a": 2}\n{"a": 3}\n')
+    proc = cli_main("run", ADD, "--params-file", str(runs), "--json", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert [c["a"] for c in calls] == [1, 2, 3]
+    assert [run["outputs"]["4"]["value"] for run in json.loads(proc.stdout)["runs"]] == [4.0, 5.0, 6.0]  # a + 3

@@ -329,3 +329,19 @@ def test_import_nodegraph_is_cheap() -> None:
     code = "import sys, nodegraph; print('torch' in sys.modules, 'nodegraph.engine.api' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_prepared_run_is_what_validate_reports_on_and_run_executes(eng: Engine) -> None:
+    add = {"nodes": {"1": {"class_type": "Float", "inputs": {"value": 2.0}},
+                     "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": 1.0}},
+                     "3": {"class_type": "Preview", "inputs": {"value": ["2", 0]}}},
+           "params": {"a": {"node": "1", "input": "value"}}}
+    prepared = eng.prepare(add, {"a": "5"})
+    assert prepared.params == {"a": 5.0} and prepared.nodes["1"]["inputs"]["value"] == 5.0
+    assert eng.validate(prepared) == []
+    assert eng.run(prepared).outputs["3"]["value"] == 6.0
+    with pytest.raises(TypeError, match="already has its params"):
+        eng.run(prepared, {"a": 1.0})
+    with pytest.raises(nodegraph.WorkflowError) as info:
+        eng.prepare(add, {"a": "five"})
+    assert [issue.type for issue in info.value.errors] == ["invalid_param_value"]

@@ -21,13 +21,15 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-_EXPORTS = {"Engine": "api", "run": "api", "resolve_device": "api", "RunResult": "executor"}
+_EXPORTS = {"Engine": "api", "run": "api", "resolve_device": "api", "RunResult": "executor",
+            "PreparedRun": "prepare"}
 
 if TYPE_CHECKING:
     from nodegraph.engine.api import Engine, resolve_device, run
     from nodegraph.engine.executor import RunResult
+    from nodegraph.engine.prepare import PreparedRun
 
-__all__ = ["Engine", "RunResult", "resolve_device", "run"]
+__all__ = ["Engine", "PreparedRun", "RunResult", "resolve_device", "run"]
 
 
 def __getattr__(name: str) -> Any:

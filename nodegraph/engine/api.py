@@ -5,17 +5,17 @@
     result.outputs["4"]   # {"value": 5.0}
 
 Runs are serialised (one at a time per Engine); `interrupt()` may be called from any thread.
-Validated plans are memoised by the workflow's content, so re-running a workflow skips validation
-and planning; fingerprinted nodes (e.g. LoadImage) are re-fingerprinted on every run.
+`prepare()` turns a workflow and params into a PreparedRun (engine/prepare.py); `validate()` reports on
+it and `run()` executes it, so callers that validate first hand the same object on. Plans are
+memoised by the workflow's content; fingerprinted nodes (e.g. LoadImage) are re-fingerprinted on
+every run, since a file may change between validation and execution.
 """
 
 from __future__ import annotations
 
 import logging
-import marshal
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,15 +26,12 @@ from nodegraph.engine.cache import OutputCache
 from nodegraph.engine.context import RunContext, RunState
 from nodegraph.engine.events import EventCallback
 from nodegraph.engine.executor import RunResult, execute
-from nodegraph.engine.plan import Plan, build_plan, signatures
+from nodegraph.engine.plan import Plan, signatures
+from nodegraph.engine.prepare import PlanMemo, PreparedRun, WorkflowSource, prepare
 from nodegraph.engine.registry import Registry
-from nodegraph.engine.validate import validate_nodes
-from nodegraph.engine.workflow import Workflow, apply_params, load_workflow
 from nodegraph.errors import ConfigError, InputValueError, ValidationIssue, WorkflowError
 
 logger = logging.getLogger("nodegraph")
-
-WorkflowSource = Workflow | Mapping[str, Any] | Path | str
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -77,56 +74,68 @@ class Engine:
         self.output_dir = Path(output_dir if output_dir is not None else "out").absolute()
         self.registry = registry if registry is not None else Registry.discover(plugins=plugins)
         self.cache = OutputCache(cache_budgets, max_cache_entries)
-        self._plans: OrderedDict[tuple[Any, ...], Plan] = OrderedDict()
-        self._plan_memo_size = plan_memo_size
+        self._plans = PlanMemo(plan_memo_size)
         self._run_lock = threading.Lock()  # one run at a time: the cache is shared
-        self._memo_lock = threading.Lock()  # validate() may be called while a run is in progress
         self._active_flag: threading.Event | None = None
         if deterministic and self.device.type == "cuda":
             # Autotuned kernels may differ between runs; seeded nodes should give identical images.
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
 
-    def validate(
+    def prepare(
         self,
         workflow: WorkflowSource,
+        params: Mapping[str, Any] | None = None,
+        outputs: list[str] | None = None,
+    ) -> PreparedRun:
+        """The workflow with params applied, validated and planned; WorkflowError lists every problem.
+
+        `outputs` restricts the run to these output nodes (default: all of them).
+        """
+        return prepare(workflow, params, outputs, self.registry, self._plans)
+
+    def validate(
+        self,
+        workflow: WorkflowSource | PreparedRun,
         params: Mapping[str, Any] | None = None,
         outputs: list[str] | None = None,
     ) -> list[ValidationIssue]:
         """Every problem with the workflow, its params and the files it reads; [] when it can run."""
         try:
-            nodes, resolved, plan = self._prepare(workflow, params, outputs)
-            if plan.fingerprinted:  # e.g. LoadImage: the file must exist inside input_dir
-                self._fingerprints(plan, self._state("validate", nodes, resolved, None, ()))
+            prepared = self._prepared(workflow, params, outputs)
+            if prepared.plan.fingerprinted:  # e.g. LoadImage: the file must exist inside input_dir
+                self._fingerprints(prepared.plan, self._state("validate", prepared, None, ()))
         except WorkflowError as exc:
             return exc.errors
         return []
 
     def run(
         self,
-        workflow: WorkflowSource,
+        workflow: WorkflowSource | PreparedRun,
         params: Mapping[str, Any] | None = None,
         on_event: EventCallback | None = None,
         prompt_id: str | None = None,
         interrupt: Any = None,
         outputs: list[str] | None = None,
     ) -> RunResult:
-        """Run a workflow (path, parsed JSON or Workflow) and return its outputs and files.
+        """Run a workflow (path, parsed JSON, Workflow, or a PreparedRun) and return its outputs and files.
 
         `interrupt` is a threading.Event (or a callable returning bool) that stops the run when set.
         `outputs` restricts the run to these output nodes (default: all of them).
         Raises WorkflowError (invalid input), NodeExecutionError (a node failed) or Interrupted.
         """
         emit = _safe_emitter(on_event) if on_event is not None else None
+        prepared = self._prepared(workflow, params, outputs)
+        plan = prepared.plan
         with self._run_lock:
-            nodes, resolved, plan = self._prepare(workflow, params, outputs)
             flag = threading.Event()
             flags = (flag,) if interrupt is None else (flag, interrupt)
-            state = self._state(prompt_id or uuid.uuid4().hex, nodes, resolved, emit, flags)
+            state = self._state(prompt_id or uuid.uuid4().hex, prepared, emit, flags)
             self._active_flag = flag
             try:
                 node_signatures = plan.static_signatures
                 if node_signatures is None:
+                    # Fingerprints are taken again now: a file may have changed since validation.
                     node_signatures = signatures(plan, self._fingerprints(plan, state))
                 return execute(plan, node_signatures, self.cache, state)
             finally:
@@ -142,55 +151,34 @@ class Engine:
 
     def clear_cache(self) -> None:
         """Forget every cached output and memoised plan (the next run is cold)."""
-        with self._run_lock, self._memo_lock:
+        with self._run_lock:
             self.cache.clear()
             self._plans.clear()
 
     def catalogue(self) -> dict[str, dict[str, Any]]:
         return self.registry.catalogue()
 
-    def _state(
-        self,
-        prompt_id: str,
-        nodes: dict[str, Any],
-        params: dict[str, Any],
-        emit: EventCallback | None,
-        flags: tuple[Any, ...],
-    ) -> RunState:
+    def _state(self, prompt_id: str, prepared: PreparedRun, emit: EventCallback | None,
+               flags: tuple[Any, ...]) -> RunState:
         return RunState(
             prompt_id=prompt_id,
             device=self.device,
             input_dir=self.input_dir,
             output_dir=self.output_dir,
-            workflow=nodes,
-            params=params,
+            workflow=prepared.nodes,
+            params=prepared.params,
             emit=emit,
             flags=flags,
         )
 
-    def _prepare(
-        self, workflow: WorkflowSource, params: Mapping[str, Any] | None, outputs: list[str] | None
-    ) -> tuple[dict[str, Any], dict[str, Any], Plan]:
-        loaded = load_workflow(workflow)
-        nodes, resolved, issues = apply_params(loaded, params, self.registry)
-        key = _content_key(nodes, outputs, self.registry.version)
-        if key is not None and not issues:
-            with self._memo_lock:
-                plan = self._plans.get(key)
-                if plan is not None:
-                    self._plans.move_to_end(key)
-                    return nodes, resolved, plan
-        compiled, node_issues = validate_nodes(nodes, self.registry)
-        plan, plan_issues = build_plan(compiled, outputs)
-        issues = node_issues + plan_issues + issues
-        if issues or plan is None:
-            raise WorkflowError(issues)
-        if key is not None:
-            with self._memo_lock:
-                self._plans[key] = plan
-                if len(self._plans) > self._plan_memo_size:
-                    self._plans.popitem(last=False)
-        return nodes, resolved, plan
+    def _prepared(
+        self, workflow: WorkflowSource | PreparedRun, params: Mapping[str, Any] | None, outputs: list[str] | None
+    ) -> PreparedRun:
+        if not isinstance(workflow, PreparedRun):
+            return self.prepare(workflow, params, outputs)
+        if params or outputs is not None:
+            raise TypeError("a PreparedRun already has its params and outputs; prepare again to change them")
+        return workflow
 
     def _fingerprints(self, plan: Plan, state: RunState) -> dict[str, str]:
         fingerprints: dict[str, str] = {}
@@ -226,17 +214,6 @@ def run(
 ) -> RunResult:
     """One-shot form: build an Engine with `engine_options` and run the workflow once."""
     return Engine(**engine_options).run(workflow, params, on_event, prompt_id=prompt_id, interrupt=interrupt)
-
-
-def _content_key(nodes: Mapping[str, Any], outputs: list[str] | None, version: int) -> tuple[Any, ...] | None:
-    # marshal is several times faster than json.dumps and exact about types (1, 1.0 and True
-    # differ, str subclasses are refused). Format 0 writes no back-references, so equal
-    # workflows give equal bytes whatever objects they share; unequal ones can never collide.
-    try:
-        content = marshal.dumps(nodes, 0)
-    except (ValueError, TypeError, RecursionError):
-        return None  # holds objects marshal cannot write: validate it every time
-    return (version, tuple(outputs) if outputs is not None else None, content)
 
 
 def _safe_emitter(callback: EventCallback) -> EventCallback:
