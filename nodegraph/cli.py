@@ -7,7 +7,6 @@ option), 130 interrupted with Ctrl-C. Invalid input is reported as messages, nev
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -379,24 +378,12 @@ def _describe_input(name: str, spec: dict[str, Any]) -> str:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        server = importlib.import_module("nodegraph.server")
-    except ImportError as exc:
-        print(f"nodegraph serve: the server package cannot be imported ({exc})", file=sys.stderr)
-        return EXIT_INVALID
-    entry = getattr(server, "main", None)
-    if not callable(entry):
-        print(
-            "nodegraph serve: the websocket server is not implemented in this installation yet "
-            "(nodegraph.server has no main()); use `nodegraph run` meanwhile",
-            file=sys.stderr,
-        )
-        return EXIT_INVALID
+    from nodegraph.server import main as serve
+
     argv = ["--host", args.host, "--port", str(args.port)]
     if args.device is not None:
         argv += ["--device", args.device]
     if args.out is not None:
         argv += ["--out", args.out]
     argv += getattr(args, "server_args", [])
-    result = entry(argv)
-    return int(result) if isinstance(result, int) else EXIT_OK
+    return int(serve(argv))

@@ -223,12 +223,6 @@ def test_usage_errors_exit_2(cli_main: Any) -> None:
     assert cli_main("run").returncode == 2
 
 
-def test_serve_without_a_server_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(sys.modules, "nodegraph.server", types.ModuleType("nodegraph.server"))
-    assert cli.main(["serve"]) == 2
-    assert "not implemented" in capsys.readouterr().err
-
-
 def test_serve_hands_its_options_to_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[str]] = []
     server = types.ModuleType("nodegraph.server")

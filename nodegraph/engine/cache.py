@@ -113,7 +113,6 @@ class OutputCache:
         self._budgets: dict[str, int] = {}
         self.used: dict[str, int] = {}
         self.max_entries = max_entries
-        self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -151,7 +150,6 @@ class OutputCache:
             self._evict_until_within(device, keep=signature)
         while len(self._entries) > self.max_entries:
             self._release(self._entries.popitem(last=False)[1])
-            self.evictions += 1
         return True
 
     def discard(self, signature: str) -> None:
@@ -186,7 +184,6 @@ class OutputCache:
             if entry.nbytes.get(device):
                 del self._entries[signature]
                 self._release(entry)
-                self.evictions += 1
 
     def _release(self, entry: CacheEntry) -> None:
         for device, size in entry.nbytes.items():

@@ -56,11 +56,6 @@ def mask_from_alpha(image: Image.Image) -> torch.Tensor | None:
     return torch.from_numpy(1.0 - alpha)[None, None]
 
 
-def mask_to_pil(mask: torch.Tensor) -> list[Image.Image]:
-    """[B, 1, H, W] in [0, 1] -> greyscale images (white = 1)."""
-    return to_pil(mask * 2.0 - 1.0)
-
-
 def preview_image(preview: Any) -> Image.Image:
     """A small RGB PIL image for a progress preview, from a PIL image or an IMAGE tensor (first item)."""
     if isinstance(preview, torch.Tensor):
