@@ -268,3 +268,19 @@ def test_a_node_that_puts_the_wrong_value_on_a_socket_is_named(engine: Engine) -
                                                                      "inputs": {"value": ["b", 0]}}})
     assert info.value.node_id == "b" and "output 0 (images)" in str(info.value)
     assert "IMAGE carries torch.Tensor, not str" in str(info.value)
+
+
+def test_the_architecture_docs_socket_table_matches_the_declarations() -> None:
+    """docs/ARCHITECTURE.md shows the socket table; it must say what the code declares."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "ARCHITECTURE.md").read_text()
+    block = text.split("<!-- socket-table: start -->")[1].split("<!-- socket-table: end -->")[0]
+    rows = [line for line in block.strip().splitlines()[2:]]
+    documented = {}
+    for row in rows:
+        name, value, convention = (cell.strip() for cell in row.strip("|").split(" | "))
+        documented[name.strip("`")] = (value, convention)
+    expected = {}
+    for name, info in Registry.discover(plugins=False).socket_types().items():
+        kind = f" (kind `{info['kind']}`)" if "kind" in info else ""
+        expected[name] = (f"`{info['value']}`{kind}", info["convention"])
+    assert documented == expected, "update the table in docs/ARCHITECTURE.md (nodegraph nodes --types)"
