@@ -11,7 +11,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from nodegraph.engine.context import RunContext
-from nodegraph.engine.imageio import from_pil, mask_from_alpha, save_png, to_pil
+from nodegraph.engine.imageio import from_pil, mask_from_alpha, png_text_key, save_png, to_pil
 from nodegraph.engine.node import In, Node, Out
 from nodegraph.engine.paths import confine
 from nodegraph.engine.sockets import IMAGE, MASK
@@ -55,10 +55,12 @@ class LoadImage(Node):
 
 
 class SaveImage(Node):
-    """Saves each image of the batch as PREFIX_00001_.png, never overwriting an existing file.
+    """Saves each image of the batch as PREFIX_00001_.png, never overwriting an existing file; each file
+    appears whole or not at all.
 
-    The PNG carries the run's API-format workflow ("prompt" text chunk, as ComfyUI writes it) and its
-    param values ("params"), so any saved image can be reproduced.
+    The PNG carries the run's API-format workflow ("prompt" text chunk, as ComfyUI writes it), its param
+    values ("params") and whatever the client sent as extra_pnginfo (ComfyUI's UI-format "workflow"), so
+    any saved image can be reproduced, and dropped onto ComfyUI's canvas to get its graph back.
     """
 
     category = "image"
@@ -82,10 +84,8 @@ class SaveImage(Node):
             str(directory.relative_to(ctx.output_dir.resolve()) / prefix),
             input_name="filename_prefix",
         )
-        text = {
-            "prompt": json.dumps(ctx.workflow, default=str),
-            "params": json.dumps(dict(ctx.params), default=str),
-        }
+        text = {key: json.dumps(value, default=str) for key, value in ctx.extra_pnginfo.items() if png_text_key(key)}
+        text.update(prompt=json.dumps(ctx.workflow, default=str), params=json.dumps(dict(ctx.params), default=str))
         counter = _next_counter(directory, prefix)
         written = []
         for picture in to_pil(images):

@@ -191,3 +191,27 @@ def test_save_refuses_a_symlinked_folder_leaving_the_output_dir(
         engine.run(save_workflow(), {"prefix": "sub/x"})
     assert caught.value.is_input_error
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_the_clients_ui_workflow_travels_in_the_png(engine: Engine, picture: Image.Image) -> None:
+    ui = {"nodes": [{"id": 1, "type": "LoadImage", "pos": [10, 20]}], "links": []}
+    result = engine.run(save_workflow(), extra_pnginfo={"workflow": ui, "bad\x00key": 1, "ünïcode-ok": "x"})
+    with Image.open(result.files[0]) as saved:
+        assert json.loads(saved.text["workflow"]) == ui  # what ComfyUI's canvas reads back from a dropped PNG
+        assert "prompt" in saved.text and "bad\x00key" not in saved.text
+
+
+def test_an_interrupted_save_leaves_no_partial_file(engine: Engine, picture: Image.Image,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    real_save = Image.Image.save
+
+    def dies_halfway(self: Image.Image, fp: Any, *args: Any, **kwargs: Any) -> None:
+        fp.write(b"\x89PNG half an image")
+        raise KeyboardInterrupt  # Ctrl-C while the bytes are going out
+
+    monkeypatch.setattr(Image.Image, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(save_workflow())
+    assert not engine.output_dir.exists() or list(engine.output_dir.iterdir()) == []
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    assert [p.name for p in engine.run(save_workflow()).files] == ["result_00001_.png"]

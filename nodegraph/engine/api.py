@@ -117,11 +117,14 @@ class Engine:
         prompt_id: str | None = None,
         interrupt: Any = None,
         outputs: list[str] | None = None,
+        extra_pnginfo: Mapping[str, Any] | None = None,
     ) -> RunResult:
         """Run a workflow (path, parsed JSON, Workflow, or a PreparedRun) and return its outputs and files.
 
         `interrupt` is a threading.Event (or a callable returning bool) that stops the run when set.
         `outputs` restricts the run to these output nodes (default: all of them).
+        `extra_pnginfo` is written into every saved PNG, one text chunk per key (ComfyUI's client sends its
+        UI-format `workflow` this way, so a PNG dropped onto the canvas restores the graph).
         Raises WorkflowError (invalid input), NodeExecutionError (a node failed) or Interrupted.
         """
         emit = _safe_emitter(on_event) if on_event is not None else None
@@ -130,7 +133,7 @@ class Engine:
         with self._run_lock:
             flag = threading.Event()
             flags = (flag,) if interrupt is None else (flag, interrupt)
-            state = self._state(prompt_id or uuid.uuid4().hex, prepared, emit, flags)
+            state = self._state(prompt_id or uuid.uuid4().hex, prepared, emit, flags, extra_pnginfo)
             self._active_flag = flag
             try:
                 node_signatures = plan.static_signatures
@@ -159,7 +162,7 @@ class Engine:
         return self.registry.catalogue()
 
     def _state(self, prompt_id: str, prepared: PreparedRun, emit: EventCallback | None,
-               flags: tuple[Any, ...]) -> RunState:
+               flags: tuple[Any, ...], extra_pnginfo: Mapping[str, Any] | None = None) -> RunState:
         return RunState(
             prompt_id=prompt_id,
             device=self.device,
@@ -169,6 +172,7 @@ class Engine:
             params=prepared.params,
             emit=emit,
             flags=flags,
+            extra_pnginfo=extra_pnginfo,
         )
 
     def _prepared(

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 class RunState:
     """Per-run settings shared by every node's RunContext in that run."""
 
-    __slots__ = ("prompt_id", "device", "input_dir", "output_dir", "workflow", "params", "emit", "_checks")
+    __slots__ = ("prompt_id", "device", "input_dir", "output_dir", "workflow", "params", "extra_pnginfo", "emit",
+                 "_checks")
 
     def __init__(
         self,
@@ -31,6 +32,7 @@ class RunState:
         params: Mapping[str, Any],
         emit: Callable[[str, dict[str, Any]], None] | None,
         flags: tuple[Any, ...],
+        extra_pnginfo: Mapping[str, Any] | None = None,
     ) -> None:
         self.prompt_id = prompt_id
         self.device = device
@@ -38,6 +40,7 @@ class RunState:
         self.output_dir = output_dir
         self.workflow = workflow
         self.params = params
+        self.extra_pnginfo = extra_pnginfo or {}
         self.emit = emit
         # Flags are threading.Event-like objects (is_set) or plain callables returning a bool.
         self._checks = tuple(getattr(flag, "is_set", flag) for flag in flags)
@@ -92,6 +95,11 @@ class RunContext:
         """The run's param values, by param name, already converted to their inputs' types."""
         return self._run.params
 
+    @property
+    def extra_pnginfo(self) -> Mapping[str, Any]:
+        """What the client asked to be written into saved PNGs (ComfyUI's UI-format `workflow`, say)."""
+        return self._run.extra_pnginfo
+
     def check_interrupt(self) -> None:
         """Raise Interrupted if an interrupt was requested; long loops call this (or progress)."""
         if self._run.interrupted():
@@ -111,6 +119,13 @@ class RunContext:
 
             preview = preview_image(preview)
         emit(*events.progress(self.prompt_id, self.node_id, value, max, preview))
+
+    def send_image(self, image: Any) -> None:
+        """Send a full-size image (PIL) to whoever listens (the server relays it to the client as a binary
+        frame, as ComfyUI's SaveImageWebsocket does); nothing is written to disk."""
+        emit = self._run.emit
+        if emit is not None:
+            emit(*events.image(self.prompt_id, self.node_id, image))
 
     def record(self, **items: Any) -> None:
         """Add (or replace) named values in this node's UI output, e.g. record(images=[...])."""

@@ -14,6 +14,9 @@ returning `(type, data)`, so a payload cannot drift between the two:
                             "exception_type", "traceback": [lines], "current_inputs", "timestamp",
                             "errors"?: [validation issues, when the run stopped before its first node]}
     execution_interrupted  {"prompt_id", "node_id", "node_type", "executed", "timestamp"}
+
+and one that is not a ComfyUI JSON message: `image` {"node", "prompt_id", "image": PIL.Image}, a full image a
+node sends to the client (SaveImageWebsocket); the server sends it as a binary image frame.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ EXECUTED = "executed"
 EXECUTION_SUCCESS = "execution_success"
 EXECUTION_ERROR = "execution_error"
 EXECUTION_INTERRUPTED = "execution_interrupted"
+IMAGE = "image"
 
 EventCallback = Callable[[str, dict[str, Any]], None]
 
@@ -61,6 +65,10 @@ def progress(prompt_id: str, node: str, value: float, max: float, preview: Any =
     if preview is not None:
         data["preview"] = preview
     return PROGRESS, data
+
+
+def image(prompt_id: str, node: str, picture: Any) -> Event:
+    return IMAGE, {"node": node, "prompt_id": prompt_id, "image": picture}
 
 
 def executed(prompt_id: str, node: str, output: Mapping[str, Any]) -> Event:

@@ -6,6 +6,8 @@ MASK is a float tensor [B, 1, H, W] in [0, 1] where 1 marks the region to repain
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +74,27 @@ def preview_image(preview: Any) -> Image.Image:
 
 
 def save_png(image: Image.Image, path: Path, text: dict[str, str] | None = None) -> None:
-    """Write a PNG with tEXt chunks; refuses to overwrite (FileExistsError) so callers pick new names."""
+    """Write a PNG with text chunks, whole or not at all, never over an existing file (FileExistsError, so
+    callers pick a new name): it is written to a hidden temporary beside `path` and then hard-linked into
+    place, which is atomic and fails if the name is taken. An interrupted write leaves no file behind."""
     info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, value)
-    with open(path, "xb") as handle:
-        image.save(handle, format="PNG", pnginfo=info, compress_level=4)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "xb") as handle:
+            image.save(handle, format="PNG", pnginfo=info, compress_level=4)
+        os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def png_text_key(key: object) -> bool:
+    """Whether `key` can name a PNG text chunk (1-79 Latin-1 characters, no NUL)."""
+    if not isinstance(key, str) or not 1 <= len(key) <= 79 or "\x00" in key:
+        return False
+    try:
+        key.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
