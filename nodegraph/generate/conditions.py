@@ -6,12 +6,14 @@
   plus optional classifier and CLIP guidance terms.
 
 Each model family turns a Condition into the keyword tensors its network takes (`unet_condition`,
-`prior_condition`); batching all conditions into one forward is `nodegraph.diffusion.guidance`'s job.
+`prior_condition`), through the adapters training uses as well (`unet_inputs`, `prior_inputs`: the same
+inputs plus per-sample dropout flags); batching all conditions into one forward is
+`nodegraph.diffusion.guidance`'s job.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -84,7 +86,6 @@ class Guidance:
     conditions: tuple[tuple[Condition, float], ...] = ()
     classifier: ClassifierTerm | None = None
     clip: ClipTerm | None = None
-    extra: dict = field(default_factory=dict)
 
     def batch(self) -> int:
         """The largest batch among the conditions' tensors (1 when none has a batch)."""
@@ -120,42 +121,68 @@ def _batched(t: Tensor, batch: int, what: str, input: str) -> Tensor:
 
 def unet_condition(cfg: UNetConfig, cond: Condition, batch: int, context_length: int, device: torch.device,
                    dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
-    """The keyword tensors `UNet.forward` takes for this condition, every key present (null = switched off),
-    so conditions batch together. `context_length` pads text so all conditions have one token length."""
+    """The keyword tensors `UNet.forward` takes for this condition (see `unet_inputs`)."""
+    return unet_inputs(cfg, cond.image_embed, cond.text, batch, context_length, device, dtype)
+
+
+def unet_inputs(cfg: UNetConfig, image_embed: Tensor | None, text: TextEncoding | None, batch: int,
+                context_length: int, device: torch.device, dtype: torch.dtype = torch.float32,
+                image_on: Tensor | None = None, text_on: Tensor | None = None) -> dict[str, Tensor]:
+    """The keyword tensors `UNet.forward` takes, every key present (an absent condition is switched off), so
+    conditions batch together. `context_length` pads absent text so all conditions have one token length.
+
+    `image_on` / `text_on` ([batch] bools, default all on) switch a present condition off per sample: the
+    classifier-free guidance dropout of training, which goes through here so that training and sampling
+    cannot disagree on what the network is given.
+    """
     out: dict[str, Tensor] = {}
     if cfg.clip_dim:
-        if cond.image_embed is not None:
-            if cond.image_embed.shape[-1] != cfg.clip_dim:
-                raise ConditionError(
-                    f"image embedding has width {cond.image_embed.shape[-1]}, the decoder expects {cfg.clip_dim}: "
-                    "use the CLIP the decoder was trained with", "image_embed"
-                )
-            embed = cond.image_embed.to(device, dtype)
-            out["image_embed"] = _batched(embed, batch, "the image embedding", "image_embed")
-            out["image_on"] = torch.ones(batch, device=device, dtype=dtype)
-        else:
-            out["image_embed"] = torch.zeros(batch, cfg.clip_dim, device=device, dtype=dtype)
-            out["image_on"] = torch.zeros(batch, device=device, dtype=dtype)
-    elif cond.image_embed is not None:
+        out.update(_image_inputs(cfg, image_embed, batch, device, dtype, image_on))
+    elif image_embed is not None:
         raise ConditionError("this model takes no image embedding; connect text only, or use a decoder", "image_embed")
     if cfg.text_dim:
-        if cond.text is not None:
-            enc = cond.text
-            if enc.tokens.shape[-1] != cfg.text_dim:
-                raise ConditionError(
-                    f"text tokens have width {enc.tokens.shape[-1]}, the decoder expects {cfg.text_dim}: "
-                    "use the CLIP the decoder was trained with", "text"
-                )
-            out["text_tokens"] = _batched(enc.tokens.to(device, dtype), batch, "the text", "text")
-            out["text_mask"] = _batched(enc.mask.to(device), batch, "the text", "text")
-            out["text_embed"] = _batched(enc.embed.to(device, dtype), batch, "the text", "text")
-        else:
-            out["text_tokens"] = torch.zeros(batch, context_length, cfg.text_dim, device=device, dtype=dtype)
-            out["text_mask"] = torch.zeros(batch, context_length, dtype=torch.bool, device=device)
-            out["text_embed"] = torch.zeros(batch, cfg.text_embed_dim or cfg.text_dim, device=device, dtype=dtype)
-    elif cond.text is not None:
+        out.update(_text_inputs(cfg, text, batch, context_length, device, dtype, text_on))
+    elif text is not None:
         raise ConditionError("this model takes no text; leave the text input unconnected", "text")
     return out
+
+
+def _image_inputs(cfg: UNetConfig, embed: Tensor | None, batch: int, device: torch.device, dtype: torch.dtype,
+                  on: Tensor | None) -> dict[str, Tensor]:
+    if embed is None:
+        zeros = torch.zeros(batch, cfg.clip_dim, device=device, dtype=dtype)
+        return {"image_embed": zeros, "image_on": torch.zeros(batch, device=device, dtype=dtype)}
+    if embed.shape[-1] != cfg.clip_dim:
+        raise ConditionError(
+            f"image embedding has width {embed.shape[-1]}, the decoder expects {cfg.clip_dim}: "
+            "use the CLIP the decoder was trained with", "image_embed"
+        )
+    flags = on.to(device, dtype) if on is not None else torch.ones(batch, device=device, dtype=dtype)
+    return {"image_embed": _batched(embed.to(device, dtype), batch, "the image embedding", "image_embed"),
+            "image_on": flags}
+
+
+def _text_inputs(cfg: UNetConfig, text: TextEncoding | None, batch: int, context_length: int, device: torch.device,
+                 dtype: torch.dtype, on: Tensor | None) -> dict[str, Tensor]:
+    if text is None:
+        return {
+            "text_tokens": torch.zeros(batch, context_length, cfg.text_dim, device=device, dtype=dtype),
+            "text_mask": torch.zeros(batch, context_length, dtype=torch.bool, device=device),
+            "text_embed": torch.zeros(batch, cfg.text_embed_dim or cfg.text_dim, device=device, dtype=dtype),
+        }
+    if text.tokens.shape[-1] != cfg.text_dim:
+        raise ConditionError(
+            f"text tokens have width {text.tokens.shape[-1]}, the decoder expects {cfg.text_dim}: "
+            "use the CLIP the decoder was trained with", "text"
+        )
+    mask = _batched(text.mask.to(device), batch, "the text", "text")
+    if on is not None:  # a fully masked text is the network's null text
+        mask = mask & on.to(device)[:, None]
+    return {
+        "text_tokens": _batched(text.tokens.to(device, dtype), batch, "the text", "text"),
+        "text_mask": mask,
+        "text_embed": _batched(text.embed.to(device, dtype), batch, "the text", "text"),
+    }
 
 
 def prior_condition(cond: Condition, batch: int, context_length: int, text_width: int, clip_dim: int,
@@ -163,19 +190,25 @@ def prior_condition(cond: Condition, batch: int, context_length: int, text_width
     """The keyword tensors `PriorTransformer.forward` takes; the null condition switches text off."""
     if cond.image_embed is not None:
         raise ConditionError("the prior is conditioned on text only; connect a TEXT_EMBED", "image_embed")
-    if cond.text is None:
+    return prior_inputs(cond.text, batch, context_length, text_width, clip_dim, device)
+
+
+def prior_inputs(text: TextEncoding | None, batch: int, context_length: int, text_width: int, clip_dim: int,
+                 device: torch.device, text_on: Tensor | None = None) -> dict[str, Tensor]:
+    """The keyword tensors `PriorTransformer.forward` takes; `text_on` ([batch] bools, default all on)
+    switches present text off per sample (classifier-free guidance dropout in training)."""
+    if text is None:
         return {
             "text_tokens": torch.zeros(batch, context_length, text_width, device=device),
             "text_mask": torch.zeros(batch, context_length, dtype=torch.bool, device=device),
             "text_embed": torch.zeros(batch, clip_dim, device=device),
             "text_on": torch.zeros(batch, dtype=torch.bool, device=device),
         }
-    enc = cond.text
     return {
-        "text_tokens": _batched(enc.tokens.to(device), batch, "the text", "text"),
-        "text_mask": _batched(enc.mask.to(device), batch, "the text", "text"),
-        "text_embed": _batched(enc.embed.to(device), batch, "the text", "text"),
-        "text_on": torch.ones(batch, dtype=torch.bool, device=device),
+        "text_tokens": _batched(text.tokens.to(device), batch, "the text", "text"),
+        "text_mask": _batched(text.mask.to(device), batch, "the text", "text"),
+        "text_embed": _batched(text.embed.to(device), batch, "the text", "text"),
+        "text_on": text_on.to(device) if text_on is not None else torch.ones(batch, dtype=torch.bool, device=device),
     }
 
 

@@ -1,7 +1,8 @@
 """`python -m nodegraph.train MODEL [options]`: train one bundled model (seeded, resumable).
 
-A run resumes from `runs/<MODEL>/last.pt` when it exists; `--steps` may be raised to continue a
-finished run. The best weights (raw or EMA, by the model's own metric) go to `models/<MODEL>.safetensors`.
+A run resumes from `runs/<MODEL>/last.pt` (under the current directory) when it exists; `--steps` may be
+raised to continue a finished run. The best weights (raw or EMA, by the model's own metric) go to
+`<MODEL>.safetensors` in the models directory: the bundled weights' (nodegraph/weights/), or $NODEGRAPH_MODELS.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-limit", type=float, default=0.0, metavar="MINUTES",
                     help="end this invocation (final checkpoint, eval, export) within MINUTES of wall time")
     ap.add_argument("--run-dir", default="", help="default: runs/MODEL")
-    ap.add_argument("--out-dir", default="", help="where best weights are exported; default: models/")
+    ap.add_argument("--out-dir", default="",
+                    help="where best weights are exported; default: the models directory (or $NODEGRAPH_MODELS)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="model-specific option (see the model's DEFAULTS), e.g. --set pool=20000")
     args = ap.parse_args(argv)
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" and not getattr(module, "DEVICE_AWARE", False):
+    if device != "cpu" and not module.RECIPE.device_aware:
         ap.error(f"--device {args.device}: training {args.model} runs on the CPU only so far; drop --device")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():

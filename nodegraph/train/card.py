@@ -1,5 +1,6 @@
-"""`python -m nodegraph.train.card MODEL [--note TEXT]`: write models/MODEL.md from the exported weights'
-metadata and the run's log (architecture, parameter count, command, steps, wall time, measured quality).
+"""`python -m nodegraph.train.card MODEL [--note TEXT]`: write MODEL.md beside the model's weights (in the
+models directory, `nodegraph.weights`) from the weights' metadata and the run's log (architecture, parameter
+count, command, steps, wall time, measured quality).
 
 The card is generated rather than hand-written so its numbers are the ones the run recorded.
 """
@@ -10,8 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
+from nodegraph import weights
 from nodegraph.models.checkpoint import load_state_dict, read_metadata
-from nodegraph.train.common import REPO_ROOT
+from nodegraph.train.common import default_run_dir
 
 
 def _evals(log: Path) -> tuple[list[dict], float, int, set[str]]:
@@ -38,11 +40,11 @@ def _hardware(devices: set[str]) -> str:
 
 
 def write_card(model: str, note: str = "", run_dir: Path | None = None) -> Path:
-    path = REPO_ROOT / "models" / f"{model}.safetensors"
+    path = weights.default_path(model)
     meta = read_metadata(path)
     state = load_state_dict(path)
     n_params = sum(v.numel() for v in state.values())
-    run = run_dir or REPO_ROOT / "runs" / model
+    run = run_dir or default_run_dir(model)
     evals, wall, last_step, devices = _evals(run / "log.jsonl")
     cfg = json.loads((run / "best.json").read_text()) if (run / "best.json").exists() else {}
     lines = [
@@ -75,7 +77,7 @@ def write_card(model: str, note: str = "", run_dir: Path | None = None) -> Path:
         for row in evals:
             vals = [f"{row[k]:.4g}" if isinstance(row.get(k), float) else str(row.get(k)) for k in keys]
             lines.append(f"| {row['step']} | " + " | ".join(vals) + " |")
-    out = REPO_ROOT / "models" / f"{model}.md"
+    out = weights.card_path(model)
     out.write_text("\n".join(lines) + "\n")
     return out
 

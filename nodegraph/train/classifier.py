@@ -6,10 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from nodegraph.models.classifier import HEADS, ClassifierConfig, NoisyClassifier
-from nodegraph.models.unet import count_params
-from nodegraph.train.common import RunState, TrainConfig, export_if_best, start_or_resume, train_loop
+from nodegraph.train.common import TrainConfig
 from nodegraph.train.decoder import SPEC
-from nodegraph.world.dataset import PoolSpec, ScenePool
+from nodegraph.train.recipe import Evaluation, Recipe, Setup, Trainee, run
 from nodegraph.world.render import render, to_model_range
 from nodegraph.world.scene import Scene, random_scenes
 
@@ -51,33 +50,33 @@ def mean_accuracy(table: dict[int, dict[str, float]]) -> float:
     return sum(sum(row.values()) / len(row) for row in table.values()) / len(table)
 
 
-def main(cfg: TrainConfig) -> None:
-    torch.manual_seed(cfg.seed)  # weight initialisation is part of the seeded run
-    ex = cfg.extra
+def build(setup: Setup) -> Trainee:
+    cfg, pool, ex = setup.cfg, setup.pool, setup.cfg.extra
     net = NoisyClassifier(ClassifierConfig(model_channels=ex["channels"]))
-    print(f"[classifier] {count_params(net) / 1e6:.2f}M parameters")
-    pool = ScenePool(PoolSpec(size=ex["pool"], seed=cfg.seed + 2, resolutions=(32,), p_two=0.0),
-                     cache_dir=cfg.dir().parent / "pools")
     all_labels = scene_labels(pool.scenes)
     diffusion = SPEC.build()
-    state = start_or_resume(net, cfg)
 
-    def step(model: torch.nn.Module, _: int) -> tuple[torch.Tensor, dict[str, float]]:
-        idx = pool.sample_indices(cfg.batch_size, state.gen)
+    def loss(model: torch.nn.Module, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = pool.sample_indices(cfg.batch_size, gen)
         x0 = pool.batch(idx, 32)
-        t = torch.randint(diffusion.num_timesteps, (x0.shape[0],), generator=state.gen)
-        x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=state.gen))
+        t = torch.randint(diffusion.num_timesteps, (x0.shape[0],), generator=gen)
+        x_t = diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=gen))
         logits = model(x_t, t)
         return sum(F.cross_entropy(logits[k], all_labels[k][idx]) for k in HEADS), {}
 
-    def evaluate(st: RunState) -> dict[str, float]:
-        raw, ema = accuracy_by_t(st.model), accuracy_by_t(st.ema.model)
-        scores = {"raw": mean_accuracy(raw), "ema": mean_accuracy(ema)}
-        meta = {"kind": "classifier", "config": net.cfg.to_dict(), "diffusion": SPEC.__dict__,
-                "heads": {k: list(v) for k, v in HEADS.items()},
-                "metric": "mean head accuracy over t in (0, 250, 500, 750, 900)"}
-        return {"acc_raw": scores["raw"], "acc_ema": scores["ema"],
-                **export_if_best(st, cfg, scores, cfg.out("classifier.safetensors"), meta,
-                                 {"raw": {"accuracy_by_t": raw}, "ema": {"accuracy_by_t": ema}})}
+    def evaluate(model: NoisyClassifier) -> Evaluation:
+        table = accuracy_by_t(model)
+        acc = mean_accuracy(table)
+        return Evaluation(acc, {"acc": acc}, {"accuracy_by_t": table})
 
-    train_loop(cfg, state, step, evaluate)
+    meta = {"kind": "classifier", "config": net.cfg.to_dict(), "diffusion": SPEC.__dict__,
+            "heads": {k: list(v) for k, v in HEADS.items()},
+            "metric": "mean head accuracy over t in (0, 250, 500, 750, 900)"}
+    return Trainee(net, loss, evaluate, meta)
+
+
+RECIPE = Recipe("classifier", build, pool_seed=2, p_two=0.0)
+
+
+def main(cfg: TrainConfig) -> None:
+    run(RECIPE, cfg)

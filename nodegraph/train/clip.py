@@ -15,14 +15,14 @@ import torch
 from open_clip import ClipLoss
 
 from nodegraph.models.clip import BUNDLED_CLIP, ClipModel, build_clip
-from nodegraph.train.common import TrainConfig, export_if_best, start_or_resume, train_loop
+from nodegraph.train.common import TrainConfig
+from nodegraph.train.recipe import Evaluation, Recipe, Setup, Trainee, run
 from nodegraph.world.captions import caption, training_caption
-from nodegraph.world.dataset import PoolSpec, ScenePool
 from nodegraph.world.render import render, render_uint8, to_model_range
 from nodegraph.world.scene import COLORS, KINDS, POSITIONS, Scene, random_scenes
 
 DEFAULTS = dict(steps=3000, batch_size=128, lr=5e-4, warmup=200, weight_decay=0.1, eval_every=250,
-                extra=dict(twins=0))
+                extra=dict(pool=60_000, twins=0))
 SWAPS = {"kind": KINDS, "color": COLORS, "size": ("small", "large"), "position": tuple(POSITIONS)}
 EVAL_SEED = 10_000  # held-out scenes: a seed no training pool uses
 
@@ -69,39 +69,36 @@ def kind_twins(scenes: list[Scene], gen: torch.Generator) -> list[Scene]:
     return twins
 
 
-def main(cfg: TrainConfig) -> None:
-    torch.manual_seed(cfg.seed)  # weight initialisation is part of the seeded run
+def build(setup: Setup) -> Trainee:
+    cfg, pool = setup.cfg, setup.pool
     clip = build_clip(BUNDLED_CLIP)
-    pool = ScenePool(PoolSpec(size=cfg.extra.get("pool", 60_000), seed=cfg.seed, resolutions=(32,)),
-                     cache_dir=cfg.dir().parent / "pools")
-    state = start_or_resume(clip.model, cfg)
-    loss_fn = ClipLoss()
+    contrastive = ClipLoss()
 
-    def step(model: torch.nn.Module, _: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(model: torch.nn.Module, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         k = cfg.extra["twins"]
-        idx = pool.sample_indices(cfg.batch_size - k, state.gen)
-        x, caps = pool.batch(idx, 32), pool.captions(idx, state.gen)
+        idx = pool.sample_indices(cfg.batch_size - k, gen)
+        x, caps = pool.batch(idx, 32), pool.captions(idx, gen)
         if k:  # the first k pool scenes get a kind-swapped twin in the same batch
-            twins = kind_twins([pool.scenes[i] for i in idx[:k].tolist()], state.gen)
+            twins = kind_twins([pool.scenes[i] for i in idx[:k].tolist()], gen)
             x = torch.cat([x, to_model_range(render_uint8(twins, 32).float())])  # quantised like the pool
-            caps = caps + [training_caption(t, state.gen) for t in twins]
-        images = clip.preprocess(x)
-        tokens = clip.tokenize(caps)
-        f_img = model.encode_image(images, normalize=True)
-        f_txt = model.encode_text(tokens, normalize=True)
-        return loss_fn(f_img, f_txt, model.logit_scale.exp()), {"scale": model.logit_scale.exp().item()}
+            caps = caps + [training_caption(t, gen) for t in twins]
+        f_img = model.encode_image(clip.preprocess(x), normalize=True)
+        f_txt = model.encode_text(clip.tokenize(caps), normalize=True)
+        return contrastive(f_img, f_txt, model.logit_scale.exp()), {"scale": model.logit_scale.exp().item()}
 
-    def evaluate(st) -> dict[str, float]:
-        stats, scores = {}, {}
-        for which, model in (("raw", st.model), ("ema", st.ema.model)):
-            c = ClipModel(model, BUNDLED_CLIP)
-            stats[f"top1_{which}"] = retrieval_top1(c)
-            swaps = swap_accuracy(c)
-            stats.update({f"{a}_{which}": v for a, v in swaps.items()})
-            # Retrieval saturates early; the worst-read attribute is what downstream models lack.
-            scores[which] = (stats[f"top1_{which}"] + min(swaps.values())) / 2
-        meta = {"kind": "clip", "model_name": BUNDLED_CLIP,
-                "metric": "mean of text->image top-1 (256 held-out) and the worst attribute-swap accuracy"}
-        return {**stats, **export_if_best(st, cfg, scores, cfg.out("clip.safetensors"), meta)}
+    def evaluate(model: torch.nn.Module) -> Evaluation:
+        c = ClipModel(model, BUNDLED_CLIP)
+        top1, swaps = retrieval_top1(c), swap_accuracy(c)
+        # Retrieval saturates early; the worst-read attribute is what downstream models lack.
+        return Evaluation((top1 + min(swaps.values())) / 2, {"top1": top1, **swaps})
 
-    train_loop(cfg, state, step, evaluate)
+    meta = {"kind": "clip", "model_name": BUNDLED_CLIP,
+            "metric": "mean of text->image top-1 (256 held-out) and the worst attribute-swap accuracy"}
+    return Trainee(clip.model, loss, evaluate, meta)
+
+
+RECIPE = Recipe("clip", build)
+
+
+def main(cfg: TrainConfig) -> None:
+    run(RECIPE, cfg)

@@ -1,8 +1,9 @@
 """What every training run shares: seeding, EMA with warm-up, resumable checkpoints, logging, export.
 
-A run lives in `runs/<name>/`: `last.pt` (model, EMA, optimiser, step, RNG state; written atomically
-every `ckpt_every` steps so a killed job resumes where it stopped) and `log.jsonl`. Exported
-weights go to `models/<name>.safetensors` in fp16 with the config in the file's metadata.
+A run lives in `runs/<name>/` under the current directory: `last.pt` (model, EMA, optimiser, step, RNG
+state; written atomically every `ckpt_every` steps so a killed job resumes where it stopped) and
+`log.jsonl`. Exported weights go to the models directory the loaders read (`nodegraph.weights`: the
+bundled weights, or $NODEGRAPH_MODELS) in fp16 with the config in the file's metadata.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nodegraph import weights
 from nodegraph.models.checkpoint import save_safetensors
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+
+def default_run_dir(name: str) -> Path:
+    # relative to the working directory: an installed package has no repository root to put runs in
+    return Path("runs") / name
 
 
 @dataclass
@@ -45,11 +50,13 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def dir(self) -> Path:
-        return Path(self.run_dir) if self.run_dir else REPO_ROOT / "runs" / self.name
+        return Path(self.run_dir) if self.run_dir else default_run_dir(self.name)
 
-    def out(self, filename: str) -> Path:
-        """Where exported weights go: models/ unless the run says otherwise (tests do)."""
-        return (Path(self.out_dir) if self.out_dir else REPO_ROOT / "models") / filename
+    def export_path(self, family: str) -> Path:
+        """Where the best weights of a family go: its default file, where the loaders look, unless
+        `out_dir` says otherwise (tests do)."""
+        default = weights.default_path(family)
+        return Path(self.out_dir) / default.name if self.out_dir else default
 
 
 class EMA:

@@ -13,19 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from nodegraph.models.clip import ClipModel, load_clip
+from nodegraph.generate.conditions import Condition, unet_condition, unet_inputs
+from nodegraph.models.clip import ClipModel
 from nodegraph.models.diffusion_model import DiffusionSpec
-from nodegraph.models.unet import UNet, UNetConfig, count_params
-from nodegraph.train.common import (
-    REPO_ROOT,
-    RunState,
-    TrainConfig,
-    export_if_best,
-    start_or_resume,
-    train_loop,
-)
+from nodegraph.models.unet import UNet, UNetConfig
+from nodegraph.train.common import TrainConfig
+from nodegraph.train.recipe import Evaluation, Recipe, Setup, Trainee, run
 from nodegraph.world.captions import caption
-from nodegraph.world.dataset import PoolSpec, ScenePool
 from nodegraph.world.render import render, to_model_range
 from nodegraph.world.scene import random_scenes
 
@@ -34,7 +28,6 @@ DEFAULTS = dict(
     extra=dict(pool=60_000, channels=48, p_drop_image=0.35, p_drop_text=0.45, eval_n=48, eval_steps=25, min_snr=5.0),
 )
 EVAL_SEED = 20_000
-DEVICE_AWARE = True  # `--device cuda` trains here: batches are drawn on the CPU and moved to the weights' device
 # v-prediction: with ε-prediction, x̂0 = (x_t - √(1-ᾱ)ε̂)/√ᾱ amplifies the ε error by ~2·10^4 at t = 999
 # (ᾱ ≈ 2e-9), so the first sampling steps put clipped garbage into the image that later steps keep as
 # grain; v gives x̂0 ≈ -v̂ there. (ε-trained weights fine-tune to v in a few hundred steps.)
@@ -49,24 +42,17 @@ def decoder_config(channels: int, clip: ClipModel, in_channels: int = 3) -> UNet
     )
 
 
-@torch.no_grad()
-def conditions(clip: ClipModel, images: torch.Tensor | None, captions: list[str] | None) -> dict[str, torch.Tensor]:
-    """The decoder's keyword inputs from CLIP: unit-norm image embedding, text tokens, mask, pooled text."""
-    cond: dict[str, torch.Tensor] = {}
-    if images is not None:
-        cond["image_embed"] = torch.nn.functional.normalize(clip.encode_image(images), dim=-1)
-    if captions is not None:
-        enc = clip.encode_text(captions)
-        cond.update(text_tokens=enc.tokens, text_mask=enc.mask, text_embed=enc.embed)
-    return cond
-
-
-def drop_conditions(cond: dict[str, torch.Tensor], p_image: float, p_text: float, gen: torch.Generator) -> dict:
-    """Switch the image embedding and the text off per sample (classifier-free guidance training)."""
-    b, device = cond["image_embed"].shape[0], cond["image_embed"].device
-    image_on = (torch.rand(b, generator=gen) >= p_image).float().to(device)
-    text_on = (torch.rand(b, generator=gen) >= p_text).to(device)
-    return {**cond, "image_on": image_on, "text_mask": cond["text_mask"] & text_on[:, None]}
+def training_conditions(net_cfg: UNetConfig, clip: ClipModel, images: torch.Tensor, captions: list[str],
+                        p_drop_image: float, p_drop_text: float, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """The UNet's condition inputs for a batch, built by the sampling adapter, with the image embedding and
+    the text each switched off per sample (classifier-free guidance training)."""
+    with torch.no_grad():
+        embed, text = clip.embed_images(images), clip.encode_text(captions)
+    b = images.shape[0]
+    image_on = torch.rand(b, generator=gen) >= p_drop_image
+    text_on = torch.rand(b, generator=gen) >= p_drop_text
+    return unet_inputs(net_cfg, embed, text, b, clip.context_length, images.device,
+                       image_on=image_on, text_on=text_on)
 
 
 @torch.no_grad()
@@ -81,6 +67,7 @@ def _sample(net: UNet, cond: dict[str, torch.Tensor], n: int, steps: int) -> tor
     return out.clamp(-1, 1)
 
 
+@torch.no_grad()
 def sample_score(net: UNet, clip: ClipModel, n: int, steps: int, mode: str = "both") -> float:
     """Attribute accuracy of samples for held-out scenes, conditioned on their true CLIP embeddings.
 
@@ -91,52 +78,50 @@ def sample_score(net: UNet, clip: ClipModel, n: int, steps: int, mode: str = "bo
     scenes = random_scenes(n, EVAL_SEED)
     caps = [caption(s) for s in scenes]
     images = to_model_range(render(scenes, 32)).to(clip.device)
-    cond = conditions(clip, images if mode != "text" else None, caps if mode != "image" else None)
-    return score_batch(_sample(net, cond, n, steps), caps).attribute_accuracy
+    cond = Condition(text=clip.encode_text(caps) if mode != "image" else None,
+                     image_embed=clip.embed_images(images) if mode != "text" else None)
+    inputs = unet_condition(net.cfg, cond, n, clip.context_length, clip.device)
+    return score_batch(_sample(net, inputs, n, steps), caps).attribute_accuracy
 
 
-def unconditional_valid(net: UNet, n: int, steps: int) -> float:
+def unconditional_valid(net: UNet, clip: ClipModel, n: int, steps: int) -> float:
     """Fraction of unconditional samples (no text, no image embedding) that parse as valid scenes."""
     from nodegraph.world.scorer import valid_rate
 
-    return valid_rate(_sample(net, {}, n, steps))
+    inputs = unet_condition(net.cfg, Condition(), n, clip.context_length, clip.device)
+    return valid_rate(_sample(net, inputs, n, steps))
+
+
+def build(setup: Setup) -> Trainee:
+    cfg, pool, clip, ex = setup.cfg, setup.pool, setup.clip, setup.cfg.extra
+    net = UNet(decoder_config(ex["channels"], clip))
+    diffusion = SPEC.build()
+
+    def loss(model: torch.nn.Module, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = pool.sample_indices(cfg.batch_size, gen)
+        x0 = pool.batch(idx, 32).to(cfg.device)
+        cond = training_conditions(net.cfg, clip, x0, pool.captions(idx, gen), ex["p_drop_image"],
+                                   ex["p_drop_text"], gen)
+        t = torch.randint(diffusion.num_timesteps, (x0.shape[0],), generator=gen).to(cfg.device)
+        noise = torch.randn(x0.shape, generator=gen).to(cfg.device)
+        x_t = diffusion.q_sample(x0, t, noise)
+        return diffusion.training_losses(model(x_t, t, **cond), x0, x_t, t, noise, ex["min_snr"]).mean(), {}
+
+    def evaluate(model: UNet) -> Evaluation:
+        # One checkpoint serves conditional and unconditional sampling, so the export score weighs both:
+        # conditional accuracy alone let unconditional validity drift (0.80 valid at 0.876 accuracy).
+        acc = sample_score(model, clip, ex["eval_n"], ex["eval_steps"])
+        valid = unconditional_valid(model, clip, ex["eval_n"], ex["eval_steps"])
+        return Evaluation((acc + valid) / 2, {"acc": acc, "valid": valid})
+
+    meta = {"kind": "decoder", "config": net.cfg.to_dict(), "diffusion": SPEC.__dict__,
+            "clip_model_name": clip.model_name,
+            "metric": "mean of attribute accuracy (unguided, true embeddings) and unconditional valid rate"}
+    return Trainee(net, loss, evaluate, meta)
+
+
+RECIPE = Recipe("decoder", build, uses_clip=True, device_aware=True)
 
 
 def main(cfg: TrainConfig) -> None:
-    torch.manual_seed(cfg.seed)  # weight initialisation is part of the seeded run
-    clip = load_clip(cfg.extra.get("clip", REPO_ROOT / "models" / "clip.safetensors"))
-    clip.model.requires_grad_(False)
-    ex = cfg.extra
-    clip.to(cfg.device)
-    net = UNet(decoder_config(ex["channels"], clip))
-    print(f"[decoder] {count_params(net) / 1e6:.2f}M parameters")
-    pool = ScenePool(PoolSpec(size=ex["pool"], seed=cfg.seed, resolutions=(32,)),
-                     cache_dir=cfg.dir().parent / "pools", workers=ex.get("render_workers", 1))
-    diffusion = SPEC.build()
-    state = start_or_resume(net, cfg)
-
-    def step(model: torch.nn.Module, _: int) -> tuple[torch.Tensor, dict[str, float]]:
-        idx = pool.sample_indices(cfg.batch_size, state.gen)
-        x0 = pool.batch(idx, 32).to(cfg.device)
-        cond = drop_conditions(conditions(clip, x0, pool.captions(idx, state.gen)),
-                               ex["p_drop_image"], ex["p_drop_text"], state.gen)
-        t = torch.randint(diffusion.num_timesteps, (x0.shape[0],), generator=state.gen).to(cfg.device)
-        noise = torch.randn(x0.shape, generator=state.gen).to(cfg.device)
-        x_t = diffusion.q_sample(x0, t, noise)
-        loss = diffusion.training_losses(model(x_t, t, **cond), x0, x_t, t, noise, ex["min_snr"]).mean()
-        return loss, {}
-
-    def evaluate(st: RunState) -> dict[str, float]:
-        # One checkpoint serves conditional and unconditional sampling, so the export score weighs both:
-        # conditional accuracy alone let unconditional validity drift (0.80 valid at 0.876 accuracy).
-        weights = {"raw": st.model, "ema": st.ema.model}
-        acc = {k: sample_score(m, clip, ex["eval_n"], ex["eval_steps"]) for k, m in weights.items()}
-        valid = {k: unconditional_valid(m, ex["eval_n"], ex["eval_steps"]) for k, m in weights.items()}
-        scores = {k: (acc[k] + valid[k]) / 2 for k in acc}
-        meta = {"kind": "decoder", "config": net.cfg.to_dict(), "diffusion": SPEC.__dict__,
-                "clip_model_name": clip.model_name,
-                "metric": "mean of attribute accuracy (unguided, true embeddings) and unconditional valid rate"}
-        return {**{f"acc_{k}": v for k, v in acc.items()}, **{f"valid_{k}": v for k, v in valid.items()},
-                **export_if_best(st, cfg, scores, cfg.out("decoder.safetensors"), meta)}
-
-    train_loop(cfg, state, step, evaluate)
+    run(RECIPE, cfg)

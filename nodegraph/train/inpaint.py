@@ -2,20 +2,25 @@
 
 The network gets 4 extra input channels, [image * mask, mask] (mask = 1 where pixels are known),
 initialised from the trained decoder with zero weights on the new channels so training starts from
-the decoder's behaviour. Masks are random rectangles and free-form strokes (GLIDE, sec. 4).
+the decoder's behaviour (the bundled decoder, or `--set decoder=PATH`). Masks are random rectangles and
+free-form strokes (GLIDE, sec. 4).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from nodegraph.models.checkpoint import load_state_dict
-from nodegraph.models.clip import load_clip
-from nodegraph.models.unet import UNet, count_params
-from nodegraph.train.common import REPO_ROOT, RunState, TrainConfig, export_if_best, start_or_resume, train_loop
-from nodegraph.train.decoder import SPEC, conditions, decoder_config, drop_conditions
+from nodegraph import weights
+from nodegraph.generate.conditions import Condition, unet_condition
+from nodegraph.models.clip import ClipModel
+from nodegraph.models.diffusion_model import DiffusionModel
+from nodegraph.models.unet import UNet
+from nodegraph.train.common import TrainConfig
+from nodegraph.train.decoder import SPEC, training_conditions
+from nodegraph.train.recipe import Evaluation, Recipe, Setup, Trainee, load_start, run
 from nodegraph.world.captions import caption
-from nodegraph.world.dataset import PoolSpec, ScenePool
 from nodegraph.world.render import render, to_model_range
 from nodegraph.world.scene import POSITIONS, SIZES, random_scenes
 
@@ -64,7 +69,7 @@ def shape_box_mask(scenes, size: int = 32, margin: float = 2.0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def inpaint_score(net: UNet, clip, n: int, steps: int) -> float:
+def inpaint_score(net: UNet, clip: ClipModel, n: int, steps: int) -> float:
     """Hide the shape of held-out one-shape scenes and regenerate it from the full caption (text only,
     no guidance); the score is the accuracy of the shape's kind and colour in the result."""
     from nodegraph.diffusion.samplers import sample
@@ -75,7 +80,7 @@ def inpaint_score(net: UNet, clip, n: int, steps: int) -> float:
     image = to_model_range(render(scenes, 32))
     mask = shape_box_mask(scenes)
     caps = [caption(s) for s in scenes]
-    cond = conditions(clip, None, caps)
+    cond = unet_condition(net.cfg, Condition(text=clip.encode_text(caps)), n, clip.context_length, clip.device)
     gen = torch.Generator().manual_seed(0)
     extra = torch.cat([image * mask, mask], dim=1)
     out = sample(SPEC.build(), lambda x, t: net(x, t, extra=extra, **cond), torch.randn(image.shape, generator=gen),
@@ -88,42 +93,46 @@ def inpaint_score(net: UNet, clip, n: int, steps: int) -> float:
     return score_batch(out, specs).attribute_accuracy
 
 
-def main(cfg: TrainConfig) -> None:
-    torch.manual_seed(cfg.seed)  # weight initialisation is part of the seeded run
-    ex = cfg.extra
-    clip = load_clip(ex.get("clip", REPO_ROOT / "models" / "clip.safetensors"))
-    clip.model.requires_grad_(False)
-    net = UNet(decoder_config(ex.get("channels", 48), clip, in_channels=7))
-    decoder_path = ex.get("decoder", REPO_ROOT / "models" / "decoder.safetensors")
-    init = load_state_dict(decoder_path, dtype=torch.float32)
-    w = init["inp.weight"]
-    init["inp.weight"] = torch.cat([w, torch.zeros(w.shape[0], 4, *w.shape[2:])], dim=1)
-    net.load_state_dict(init)
-    print(f"[inpaint] {count_params(net) / 1e6:.2f}M parameters, initialised from {decoder_path}")
-    pool = ScenePool(PoolSpec(size=ex["pool"], seed=cfg.seed, resolutions=(32,)),
-                     cache_dir=cfg.dir().parent / "pools")
-    diffusion = SPEC.build()
-    state = start_or_resume(net, cfg)
+def from_decoder(decoder: DiffusionModel) -> UNet:
+    """The decoder's network with 4 more input channels whose weights start at zero: it begins as the decoder."""
+    net = UNet(dataclasses.replace(decoder.net.cfg, in_channels=decoder.net.cfg.in_channels + 4))
+    state = decoder.net.state_dict()
+    w = state["inp.weight"]
+    state["inp.weight"] = torch.cat([w, torch.zeros(w.shape[0], 4, *w.shape[2:])], dim=1)
+    net.load_state_dict(state)
+    return net
 
-    def step(model: torch.nn.Module, _: int) -> tuple[torch.Tensor, dict[str, float]]:
-        idx = pool.sample_indices(cfg.batch_size, state.gen)
+
+def build(setup: Setup) -> Trainee:
+    cfg, pool, clip, ex = setup.cfg, setup.pool, setup.clip, setup.cfg.extra
+    net = from_decoder(load_start("decoder", ex.get("decoder")))
+    print(f"[inpaint] initialised from {ex.get('decoder') or weights.default_path('decoder')}")
+    diffusion = SPEC.build()
+
+    def loss(model: torch.nn.Module, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = pool.sample_indices(cfg.batch_size, gen)
         x0 = pool.batch(idx, 32)
-        cond = drop_conditions(conditions(clip, x0, pool.captions(idx, state.gen)),
-                               ex["p_drop_image"], ex["p_drop_text"], state.gen)
-        mask = random_masks(x0.shape[0], 32, state.gen)
-        t = torch.randint(diffusion.num_timesteps, (x0.shape[0],), generator=state.gen)
-        noise = torch.randn(x0.shape, generator=state.gen)
+        cond = training_conditions(net.cfg, clip, x0, pool.captions(idx, gen), ex["p_drop_image"],
+                                   ex["p_drop_text"], gen)
+        mask = random_masks(x0.shape[0], 32, gen)
+        t = torch.randint(diffusion.num_timesteps, (x0.shape[0],), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
         x_t = diffusion.q_sample(x0, t, noise)
         out = model(x_t, t, extra=torch.cat([x0 * mask, mask], dim=1), **cond)
         return diffusion.training_losses(out, x0, x_t, t, noise, ex["min_snr"]).mean(), {}
 
-    def evaluate(st: RunState) -> dict[str, float]:
-        scores = {"raw": inpaint_score(st.model, clip, ex["eval_n"], ex["eval_steps"]),
-                  "ema": inpaint_score(st.ema.model, clip, ex["eval_n"], ex["eval_steps"])}
-        meta = {"kind": "inpaint", "config": net.cfg.to_dict(), "diffusion": SPEC.__dict__,
-                "clip_model_name": clip.model_name, "mask_convention": "1 = known pixel",
-                "metric": "kind+colour accuracy of the regenerated shape, text only, unguided"}
-        return {"acc_raw": scores["raw"], "acc_ema": scores["ema"],
-                **export_if_best(st, cfg, scores, cfg.out("inpaint.safetensors"), meta)}
+    def evaluate(model: UNet) -> Evaluation:
+        acc = inpaint_score(model, clip, ex["eval_n"], ex["eval_steps"])
+        return Evaluation(acc, {"acc": acc})
 
-    train_loop(cfg, state, step, evaluate)
+    meta = {"kind": "inpaint", "config": net.cfg.to_dict(), "diffusion": SPEC.__dict__,
+            "clip_model_name": clip.model_name, "mask_convention": "1 = known pixel",
+            "metric": "kind+colour accuracy of the regenerated shape, text only, unguided"}
+    return Trainee(net, loss, evaluate, meta)
+
+
+RECIPE = Recipe("inpaint", build, uses_clip=True)
+
+
+def main(cfg: TrainConfig) -> None:
+    run(RECIPE, cfg)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nodegraph.models.clip import ClipModel, load_clip
+from nodegraph.models.clip import ClipModel
 from nodegraph.models.noised_clip import NoisedClipConfig, NoisedImageTower
-from nodegraph.models.unet import count_params
-from nodegraph.train.common import REPO_ROOT, RunState, TrainConfig, export_if_best, start_or_resume, train_loop
+from nodegraph.train.common import TrainConfig
 from nodegraph.train.decoder import SPEC
+from nodegraph.train.recipe import Evaluation, Recipe, Setup, Trainee, run
 from nodegraph.world.captions import caption
-from nodegraph.world.dataset import PoolSpec, ScenePool
 from nodegraph.world.render import render, to_model_range
 from nodegraph.world.scene import random_scenes
 
@@ -46,40 +45,39 @@ def retrieval_by_t(tower: NoisedImageTower, clip: ClipModel, n: int = 256) -> di
     return out
 
 
-def main(cfg: TrainConfig) -> None:
-    torch.manual_seed(cfg.seed)  # weight initialisation is part of the seeded run
-    clip = load_clip(cfg.extra.get("clip", REPO_ROOT / "models" / "clip.safetensors"))
-    clip.model.requires_grad_(False)
+def build(setup: Setup) -> Trainee:
+    cfg, pool, clip, ex = setup.cfg, setup.pool, setup.clip, setup.cfg.extra
     ncfg = NoisedClipConfig(image_size=clip.image_size, embed_dim=clip.embed_dim)
     tower = NoisedImageTower(ncfg)
-    print(f"[noised_clip] {count_params(tower) / 1e6:.2f}M parameters")
-    pool = ScenePool(PoolSpec(size=cfg.extra["pool"], seed=cfg.seed, resolutions=(32,)),
-                     cache_dir=cfg.dir().parent / "pools")
     diffusion = SPEC.build()
-    state = start_or_resume(tower, cfg)
 
-    def step(model: torch.nn.Module, _: int) -> tuple[torch.Tensor, dict[str, float]]:
-        idx = pool.sample_indices(cfg.batch_size, state.gen)
+    def loss(model: torch.nn.Module, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = pool.sample_indices(cfg.batch_size, gen)
         x0 = pool.batch(idx, 32)
         with torch.no_grad():
-            txt = F.normalize(clip.encode_text(pool.captions(idx, state.gen)).embed, dim=-1)
-            clean = F.normalize(clip.encode_image(x0), dim=-1)
-        t = torch.randint(diffusion.num_timesteps, (x0.shape[0],), generator=state.gen)
-        img = F.normalize(model(diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=state.gen)), t), dim=-1)
+            txt = F.normalize(clip.encode_text(pool.captions(idx, gen)).embed, dim=-1)
+            clean = clip.embed_images(x0)
+        t = torch.randint(diffusion.num_timesteps, (x0.shape[0],), generator=gen)
+        img = F.normalize(model(diffusion.q_sample(x0, t, torch.randn(x0.shape, generator=gen)), t), dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
         labels = torch.arange(len(idx))
         contrastive = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         distill = (1 - (img * clean).sum(-1)).mean()
-        return contrastive + cfg.extra["distill"] * distill, {"distill": distill.item()}
+        return contrastive + ex["distill"] * distill, {"distill": distill.item()}
 
-    def evaluate(st: RunState) -> dict[str, float]:
-        raw, ema = retrieval_by_t(st.model, clip), retrieval_by_t(st.ema.model, clip)
-        scores = {"raw": sum(raw.values()) / len(raw), "ema": sum(ema.values()) / len(ema)}
-        meta = {"kind": "noised_clip", "config": ncfg.to_dict(), "diffusion": SPEC.__dict__,
-                "clip_model_name": clip.model_name,
-                "metric": "mean text->noised-image top-1 over t in (0, 250, 500, 750, 900)"}
-        return {"top1_raw": scores["raw"], "top1_ema": scores["ema"],
-                **export_if_best(st, cfg, scores, cfg.out("noised_clip.safetensors"), meta,
-                                 {"raw": {"retrieval_by_t": raw}, "ema": {"retrieval_by_t": ema}})}
+    def evaluate(model: NoisedImageTower) -> Evaluation:
+        table = retrieval_by_t(model, clip)
+        top1 = sum(table.values()) / len(table)
+        return Evaluation(top1, {"top1": top1}, {"retrieval_by_t": table})
 
-    train_loop(cfg, state, step, evaluate)
+    meta = {"kind": "noised_clip", "config": ncfg.to_dict(), "diffusion": SPEC.__dict__,
+            "clip_model_name": clip.model_name,
+            "metric": "mean text->noised-image top-1 over t in (0, 250, 500, 750, 900)"}
+    return Trainee(tower, loss, evaluate, meta)
+
+
+RECIPE = Recipe("noised_clip", build, uses_clip=True)
+
+
+def main(cfg: TrainConfig) -> None:
+    run(RECIPE, cfg)

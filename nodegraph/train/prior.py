@@ -7,20 +7,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nodegraph.models.clip import ClipModel, load_clip
+from nodegraph.generate.conditions import Condition, prior_condition, prior_inputs
+from nodegraph.models.clip import ClipModel
 from nodegraph.models.diffusion_model import DiffusionSpec
 from nodegraph.models.prior import PriorConfig, PriorTransformer
-from nodegraph.models.unet import count_params
-from nodegraph.train.common import (
-    REPO_ROOT,
-    RunState,
-    TrainConfig,
-    export_if_best,
-    start_or_resume,
-    train_loop,
-)
+from nodegraph.train.common import TrainConfig
+from nodegraph.train.recipe import Evaluation, Recipe, Setup, Trainee, run
 from nodegraph.world.captions import caption
-from nodegraph.world.dataset import PoolSpec, ScenePool
+from nodegraph.world.dataset import ScenePool
 from nodegraph.world.render import render, to_model_range
 from nodegraph.world.scene import random_scenes
 
@@ -55,51 +49,54 @@ def prior_retrieval(prior: PriorTransformer, clip: ClipModel, n: int, steps: int
     scenes = random_scenes(n, EVAL_SEED)
     caps = [caption(s) for s in scenes]
     truth = F.normalize(clip.encode_image(to_model_range(render(scenes, 32))), dim=-1)
-    enc = clip.encode_text(caps)
+    c = prior.cfg
+    cond = prior_condition(Condition(text=clip.encode_text(caps)), n, c.context_length, c.text_width, c.clip_dim,
+                           clip.device)
     gen = torch.Generator().manual_seed(0)
-    z = sample(SPEC.build(), lambda x, t: prior(x, t, enc.tokens, enc.mask, enc.embed),
+    z = sample(SPEC.build(), lambda x, t: prior(x, t, **cond),
                torch.randn(n, prior.cfg.clip_dim, generator=gen), sampler="ddim", steps=steps, generator=gen)
     emb = prior.denormalize(z)
     sim = emb @ truth.T
     best = sim.argmax(dim=1).tolist()
     top1 = sum(caps[j] == caps[i] for i, j in enumerate(best)) / n
-    return {"cos": sim.diagonal().mean().item(), "top1": top1}
+    return {"top1": top1, "cos": sim.diagonal().mean().item()}
 
 
-def main(cfg: TrainConfig) -> None:
-    torch.manual_seed(cfg.seed)  # weight initialisation is part of the seeded run
-    clip = load_clip(cfg.extra.get("clip", REPO_ROOT / "models" / "clip.safetensors"))
-    clip.model.requires_grad_(False)
-    ex = cfg.extra
+def build(setup: Setup) -> Trainee:
+    cfg, pool, clip, ex = setup.cfg, setup.pool, setup.clip, setup.cfg.extra
     pcfg = PriorConfig(clip_dim=clip.embed_dim, text_width=clip.text_width, context_length=clip.context_length,
                        width=ex["width"], layers=ex["layers"], heads=4)
     prior = PriorTransformer(pcfg)
-    print(f"[prior] {count_params(prior) / 1e6:.2f}M parameters")
-    pool = ScenePool(PoolSpec(size=ex["pool"], seed=cfg.seed, resolutions=(32,)),
-                     cache_dir=cfg.dir().parent / "pools")
     embeds = pool_image_embeddings(clip, pool, cfg.dir() / f"embeds-{pool.spec.key()}.pt")
+    # a resumed run restores its own statistics with the weights
     prior.embed_mean.copy_(embeds.mean(0))
     prior.embed_std.copy_(embeds.std(0).clamp_min(1e-4))
     diffusion = SPEC.build()
-    state = start_or_resume(prior, cfg)  # a resumed run restores its own statistics with the weights
 
-    def step(model: torch.nn.Module, _: int) -> tuple[torch.Tensor, dict[str, float]]:
-        idx = pool.sample_indices(cfg.batch_size, state.gen)
+    def loss(model: torch.nn.Module, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = pool.sample_indices(cfg.batch_size, gen)
         with torch.no_grad():
-            enc = clip.encode_text(pool.captions(idx, state.gen))
+            text = clip.encode_text(pool.captions(idx, gen))
         x0 = model.normalize(embeds[idx])
-        t = torch.randint(diffusion.num_timesteps, (x0.shape[0],), generator=state.gen)
-        noise = torch.randn(x0.shape, generator=state.gen)
+        b = x0.shape[0]
+        t = torch.randint(diffusion.num_timesteps, (b,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
         x_t = diffusion.q_sample(x0, t, noise)
-        text_on = torch.rand(x0.shape[0], generator=state.gen) >= ex["p_drop_text"]
-        out = model(x_t, t, enc.tokens, enc.mask, enc.embed, text_on)
-        return diffusion.training_losses(out, x0, x_t, t, noise).mean(), {}
+        text_on = torch.rand(b, generator=gen) >= ex["p_drop_text"]
+        cond = prior_inputs(text, b, pcfg.context_length, pcfg.text_width, pcfg.clip_dim, x0.device, text_on)
+        return diffusion.training_losses(model(x_t, t, **cond), x0, x_t, t, noise).mean(), {}
 
-    def evaluate(st: RunState) -> dict[str, float]:
-        raw, ema = prior_retrieval(st.model, clip, ex["eval_n"]), prior_retrieval(st.ema.model, clip, ex["eval_n"])
-        meta = {"kind": "prior", "config": pcfg.to_dict(), "diffusion": SPEC.__dict__,
-                "clip_model_name": clip.model_name, "metric": "top-1 retrieval of the true image, unguided"}
-        best = export_if_best(st, cfg, {"raw": raw["top1"], "ema": ema["top1"]}, cfg.out("prior.safetensors"), meta)
-        return {"top1_raw": raw["top1"], "top1_ema": ema["top1"], "cos_raw": raw["cos"], "cos_ema": ema["cos"], **best}
+    def evaluate(model: PriorTransformer) -> Evaluation:
+        stats = prior_retrieval(model, clip, ex["eval_n"])
+        return Evaluation(stats["top1"], stats)
 
-    train_loop(cfg, state, step, evaluate)
+    meta = {"kind": "prior", "config": pcfg.to_dict(), "diffusion": SPEC.__dict__,
+            "clip_model_name": clip.model_name, "metric": "top-1 retrieval of the true image, unguided"}
+    return Trainee(prior, loss, evaluate, meta)
+
+
+RECIPE = Recipe("prior", build, uses_clip=True)
+
+
+def main(cfg: TrainConfig) -> None:
+    run(RECIPE, cfg)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nodegraph.models.unet import UNet, UNetConfig, count_params
-from nodegraph.train.common import RunState, TrainConfig, export_if_best, start_or_resume, train_loop
+from nodegraph.models.unet import UNet, UNetConfig
+from nodegraph.train.common import TrainConfig
 from nodegraph.train.decoder import SPEC  # the same diffusion as the decoder (v-prediction; see there)
-from nodegraph.world.dataset import PoolSpec, ScenePool
+from nodegraph.train.recipe import Evaluation, Recipe, Setup, Trainee, run
 from nodegraph.world.render import render, to_model_range
 from nodegraph.world.scene import random_scenes
 
@@ -55,34 +55,34 @@ def upsample_psnr(net: UNet, n: int, steps: int, aug: int) -> float:
     return 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-10))).item()
 
 
-def main(cfg: TrainConfig) -> None:
-    torch.manual_seed(cfg.seed)  # weight initialisation is part of the seeded run
-    ex = cfg.extra
+def build(setup: Setup) -> Trainee:
+    cfg, pool, ex = setup.cfg, setup.pool, setup.cfg.extra
     net = UNet(upsampler_config(ex["channels"]))
-    print(f"[upsampler] {count_params(net) / 1e6:.2f}M parameters")
-    pool = ScenePool(PoolSpec(size=ex["pool"], seed=cfg.seed + 1, resolutions=(32, 64)),
-                     cache_dir=cfg.dir().parent / "pools")
     diffusion = SPEC.build()
-    state = start_or_resume(net, cfg)
 
-    def step(model: torch.nn.Module, _: int) -> tuple[torch.Tensor, dict[str, float]]:
-        idx = pool.sample_indices(cfg.batch_size, state.gen)
+    def loss(model: torch.nn.Module, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = pool.sample_indices(cfg.batch_size, gen)
         low, x0 = pool.batch(idx, 32), pool.batch(idx, 64)
         b = x0.shape[0]
-        level = torch.randint(ex["max_aug"], (b,), generator=state.gen)
-        low = diffusion.q_sample(low, level, torch.randn(low.shape, generator=state.gen))
-        t = torch.randint(diffusion.num_timesteps, (b,), generator=state.gen)
-        noise = torch.randn(x0.shape, generator=state.gen)
+        level = torch.randint(ex["max_aug"], (b,), generator=gen)
+        low = diffusion.q_sample(low, level, torch.randn(low.shape, generator=gen))
+        t = torch.randint(diffusion.num_timesteps, (b,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
         x_t = diffusion.q_sample(x0, t, noise)
         out = model(x_t, t, extra=low_res_condition(low, 64), aug_level=level)
         return diffusion.training_losses(out, x0, x_t, t, noise, ex["min_snr"]).mean(), {}
 
-    def evaluate(st: RunState) -> dict[str, float]:
-        args = (ex["eval_n"], ex["eval_steps"], ex["eval_aug"])
-        scores = {"raw": upsample_psnr(st.model, *args), "ema": upsample_psnr(st.ema.model, *args)}
-        meta = {"kind": "upsampler", "config": net.cfg.to_dict(), "diffusion": SPEC.__dict__,
-                "low_res": 32, "aug_level": ex["eval_aug"], "metric": "PSNR vs true 64x64 render (dB)"}
-        return {**{f"psnr_{k}": v for k, v in scores.items()},
-                **export_if_best(st, cfg, scores, cfg.out("upsampler.safetensors"), meta)}
+    def evaluate(model: UNet) -> Evaluation:
+        psnr = upsample_psnr(model, ex["eval_n"], ex["eval_steps"], ex["eval_aug"])
+        return Evaluation(psnr, {"psnr": psnr})
 
-    train_loop(cfg, state, step, evaluate)
+    meta = {"kind": "upsampler", "config": net.cfg.to_dict(), "diffusion": SPEC.__dict__,
+            "low_res": 32, "aug_level": ex["eval_aug"], "metric": "PSNR vs true 64x64 render (dB)"}
+    return Trainee(net, loss, evaluate, meta)
+
+
+RECIPE = Recipe("upsampler", build, pool_seed=1, resolutions=(32, 64))
+
+
+def main(cfg: TrainConfig) -> None:
+    run(RECIPE, cfg)
