@@ -9,6 +9,10 @@ a re-run with the first node changed (everything re-executes) and one with the l
 (one Add and the Preview re-execute), and the cold time per node, wall clock and process CPU time
 (the latter is what to compare on a machine busy with other work; process_time ticks coarsely,
 so read it for the larger graphs).
+
+A second table prices the copies a caller gets of cached results (so editing a result cannot change the
+next run's): identical re-runs with the copies against the same runs handing out the cache's own objects,
+interleaved in one loop so machine load affects both alike.
 """
 
 from __future__ import annotations
@@ -130,6 +134,39 @@ def main() -> None:
             f"{name:<16}{row['nodes']:>7}{row['cold']:>10.3f}{row['rerun']:>10.3f}"
             f"{row['first']:>10.3f}{row['last']:>10.3f}{row['per_node']:>10.4f}{row['cpu_per_node']:>10.4f}"
         )
+    print()
+    header = f"{'cached re-run':<24}{'copies ms':>11}{'shared ms':>11}{'ratio':>8}"
+    print(header)
+    print("-" * len(header))
+    for name, workflow in (("chain 1000", chain(1000)[0]), ("fan 512 / tree", fan(512)[0]),
+                           ("64x64 image preview", image_preview())):
+        copies, shared = copy_cost(engine, workflow, 5 * args.repeats)
+        print(f"{name:<24}{copies:>11.3f}{shared:>11.3f}{copies / shared:>8.3f}")
+
+
+def copy_cost(engine: Engine, workflow: Workflow, repeats: int) -> tuple[float, float]:
+    """Median cached re-run (ms) with caller copies and with the cache's own objects, interleaved."""
+    from nodegraph.engine import executor
+
+    real = executor.caller_copy
+    engine.run(workflow)
+    with_copies, shared = [], []
+    for _ in range(repeats):
+        for times, copier in ((with_copies, real), (shared, lambda value: value)):
+            executor.caller_copy = copier
+            start = time.perf_counter()
+            engine.run(workflow)
+            times.append((time.perf_counter() - start) * 1000)
+    executor.caller_copy = real
+    return statistics.median(with_copies), statistics.median(shared)
+
+
+def image_preview() -> Workflow:
+    """A cached 64x64 image behind a Preview: the result holds a tensor, which the caller gets a copy of."""
+    return {
+        "image": {"class_type": "RenderScene", "inputs": {"caption": "a red circle on a blue background"}},
+        "out": {"class_type": "Preview", "inputs": {"value": ["image", 0]}},
+    }
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ _EXPORTS = {
     "InputValueError": "nodegraph.errors",
     "Interrupted": "nodegraph.errors",
     "ConfigError": "nodegraph.errors",
+    "ReentrantRunError": "nodegraph.errors",
     "ValidationIssue": "nodegraph.errors",
 }
 
@@ -40,6 +41,7 @@ __all__ = [
     "NodegraphError",
     "Out",
     "Registry",
+    "ReentrantRunError",
     "RunContext",
     "RunResult",
     "ValidationIssue",
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
         Interrupted,
         NodeExecutionError,
         NodegraphError,
+        ReentrantRunError,
         ValidationIssue,
         WorkflowError,
     )

@@ -113,5 +113,9 @@ class NodeDefinitionError(NodegraphError):
     """A node class declares something inconsistent; raised when it is registered."""
 
 
+class ReentrantRunError(NodegraphError, RuntimeError):
+    """Engine.run was called from inside one of its own runs (e.g. from an on_event callback)."""
+
+
 class ConfigError(NodegraphError):
     """An engine setting cannot be honoured (e.g. --device cuda on a machine without CUDA)."""

@@ -260,12 +260,14 @@ def test_values_evicted_during_a_run_are_still_delivered(tmp_path: Any) -> None:
     assert engine.run(workflow).outputs["p"]["value"] == 768.0
 
 
-def test_cached_tensors_are_returned_as_the_same_objects(engine: Engine) -> None:
+def test_cached_tensors_are_returned_as_copies_a_caller_cannot_corrupt(engine: Engine) -> None:
     engine.registry.register(Ones)
     engine.registry.register(Total)
     first = engine.run(tensor_workflow(1.0, preview_tensor=True)).outputs["pt"]["value"]
-    second = engine.run(tensor_workflow(1.0, preview_tensor=True)).outputs["pt"]["value"]
-    assert second is first and second.device.type == "cpu"
+    again = engine.run(tensor_workflow(1.0, preview_tensor=True))
+    second = again.outputs["pt"]["value"]
+    assert again.executed == [] and second is not first and torch.equal(second, first)
+    assert second.device.type == "cpu"
 
 
 def test_tensors_recorded_by_output_nodes_count_against_the_budget(engine: Engine) -> None:

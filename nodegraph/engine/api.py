@@ -29,7 +29,7 @@ from nodegraph.engine.executor import RunResult, execute
 from nodegraph.engine.plan import Plan, signatures
 from nodegraph.engine.prepare import PlanMemo, PreparedRun, WorkflowSource, prepare
 from nodegraph.engine.registry import Registry
-from nodegraph.errors import ConfigError, InputValueError, ValidationIssue, WorkflowError
+from nodegraph.errors import ConfigError, InputValueError, ReentrantRunError, ValidationIssue, WorkflowError
 
 logger = logging.getLogger("nodegraph")
 
@@ -77,6 +77,7 @@ class Engine:
         self._plans = PlanMemo(plan_memo_size)
         self._run_lock = threading.Lock()  # one run at a time: the cache is shared
         self._active_flag: threading.Event | None = None
+        self._running_thread: int | None = None
         if deterministic and self.device.type == "cuda":
             # Autotuned kernels may differ between runs; seeded nodes should give identical images.
             torch.backends.cudnn.benchmark = False
@@ -127,6 +128,11 @@ class Engine:
         UI-format `workflow` this way, so a PNG dropped onto the canvas restores the graph).
         Raises WorkflowError (invalid input), NodeExecutionError (a node failed) or Interrupted.
         """
+        if self._running_thread == threading.get_ident():
+            raise ReentrantRunError(
+                "Engine.run was called from inside a run of the same Engine (an on_event callback?); runs are one "
+                "at a time, so it would wait for itself forever: start the next run after this one returns"
+            )
         emit = _safe_emitter(on_event) if on_event is not None else None
         prepared = self._prepared(workflow, params, outputs)
         plan = prepared.plan
@@ -135,6 +141,7 @@ class Engine:
             flags = (flag,) if interrupt is None else (flag, interrupt)
             state = self._state(prompt_id or uuid.uuid4().hex, prepared, emit, flags, extra_pnginfo)
             self._active_flag = flag
+            self._running_thread = threading.get_ident()
             try:
                 node_signatures = plan.static_signatures
                 if node_signatures is None:
@@ -143,6 +150,7 @@ class Engine:
                 return execute(plan, node_signatures, self.cache, state)
             finally:
                 self._active_flag = None
+                self._running_thread = None
 
     def interrupt(self) -> bool:
         """Ask the current run to stop at its next interrupt point; False if nothing is running."""

@@ -8,11 +8,14 @@ are held locally (the cache may evict them meanwhile) and dropped once their las
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from nodegraph.engine import events
 from nodegraph.engine.cache import CacheEntry, OutputCache, tensor_bytes
@@ -119,7 +122,8 @@ def execute(plan: Plan, signatures: dict[str, str], cache: OutputCache, state: R
     files: list[Path] = []
     for node_id in plan.outputs:
         entry = entries[node_id]
-        outputs[node_id] = dict(entry.ui) if entry.ui is not None else {}  # a copy: callers may edit it
+        # The caller gets copies, not the cache's objects: editing a result must not change the next run's.
+        outputs[node_id] = caller_copy(entry.ui) if entry.ui is not None else {}
         if entry.files:
             files.extend(entry.files)
     if emit is not None:
@@ -224,3 +228,20 @@ def _blamed_input(spec: Any, exc: BaseException) -> str | None:
     """The node input an InputValueError names (library errors name the argument of the same name)."""
     name = getattr(exc, "input", None) if isinstance(exc, InputValueError) else None
     return name if name in spec.inputs else None
+
+
+def caller_copy(value: Any, depth: int = 0) -> Any:
+    """`value` with its containers, dataclasses and tensors copied; other objects (models) are shared, and a
+    caller must treat them as read-only. Scalars and strings are immutable already."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes, Path)) or depth > 16:
+        return value
+    if isinstance(value, dict):
+        return {key: caller_copy(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return type(value)(caller_copy(item, depth + 1) for item in value)
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: caller_copy(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value) if f.init}
+        return dataclasses.replace(value, **fields)
+    return value

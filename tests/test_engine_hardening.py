@@ -1,0 +1,89 @@
+"""Hardening of the engine against its callers: results they cannot corrupt, runs they cannot deadlock."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+import nodegraph
+from nodegraph.engine.api import Engine
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.node import In, Node, Out
+from nodegraph.generate.conditions import Latent
+
+
+class Tensors(Node):
+    """Makes a fixed tensor and a Latent holding one."""
+
+    inputs = {"n": In("INT", default=3)}
+    outputs = (Out("IMAGE", "images"), Out("LATENT", "latent"))
+
+    def run(self, ctx: RunContext, n: int) -> tuple[torch.Tensor, Latent]:
+        return torch.ones(1, 3, n, n), Latent(torch.ones(1, 3, n, n), (10, 5, 0))
+
+
+def graph() -> dict[str, Any]:
+    return {
+        "t": {"class_type": "Tensors", "inputs": {}},
+        "image": {"class_type": "Preview", "inputs": {"value": ["t", 0]}},
+        "latent": {"class_type": "Preview", "inputs": {"value": ["t", 1]}},
+    }
+
+
+@pytest.fixture
+def eng(engine: Engine) -> Engine:
+    engine.registry.register(Tensors)
+    return engine
+
+
+def test_editing_a_result_in_place_does_not_change_the_next_run(eng: Engine) -> None:
+    first = eng.run(graph())
+    first.outputs["image"]["value"].zero_()
+    first.outputs["latent"]["value"].x.mul_(7)
+    first.outputs["image"]["extra"] = "mine"
+    again = eng.run(graph())
+    assert again.executed == []  # served from the cache...
+    assert torch.equal(again.outputs["image"]["value"], torch.ones(1, 3, 3, 3))  # ...as it was made
+    assert torch.equal(again.outputs["latent"]["value"].x, torch.ones(1, 3, 3, 3))
+    assert again.outputs["latent"]["value"].timesteps == (10, 5, 0) and "extra" not in again.outputs["image"]
+
+
+def test_editing_a_file_record_does_not_change_the_next_run(eng: Engine) -> None:
+    Image.new("RGB", (4, 4)).save(eng.input_dir / "in.png")
+    workflow = {"load": {"class_type": "LoadImage", "inputs": {"image": "in.png"}},
+                "save": {"class_type": "SaveImage", "inputs": {"images": ["load", 0], "filename_prefix": "x"}}}
+    first = eng.run(workflow)
+    first.outputs["save"]["images"][0]["filename"] = "../../etc/passwd"
+    first.outputs["save"]["images"].append({"filename": "ghost.png"})
+    first.files.clear()
+    again = eng.run(workflow)
+    assert again.outputs["save"]["images"] == [{"filename": "x_00001_.png", "subfolder": "", "type": "output"}]
+    assert [Path(p).name for p in again.files] == ["x_00001_.png"]
+
+
+def test_a_run_started_from_inside_a_run_is_refused_not_a_deadlock(eng: Engine) -> None:
+    seen: list[BaseException] = []
+
+    def reenter(kind: str, data: dict[str, Any]) -> None:
+        if kind == "execution_start":
+            try:
+                eng.run(graph())
+            except nodegraph.ReentrantRunError as exc:
+                seen.append(exc)
+
+    finished = threading.Event()
+
+    def target() -> None:
+        eng.run(graph(), on_event=reenter)
+        finished.set()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    assert finished.wait(60), "Engine.run from a callback hung"
+    assert len(seen) == 1 and "from inside a run" in str(seen[0])
+    assert eng.run(graph()).outputs["image"]["value"].shape == (1, 3, 3, 3)  # the engine is still usable
