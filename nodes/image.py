@@ -8,14 +8,12 @@ import re
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from nodegraph.engine.context import RunContext
-from nodegraph.engine.imageio import from_pil, mask_from_alpha, png_text_key, save_png, to_pil
+from nodegraph.engine.imageio import png_text_key, read_image, save_png, to_pil
 from nodegraph.engine.node import In, Node, Out
-from nodegraph.engine.paths import confine
+from nodegraph.engine.paths import confine, output_target
 from nodegraph.engine.sockets import IMAGE, MASK
-from nodegraph.errors import InputValueError
 
 
 class LoadImage(Node):
@@ -31,9 +29,9 @@ class LoadImage(Node):
     outputs = (Out(IMAGE, "image"), Out(MASK, "mask"))
 
     @classmethod
-    def fingerprint(cls, ctx: RunContext, image: str | None = None) -> str:
+    def fingerprint(cls, ctx: RunContext, image: str | None = None) -> str | None:
         if image is None:
-            return ""  # linked from another node: its value is not known before the run
+            return None  # the name arrives over a link: the file cannot be hashed before the run, so never reuse
         digest = hashlib.sha256()
         with ctx.input_path(image, "image").open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -41,17 +39,13 @@ class LoadImage(Node):
         return digest.hexdigest()
 
     def run(self, ctx: RunContext, image: str) -> tuple[torch.Tensor, torch.Tensor]:
-        path = ctx.input_path(image, "image")
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                pixels = from_pil(opened, "RGB")
-                mask = mask_from_alpha(opened)
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
-            raise InputValueError("image", f"{image!r} is not a readable image: {exc}") from None
+        pixels, mask = read_image(ctx.input_path(image, "image"))
         if mask is None:
             mask = torch.zeros(1, 1, pixels.shape[2], pixels.shape[3])
         return pixels.to(ctx.device), mask.to(ctx.device)
+
+
+NAME_TAIL = "_00001_.png"  # what follows the prefix: PREFIX_00001_.png, as ComfyUI names its files
 
 
 class SaveImage(Node):
@@ -74,9 +68,15 @@ class SaveImage(Node):
         ),
     }
 
+    @classmethod
+    def fingerprint(cls, ctx: RunContext, filename_prefix: str | None = None, **_: object) -> str:
+        # Not for the cache key: the output location is checked here, before any node of the run starts.
+        if filename_prefix is not None:
+            output_target(ctx.output_dir, filename_prefix, NAME_TAIL, input_name="filename_prefix")
+        return ""
+
     def run(self, ctx: RunContext, images: torch.Tensor, filename_prefix: str) -> tuple[()]:
-        target = confine(ctx.output_dir, filename_prefix, input_name="filename_prefix")
-        directory, prefix = target.parent, target.name
+        directory, prefix = output_target(ctx.output_dir, filename_prefix, NAME_TAIL, input_name="filename_prefix")
         directory.mkdir(parents=True, exist_ok=True)
         # A symlink may have appeared while creating the folders; check the real location again.
         confine(
@@ -99,6 +99,22 @@ class SaveImage(Node):
                 break
             written.append(ctx.add_file(path))
         ctx.record(images=written)
+        return ()
+
+
+class SaveImageWebsocket(Node):
+    """Sends each image of the batch to the client that queued the run, as a binary websocket frame (PNG),
+    instead of writing a file; as ComfyUI's SaveImageWebsocket. Nothing is saved on the server."""
+
+    category = "image"
+    output_node = True
+    inputs = {"images": In(IMAGE, description="images [B, C, H, W] in [-1, 1]")}
+
+    def run(self, ctx: RunContext, images: torch.Tensor) -> tuple[()]:
+        pictures = to_pil(images)
+        for picture in pictures:
+            ctx.send_image(picture)
+        ctx.record(sent=len(pictures))
         return ()
 
 

@@ -87,3 +87,27 @@ def test_a_run_started_from_inside_a_run_is_refused_not_a_deadlock(eng: Engine) 
     assert finished.wait(60), "Engine.run from a callback hung"
     assert len(seen) == 1 and "from inside a run" in str(seen[0])
     assert eng.run(graph()).outputs["image"]["value"].shape == (1, 3, 3, 3)  # the engine is still usable
+
+
+@pytest.mark.parametrize(("source", "target", "fragment"), [
+    ({"class_type": "Int", "inputs": {"value": 100_000}}, ("Noise", "batch_size"), "above the maximum 64"),
+    ({"class_type": "Int", "inputs": {"value": -3}}, ("Noise", "seed"), "below the minimum 0"),
+    ({"class_type": "String", "inputs": {"value": "euler"}}, ("Decoder", "sampler"), "choose one of 'ddim'"),
+    ({"class_type": "Int", "inputs": {"value": 16}}, ("RenderScene", "resolution"), "choose one of 32, 64, 128"),
+])
+def test_limits_hold_for_values_that_arrive_over_a_link(engine: Engine, source: dict, target: tuple[str, str],
+                                                         fragment: str) -> None:
+    """A range or choice is checked when a constant is written and again when a linked value arrives, before the
+    node runs (a linked size of 5 000 once made a 5 000² image; a batch of 100 000 reached the allocator)."""
+    class_type, name = target
+    workflow = {"src": source, "node": {"class_type": class_type, "inputs": {name: ["src", 0]}},
+                "out": {"class_type": "Preview", "inputs": {"value": ["node", 0]}}}
+    if class_type == "Decoder":  # it must get as far as checking its inputs: give it what else it needs
+        workflow["node"]["inputs"].update(decoder=["dec", 0], noise=["noise", 0])
+        workflow.update(dec={"class_type": "DecoderLoader", "inputs": {}},
+                        noise={"class_type": "Noise", "inputs": {}})
+    with pytest.raises(nodegraph.NodeExecutionError) as info:
+        engine.run(workflow)
+    error = info.value
+    assert error.node_id == "node" and error.input == name and error.is_input_error
+    assert fragment in str(error) and "from node 'src'" in str(error)

@@ -175,10 +175,13 @@ def test_symlinks_inside_the_input_dir_are_fine(engine: Engine, picture: Image.I
 
 @pytest.mark.parametrize("prefix", ["../escape", "/tmp/escape", "a/../../escape"])
 def test_save_refuses_prefixes_leaving_the_output_dir(engine: Engine, picture: Image.Image, prefix: str) -> None:
-    with pytest.raises(NodeExecutionError) as caught:
+    # Refused when the workflow is checked, before any node runs.
+    with pytest.raises(WorkflowError) as caught:
         engine.run(save_workflow(), {"prefix": prefix})
-    assert caught.value.is_input_error and caught.value.node_id == "save"
-    assert "output directory" in str(caught.value)
+    [issue] = caught.value.errors
+    assert (issue.node, issue.input, issue.type) == ("save", "filename_prefix", "path_not_allowed")
+    assert "output directory" in issue.message
+    assert engine.validate(save_workflow(), {"prefix": prefix}) == [issue]
 
 
 def test_save_refuses_a_symlinked_folder_leaving_the_output_dir(
@@ -187,9 +190,9 @@ def test_save_refuses_a_symlinked_folder_leaving_the_output_dir(
     engine.output_dir.mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
     os.symlink(tmp_path / "elsewhere", engine.output_dir / "sub")
-    with pytest.raises(NodeExecutionError) as caught:
+    with pytest.raises(WorkflowError) as caught:
         engine.run(save_workflow(), {"prefix": "sub/x"})
-    assert caught.value.is_input_error
+    assert caught.value.errors[0].input == "filename_prefix"
     assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
@@ -215,3 +218,65 @@ def test_an_interrupted_save_leaves_no_partial_file(engine: Engine, picture: Ima
     assert not engine.output_dir.exists() or list(engine.output_dir.iterdir()) == []
     monkeypatch.setattr(Image.Image, "save", real_save)
     assert [p.name for p in engine.run(save_workflow()).files] == ["result_00001_.png"]
+
+
+@pytest.mark.parametrize(("prefix", "fragment"), [
+    (".", "names a folder"),
+    ("sub/", "names a folder"),
+    ("x" * 250, "longer than 255 bytes"),
+    ("blocker/x", "is a file"),
+])
+def test_unusable_output_prefixes_are_refused_before_anything_runs(engine: Engine, picture: Image.Image,
+                                                                   prefix: str, fragment: str) -> None:
+    engine.output_dir.mkdir(parents=True)
+    (engine.output_dir / "blocker").write_text("a file where a folder would go")
+    events: list[str] = []
+    with pytest.raises(WorkflowError) as caught:
+        engine.run(save_workflow(), {"prefix": prefix}, on_event=lambda kind, data: events.append(kind))
+    [issue] = caught.value.errors
+    assert issue.input == "filename_prefix" and fragment in issue.message
+    assert events == []  # not a single node ran
+
+
+def test_an_output_directory_that_is_a_file_or_unwritable_is_refused_before_anything_runs(
+    tmp_path: Path, picture: Image.Image, engine: Engine
+) -> None:
+    as_file = Engine("cpu", input_dir=engine.input_dir, output_dir=tmp_path / "out.txt", plugins=False)
+    (tmp_path / "out.txt").write_text("not a folder")
+    assert "is a file" in as_file.validate(save_workflow())[0].message
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    unwritable = Engine("cpu", input_dir=engine.input_dir, output_dir=locked / "out", plugins=False)
+    if os.access(locked, os.W_OK):  # root may write anywhere; nothing to prove there
+        pytest.skip("this user can write into a read-only folder")
+    assert "permission denied" in unwritable.validate(save_workflow())[0].message
+
+
+def test_a_file_name_that_arrives_over_a_link_is_read_again_when_the_file_changes(engine: Engine) -> None:
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(engine.input_dir / "in.png")
+    workflow = {"name": {"class_type": "String", "inputs": {"value": "in.png"}},
+                "load": {"class_type": "LoadImage", "inputs": {"image": ["name", 0]}},
+                "out": {"class_type": "Preview", "inputs": {"value": ["load", 0]}}}
+    red = engine.run(workflow).outputs["out"]["value"]
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(engine.input_dir / "in.png")
+    blue = engine.run(workflow).outputs["out"]["value"]
+    assert red[0, 0, 0, 0] == 1.0 and blue[0, 2, 0, 0] == 1.0 and blue[0, 0, 0, 0] == -1.0
+
+
+@pytest.mark.parametrize("make", ["huge", "text_bomb", "truncated"])
+def test_unreadable_or_oversized_images_are_input_errors(engine: Engine, make: str) -> None:
+    from PIL import PngImagePlugin
+
+    path = engine.input_dir / "bad.png"
+    if make == "huge":
+        Image.new("L", (4100, 4100)).save(path)
+    elif make == "text_bomb":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("comment", "A" * (20 << 20), zip=True)  # a few kB that inflate to 20 MB of text
+        Image.new("RGB", (2, 2)).save(path, pnginfo=info)
+    else:
+        Image.new("RGB", (64, 64), (9, 9, 9)).save(path)
+        path.write_bytes(path.read_bytes()[:80])
+    with pytest.raises(NodeExecutionError) as caught:
+        engine.run(save_workflow(image="bad.png"))
+    assert caught.value.is_input_error and caught.value.input == "image", caught.value

@@ -199,7 +199,10 @@ class Engine:
             node = plan.nodes[node_id]
             ctx = RunContext(state, node_id, node.spec.name)
             try:
-                fingerprints[node_id] = str(node.spec.cls.fingerprint(ctx, **node.constants))  # type: ignore[attr-defined]
+                value = node.spec.cls.fingerprint(ctx, **node.constants)  # type: ignore[attr-defined]
+                # None: what the node reads cannot be known before the run (a file name arriving over a
+                # link), so its outputs, and what depends on them, are never served from the cache.
+                fingerprints[node_id] = uuid.uuid4().hex if value is None else str(value)
             except InputValueError as exc:
                 issues.append(ValidationIssue(node=node_id, input=exc.input, type=exc.code, message=exc.message))
             except Exception as exc:

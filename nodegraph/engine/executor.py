@@ -190,6 +190,8 @@ def _run_node(
         kwargs = node.constants
     ctx = RunContext(state, node_id, spec.name)
     try:
+        for name in node.bounded_links:  # a linked value must respect the range a constant is held to
+            _check_bounds(spec, name, kwargs[name], node.links[name][0])
         result = spec.cls().run(ctx, **kwargs)
         result = _check_result(spec, result)
     except Interrupted:
@@ -222,6 +224,16 @@ def _check_result(spec: Any, result: Any) -> tuple[Any, ...]:
         f"{f' of length {len(result)}' if isinstance(result, (tuple, list)) else ''}; "
         f"it must return a tuple of {expected} value(s) ({declared})"
     )
+
+
+def _check_bounds(spec: Any, name: str, value: Any, source: str) -> None:
+    try:
+        problem = spec.inputs[name].bounds_problem(value)
+    except TypeError:  # not comparable: the socket check of the source's output lets only declared types through
+        problem = ("wrong_type", ", which cannot be compared with its range")
+    if problem is not None:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise InputValueError(name, f"{shown} arrived from node {source!r}{problem[1]}", problem[0])
 
 
 def _blamed_input(spec: Any, exc: BaseException) -> str | None:

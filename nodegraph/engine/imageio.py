@@ -7,13 +7,17 @@ MASK is a float tensor [B, 1, H, W] in [0, 1] where 1 marks the region to repain
 from __future__ import annotations
 
 import os
+import struct
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from nodegraph.errors import InputValueError
 
 PREVIEW_MAX_SIDE = 512
 
@@ -47,6 +51,32 @@ def from_pil(image: Image.Image, mode: str = "RGB") -> torch.Tensor:
         array = array[..., None]
     tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
     return tensor.float() / 127.5 - 1.0
+
+
+MAX_IMAGE_PIXELS = 4096 * 4096  # 200 MB as a float tensor; larger files are refused before they are decoded
+
+
+def read_image(path: Path, *, input_name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An image file as (IMAGE [1, 3, H, W] in [-1, 1], MASK from its transparency or None).
+
+    Every way a file can be unusable is an InputValueError naming `input_name`: not an image, truncated,
+    too many pixels (checked from the header, before decoding), or metadata that would inflate past Pillow's
+    limits (a text or colour-profile chunk that decompresses to gigabytes).
+    """
+    try:
+        with Image.open(path) as opened:
+            width, height = opened.size
+            if width * height > max_pixels:
+                raise InputValueError(input_name, f"{path.name} is {width}x{height} pixels; at most {max_pixels} "
+                                      f"are read ({int(max_pixels ** 0.5)}² or the same area): downscale it first")
+            opened.load()
+            return from_pil(opened, "RGB"), mask_from_alpha(opened)
+    except InputValueError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError,
+            EOFError, struct.error, zlib.error) as exc:
+        raise InputValueError(input_name, f"{path.name} is not a readable image: {exc}") from None
 
 
 def mask_from_alpha(image: Image.Image) -> torch.Tensor | None:

@@ -10,9 +10,14 @@
             return (a + b,)
 
 A node is instantiated afresh for every execution, so it cannot carry state between runs. It may
-define `fingerprint(cls, ctx, **constants) -> str` (a classmethod) whose result joins its cache key,
-e.g. the hash of a file it reads. `NodeSpec.from_class` checks a declaration once, at registration,
-so that mistakes surface when a module is loaded rather than in the middle of a run.
+define `fingerprint(cls, ctx, **constants) -> str | None` (a classmethod), called when a workflow is
+validated and again before every run starts, with the constant inputs (linked ones are absent): it
+checks what they name outside the workflow (an InputValueError there is reported as a validation issue,
+before any node runs: a missing file, an unwritable output folder) and returns what joins the cache key,
+e.g. the hash of a file it reads, or None when that cannot be known before the run (a file name that
+arrives over a link), which makes the node and everything downstream of it run every time.
+`NodeSpec.from_class` checks a declaration once, at registration, so that mistakes surface when a module
+is loaded rather than in the middle of a run.
 """
 
 from __future__ import annotations
@@ -66,6 +71,21 @@ class In:
     @property
     def has_default(self) -> bool:
         return self.default is not NO_DEFAULT
+
+    @property
+    def is_bounded(self) -> bool:
+        return self.min is not None or self.max is not None or self.choices is not None
+
+    def bounds_problem(self, value: Any) -> tuple[str, str] | None:
+        """(issue code, what is wrong after "input X is VALUE") when `value` is outside the declared range or
+        choices; the same check for constants at validation and for linked values when they arrive."""
+        if self.min is not None and value < self.min:
+            return "out_of_range", f", below the minimum {self.min}"
+        if self.max is not None and value > self.max:
+            return "out_of_range", f", above the maximum {self.max}"
+        if self.choices is not None and value not in self.choices:
+            return "not_in_choices", f"; choose one of {', '.join(repr(choice) for choice in self.choices)}"
+        return None
 
     def describe(self) -> dict[str, Any]:
         """The catalogue entry for this input (JSON-friendly; absent fields are omitted)."""

@@ -7,6 +7,7 @@ resolved path (symlinks followed) must still lie inside the directory.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 
 from nodegraph.errors import InputValueError
@@ -49,3 +50,31 @@ def confine(base: Path, name: str, *, input_name: str | None = None, must_exist:
         if not resolved.is_file():
             raise InputValueError(input_name, f"{name!r} is not a regular file", code="file_not_found")
     return resolved
+
+
+NAME_MAX = 255  # bytes in one file name on the filesystems this runs on
+
+
+def output_target(base: Path, prefix: str, suffix: str, *, input_name: str | None = None) -> tuple[Path, str]:
+    """(directory, stem) for files named STEM + suffix under `base`, checked before anything is written: the
+    prefix stays inside `base`, ends in a usable name that fits the filesystem, no folder on the way is a
+    file, and the nearest existing folder is writable. InputValueError says which and what to do."""
+    target = confine(base, prefix, input_name=input_name)
+    stem = PurePosixPath(prefix).name
+    if stem in ("", ".", "..") or prefix.endswith(("/", "\\")):
+        raise InputValueError(input_name, f"{prefix!r} names a folder, not a file name prefix; add a name, "
+                              f"e.g. {prefix.rstrip('/')}/image", code="path_not_allowed")
+    if len((stem + suffix).encode("utf-8", "surrogatepass")) > NAME_MAX:
+        raise InputValueError(input_name, f"the file names would be longer than {NAME_MAX} bytes; use a prefix "
+                              f"of at most {NAME_MAX - len(suffix)}", code="path_not_allowed")
+    directory = target.parent
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputValueError(input_name, f"{existing} is a file, so no folder can be made there; choose another "
+                              "prefix or output directory", code="path_not_allowed")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputValueError(input_name, f"cannot write into {existing} (permission denied); choose another "
+                              "output directory", code="path_not_allowed")
+    return directory, stem

@@ -23,15 +23,17 @@ _MISSING: Any = object()
 
 
 class CompiledNode:
-    """A node whose class is known: constants by input name, links as (source id, index, converter)."""
+    """A node whose class is known: constants by input name, links as (source id, index, converter), and the
+    linked inputs whose declared range or choices the executor must check when their values arrive."""
 
-    __slots__ = ("id", "spec", "constants", "links")
+    __slots__ = ("id", "spec", "constants", "links", "bounded_links")
 
     def __init__(self, node_id: str, spec: NodeSpec, constants: dict[str, Any], links: dict[str, Link]) -> None:
         self.id = node_id
         self.spec = spec
         self.constants = constants
         self.links = links
+        self.bounded_links: tuple[str, ...] = ()
 
 
 def _issue(code: str, message: str, node: str | None = None, input: str | None = None) -> ValidationIssue:
@@ -153,29 +155,9 @@ def _compile(
         except sockets.ConstantError as exc:
             issues.append(_issue(exc.code, f"input {name!r}: {exc}", node_id, name))
             continue
-        if input_spec.min is not None and value < input_spec.min:
-            issues.append(
-                _issue(
-                    "out_of_range",
-                    f"input {name!r} is {value!r}, below the minimum {input_spec.min}",
-                    node_id,
-                    name,
-                )
-            )
-        elif input_spec.max is not None and value > input_spec.max:
-            issues.append(
-                _issue(
-                    "out_of_range",
-                    f"input {name!r} is {value!r}, above the maximum {input_spec.max}",
-                    node_id,
-                    name,
-                )
-            )
-        elif input_spec.choices is not None and value not in input_spec.choices:
-            allowed = ", ".join(repr(choice) for choice in input_spec.choices)
-            issues.append(
-                _issue("not_in_choices", f"input {name!r} is {value!r}; choose one of {allowed}", node_id, name)
-            )
+        problem = input_spec.bounds_problem(value)
+        if problem is not None:
+            issues.append(_issue(problem[0], f"input {name!r} is {_short(value)}{problem[1]}", node_id, name))
         constants[name] = value
     if present != len(inputs):
         for name in inputs:
@@ -241,6 +223,8 @@ def _check_link(
         )
         return
     node.links[input_name] = (source, index, converter)
+    if node.spec.inputs[input_name].is_bounded:
+        node.bounded_links += (input_name,)
 
 
 def _unknown_class(node_id: str, class_type: str, registry: Registry) -> ValidationIssue:
