@@ -1,114 +1,167 @@
-"""Connected clients by clientId, and sending frames to them in order without blocking the loop.
+"""Connected websocket clients by clientId, and sending them frames in order without blocking the loop.
 
-Frames are queued per connection and written at the end of the current loop iteration, all of a
-connection's frames in one write: a run's burst of events, or the answers to a burst of requests,
-costs one system call (and one wake-up of the client) instead of one per message. Frames are
-written without waiting for the client (as websockets' `broadcast` does), so a client that stops
-reading makes its buffer grow; previews (lossy by nature) are dropped once a client's buffer
-passes a quarter of the limit, and a client past the whole limit is disconnected (1008).
+The policy on client ids (server/README.md states it for users):
+
+- A client id is held by one open connection at a time. A connection that asks for an id another open
+  connection holds is given a fresh id instead (its `status` message's `sid` says which, and ComfyUI's
+  frontend adopts it), so knowing someone's id does not let a client listen to their events.
+- Ids are never shown to other clients: the queue and history leave them out.
+
+Each connection has its own outgoing queue drained by a writer task, so a client that reads slowly
+delays only itself. What waits for it is counted: past a quarter of `max_buffer_bytes` its previews are
+dropped (lossy by nature; the next one will do), past the whole of it the client is disconnected (1008).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import uuid
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from websockets.asyncio.server import ServerConnection
-from websockets.frames import CloseCode
-from websockets.protocol import State
+from aiohttp import WSCloseCode, web
 
 logger = logging.getLogger("nodegraph.server")
 
-# (payload, is_text): JSON messages are pre-encoded UTF-8 sent as text frames; previews are binary.
-Frame = tuple[bytes, bool]
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """A preview image in both of ComfyUI's binary forms; each client gets the one its feature flags ask for."""
+
+    plain: bytes
+    tagged: bytes
+
+
+# A frame: a JSON text message (str), a binary message (bytes), or a Preview.
+Frame = str | bytes | Preview
+
+
+def frame_size(frame: Frame) -> int:
+    if isinstance(frame, Preview):
+        return len(frame.tagged)
+    return len(frame)
+
+
+@dataclass(eq=False)
+class Connection:
+    ws: web.WebSocketResponse
+    client_id: str
+    flags: dict[str, Any] = field(default_factory=dict)
+    outgoing: deque[Frame] = field(default_factory=deque)
+    queued_bytes: int = 0
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: bool = False
+
+    @property
+    def wants_tagged_previews(self) -> bool:
+        return self.flags.get("supports_preview_metadata") is True
 
 
 class ClientHub:
-    """clientId -> open connections (a client may have several, e.g. two tabs, or reconnect)."""
-
     def __init__(self, max_buffer_bytes: int) -> None:
         self.max_buffer_bytes = max_buffer_bytes
-        self._by_id: dict[str, set[ServerConnection]] = {}
-        self._outgoing: dict[ServerConnection, list[Frame]] = {}
-        self._flush_scheduled = False
-        self._closing: set[asyncio.Task[None]] = set()
+        self._by_id: dict[str, Connection] = {}
+        self._writers: dict[Connection, asyncio.Task[None]] = {}
+        self._closing: set[asyncio.Task[Any]] = set()
 
-    def add(self, client_id: str, connection: ServerConnection) -> None:
-        self._by_id.setdefault(client_id, set()).add(connection)
+    def claim(self, ws: web.WebSocketResponse, wanted: str | None) -> Connection:
+        """Register a connection under the id it asked for, or a fresh one if that id is held (see above)."""
+        client_id = wanted if wanted and wanted not in self._by_id else uuid.uuid4().hex
+        if wanted and client_id != wanted:
+            logger.info("client id %s is in use by another connection; giving this one %s", wanted, client_id)
+        connection = Connection(ws, client_id)
+        self._by_id[client_id] = connection
+        self._writers[connection] = asyncio.get_running_loop().create_task(self._writer(connection))
+        return connection
 
-    def remove(self, client_id: str, connection: ServerConnection) -> None:
-        connections = self._by_id.get(client_id)
-        if connections is not None:
-            connections.discard(connection)
-            if not connections:
-                del self._by_id[client_id]
+    async def release(self, connection: Connection) -> None:
+        if self._by_id.get(connection.client_id) is connection:
+            del self._by_id[connection.client_id]
+        writer = self._writers.pop(connection, None)
+        if writer is not None:
+            writer.cancel()
 
     def connection_count(self) -> int:
-        return sum(len(connections) for connections in self._by_id.values())
+        return len(self._by_id)
 
-    def send(self, connection: ServerConnection, frame: Frame) -> None:
-        """Queue a frame for this connection; written (in order) at the end of this loop iteration."""
-        queued = self._outgoing.get(connection)
-        if queued is None:
-            self._outgoing[connection] = [frame]
-        else:
-            queued.append(frame)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+    def connections(self) -> list[Connection]:
+        return list(self._by_id.values())
 
-    def send_to_client(self, client_id: str, frames: Sequence[Frame]) -> None:
-        connections = self._by_id.get(client_id)
-        if not connections:
-            return  # the client left; its prompt's results stay in the history
-        for connection in connections:
-            for frame in frames:
-                self.send(connection, frame)
+    def send(self, connection: Connection, frames: Iterable[Frame]) -> None:
+        """Queue frames for this connection, in order; its writer task sends them."""
+        if connection.closing:
+            return
+        limit = self.max_buffer_bytes
+        for frame in frames:
+            size = frame_size(frame)
+            if isinstance(frame, Preview) and connection.queued_bytes + size > limit // 4:
+                continue  # the client is behind: skip previews rather than let them pile up
+            connection.queued_bytes += size
+            connection.outgoing.append(frame)
+        if connection.queued_bytes > limit:
+            self._disconnect_slow(connection)
+            return
+        connection.wakeup.set()
+
+    def send_to_client(self, client_id: str | None, frames: Sequence[Frame]) -> None:
+        connection = self._by_id.get(client_id) if client_id is not None else None
+        if connection is not None:  # else the client left; its prompt's results stay in the history
+            self.send(connection, frames)
 
     def broadcast(self, frame: Frame) -> None:
-        for connections in self._by_id.values():
-            for connection in connections:
-                self.send(connection, frame)
+        for connection in list(self._by_id.values()):
+            self.send(connection, (frame,))
 
-    def flush(self) -> None:
-        """Write every queued frame now (also called at shutdown, before connections are closed)."""
-        self._flush_scheduled = False
-        outgoing, self._outgoing = self._outgoing, {}
-        for connection, frames in outgoing.items():
-            self._write(connection, frames)
+    async def drain(self, timeout: float) -> None:
+        """Wait (up to `timeout`) until every connection's queued frames are written (for shutdown)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(connection.outgoing for connection in self._by_id.values()) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
 
-    def _write(self, connection: ServerConnection, frames: list[Frame]) -> None:
-        if connection.protocol.state is not State.OPEN:
-            return
-        buffered = connection.transport.get_write_buffer_size()
-        if buffered > self.max_buffer_bytes:
-            self._disconnect_slow(connection, buffered)
-            return
-        previews = buffered <= self.max_buffer_bytes // 4  # else skip them: the next one will do
-        protocol = connection.protocol
+    async def close_all(self, code: int, message: str) -> None:
+        closing = [connection.ws.close(code=code, message=message.encode()) for connection in self.connections()]
+        for connection in self.connections():
+            connection.closing = True
+        await asyncio.gather(*closing, return_exceptions=True)
+
+    async def _writer(self, connection: Connection) -> None:
+        ws = connection.ws
         try:
-            for payload, text in frames:
-                if text:
-                    protocol.send_text(payload)
-                elif previews:
-                    protocol.send_binary(payload)
-        except Exception as exc:  # the protocol refused (e.g. closing meanwhile): nothing more to send
-            logger.debug("not sending to %s: %s", connection.remote_address, exc)
-        chunks = protocol.data_to_send()
-        transport = connection.transport
-        if all(chunks):
-            transport.write(b"".join(chunks))
-            return
-        for chunk in chunks:  # an empty chunk means end-of-stream (the protocol is closing)
-            if chunk:
-                transport.write(chunk)
-            elif transport.can_write_eof():
-                transport.write_eof()
+            while True:
+                await connection.wakeup.wait()
+                connection.wakeup.clear()
+                while connection.outgoing:
+                    frame = connection.outgoing.popleft()
+                    connection.queued_bytes -= frame_size(frame)
+                    if ws.closed:
+                        connection.outgoing.clear()
+                        connection.queued_bytes = 0
+                        break
+                    if isinstance(frame, str):
+                        await ws.send_str(frame)
+                    elif isinstance(frame, bytes):
+                        await ws.send_bytes(frame)
+                    else:
+                        tagged = connection.wants_tagged_previews
+                        await ws.send_bytes(frame.tagged if tagged else frame.plain)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the connection broke while writing: the reader side will see it close
+            logger.debug("stopped writing to client %s: %s", connection.client_id, exc)
 
-    def _disconnect_slow(self, connection: ServerConnection, buffered: int) -> None:
-        logger.warning("disconnecting %s: %d bytes unsent, it is not reading", connection.remote_address, buffered)
+    def _disconnect_slow(self, connection: Connection) -> None:
+        buffered = connection.queued_bytes
+        logger.warning("disconnecting client %s: %d bytes unsent, it is not reading", connection.client_id, buffered)
+        connection.closing = True
+        connection.outgoing.clear()
+        connection.queued_bytes = 0
         reason = f"client is not reading its messages ({buffered} bytes unsent)"
-        task = asyncio.get_running_loop().create_task(connection.close(CloseCode.POLICY_VIOLATION, reason[:120]))
+        task = asyncio.get_running_loop().create_task(
+            connection.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason[:120].encode())
+        )
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

@@ -20,14 +20,19 @@ class ServerConfig:
     port: int = 8188
     output_dir: Path = Path("out")
     input_dir: Path = Path("input")
-    state_dir: Path | None = None  # history/ and queue.json; default OUTPUT_DIR/.nodegraph
+    temp_dir: Path | None = None  # /view?type=temp; default STATE_DIR/temp
+    state_dir: Path | None = None  # history/, queue/, user data; default OUTPUT_DIR/.nodegraph
     token: str | None = None
     device: str = "auto"
     max_queue: int = 1000
     max_message_bytes: int = 4 * MIB
     max_clients: int = 256
     max_client_buffer: int = 64 * MIB
-    max_view_bytes: int = 256 * MIB
+    max_upload_bytes: int = 32 * MIB
+    max_view_streams: int = 32
+    history_page: int = 200
+    max_history_reply_bytes: int = 32 * MIB
+    frontend: bool = True
     preview_every: int = 1
     history_size: int = 10_000
     allowed_origins: tuple[str, ...] = ()
@@ -51,6 +56,8 @@ class ServerConfig:
             ("--max-message-bytes", self.max_message_bytes, 1024),
             ("--max-clients", self.max_clients, 1),
             ("--history-size", self.history_size, 1),
+            ("--max-upload-bytes", self.max_upload_bytes, 1024),
+            ("--max-view-streams", self.max_view_streams, 1),
             ("--preview-every", self.preview_every, 0),
         ):
             if value < least:
@@ -61,14 +68,19 @@ class ServerConfig:
 
     @property
     def hard_message_bytes(self) -> int:
-        """Past this websockets itself closes the connection (1009); below it we answer with an error."""
+        """Past this the websocket is closed (1009); below it an oversized message is answered with an error."""
         return 2 * self.max_message_bytes + 64 * 1024
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest HTTP request body read at all (uploads, or a prompt of max_message_bytes)."""
+        return max(self.max_upload_bytes, self.max_message_bytes) + 64 * 1024
 
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nodegraph serve",
-        description="Serve the engine over websockets (ComfyUI-style protocol) with a small web GUI.",
+        description="Serve the engine with ComfyUI's HTTP and websocket API, and ComfyUI's frontend at /.",
     )
     defaults = ServerConfig()
     parser.add_argument("--host", default=defaults.host, help="address to bind (default: 127.0.0.1, loopback only)")
@@ -101,6 +113,13 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get(TOKEN_ENV) or None,
         help=f"secret clients must send (?token= or Authorization: Bearer); required off loopback (env {TOKEN_ENV})",
     )
+    parser.add_argument(
+        "--temp-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="served by /view?type=temp (default: STATE_DIR/temp)",
+    )
     parser.add_argument("--device", default=defaults.device, help="auto (cuda if available), cpu or cuda")
     parser.add_argument("--max-queue", type=int, default=defaults.max_queue, help="pending prompts accepted at most")
     parser.add_argument(
@@ -108,6 +127,18 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=defaults.max_message_bytes,
         help="largest client message answered (larger ones get an error; twice that closes the connection)",
+    )
+    parser.add_argument(
+        "--max-upload-bytes", type=int, default=defaults.max_upload_bytes, help="largest file /upload/image accepts"
+    )
+    parser.add_argument(
+        "--max-view-streams", type=int, default=defaults.max_view_streams, help="/view downloads served at once"
+    )
+    parser.add_argument(
+        "--no-frontend",
+        dest="frontend",
+        action="store_false",
+        help="serve only the API (no ComfyUI frontend at /)",
     )
     parser.add_argument("--max-clients", type=int, default=defaults.max_clients, help="open websockets at most")
     parser.add_argument(
@@ -145,12 +176,16 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, argparse.Names
         port=args.port,
         output_dir=args.output_dir,
         input_dir=args.input_dir,
+        temp_dir=args.temp_dir,
         state_dir=args.state_dir,
         token=args.token,
         device=args.device,
         max_queue=args.max_queue,
         max_message_bytes=args.max_message_bytes,
         max_clients=args.max_clients,
+        max_upload_bytes=args.max_upload_bytes,
+        max_view_streams=args.max_view_streams,
+        frontend=args.frontend,
         preview_every=args.preview_every,
         history_size=args.history_size,
         allowed_origins=tuple(args.allow_origin),

@@ -1,7 +1,7 @@
 """`nodegraph serve`: run the server until SIGINT/SIGTERM, then shut down gracefully (exit 0).
 
-The first signal interrupts the running prompt, saves the pending queue and closes clients with
-1001; a second one stops waiting for a run that does not respond to the interrupt.
+The first signal interrupts the running prompt, keeps the pending queue (already on disk) and closes
+clients with 1001; a second one stops waiting for a run that does not respond to the interrupt.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None, *, engine: Engine | None = None) -> 
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("aiohttp").setLevel(max(logging.WARNING, logging.getLogger().level))
     problems = config.problems()
     if problems:
         for problem in problems:

@@ -1,43 +1,59 @@
-"""The websocket wire format: client message schemas (pydantic) and the server's message encoders.
+"""The wire format: websocket message schemas, ComfyUI's error shapes (bounded), binary frames.
 
 Every text frame is a JSON object `{"type": T, "data": {...}}`. Client messages are parsed in two
 steps, the envelope first and then the `data` of its type, so an error can name the field that is
-wrong. The server answers a message it cannot use with an `error` message (see `error_message`)
-and keeps the connection open.
+wrong. The server answers a message it cannot use with an `error` message and keeps the connection open.
 
 Client -> server (each answered as noted):
 
-    prompt       {"prompt": WORKFLOW, "params"?: {NAME: VALUE}, "prompt_id"?: ID}
-                 -> prompt_queued {"prompt_id", "number"} | prompt_error {"error", "node_errors", "prompt_id"}
+    feature_flags {FLAG: VALUE, ...}           -> feature_flags {the server's flags}
+    prompt       {"prompt": WORKFLOW, "params"?, "prompt_id"?, "extra_data"?, "front"?, "number"?,
+                  "partial_execution_targets"?}
+                 -> prompt_queued {"prompt_id", "number", "node_errors"} | prompt_error {"error", "node_errors",
+                    "prompt_id"}
     interrupt    {"prompt_id"?: ID}            -> interrupt {"prompt_id", "interrupted": bool, "reason"?}
     queue        {"delete"?: [ID], "clear"?: bool}
                  -> queue {"queue_running", "queue_pending", "deleted"?, "not_deleted"?}
-    history      {"prompt_id"?: ID, "max_items"?: N}   -> history {ID: entry, ...}
-    object_info  {}                            -> object_info {NODE: catalogue entry, ...}
+    history      {"prompt_id"?: ID, "max_items"?: N, "offset"?: N}   -> history {ID: entry, ...}
+    object_info  {}                            -> object_info {NODE: ComfyUI node info, ...}
+
+Error reports are bounded: however many problems a prompt has, a reply lists at most MAX_REPORTED issues
+(each message at most MAX_MESSAGE characters) and says how many were left out.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import struct
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from nodegraph.engine import events
 from nodegraph.errors import ValidationIssue
+from nodegraph.server import jsonio
 
 # Prompt and client ids name files (history/<prompt_id>.json), so they are kept to a safe alphabet.
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 
-# ComfyUI's binary event types and image formats (the first two big-endian u32 of a binary frame).
+# ComfyUI's binary event types (the first big-endian u32 of a binary frame) and image formats.
 BINARY_PREVIEW_IMAGE = 1
+BINARY_PREVIEW_IMAGE_WITH_METADATA = 4
 IMAGE_FORMAT_PNG = 2
 
-MESSAGE_TYPES = ("prompt", "interrupt", "queue", "history", "object_info")
+MAX_REPORTED = 100  # issues listed in one error reply
+MAX_MESSAGE = 600  # characters of one issue message
+MAX_FLAGS_BYTES = 16 * 1024  # a client's feature_flags
+
+MESSAGE_TYPES = ("feature_flags", "prompt", "interrupt", "queue", "history", "object_info")
+
+# What this server tells clients it supports (GET /features and the feature_flags answer).
+SERVER_FEATURES: dict[str, Any] = {
+    "supports_preview_metadata": True,
+    "max_upload_size": 0,  # filled in from the config
+    "extension": {"manager": {"supports_v4": False}},
+    "node_replacements": False,
+}
 
 
 class _Strict(BaseModel):
@@ -50,10 +66,22 @@ class Envelope(_Strict):
     data: dict[str, Any] | None = None
 
 
+class ExtraData(BaseModel):
+    # ComfyUI clients put more here (auth tokens, client_id); only extra_pnginfo is used.
+    model_config = ConfigDict(extra="allow", strict=True)
+    extra_pnginfo: dict[str, Any] | None = None
+    client_id: Identifier | None = None
+
+
 class PromptRequest(_Strict):
     prompt: dict[str, Any]
     params: dict[str, Any] | None = None
     prompt_id: Identifier | None = None
+    client_id: Identifier | None = None
+    extra_data: ExtraData | None = None
+    front: bool | None = None
+    number: float | int | None = None
+    partial_execution_targets: list[str] | None = Field(default=None, max_length=10_000)
 
 
 class InterruptRequest(_Strict):
@@ -68,13 +96,19 @@ class QueueRequest(_Strict):
 class HistoryRequest(_Strict):
     prompt_id: Identifier | None = None
     max_items: int | None = Field(default=None, ge=1)
+    offset: int | None = Field(default=None, ge=0)
 
 
 class ObjectInfoRequest(_Strict):
     pass
 
 
-REQUEST_MODELS: dict[str, type[_Strict]] = {
+class FeatureFlags(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+REQUEST_MODELS: dict[str, type[BaseModel]] = {
+    "feature_flags": FeatureFlags,
     "prompt": PromptRequest,
     "interrupt": InterruptRequest,
     "queue": QueueRequest,
@@ -97,20 +131,18 @@ class MessageError(Exception):
 def parse_message(text: str) -> tuple[str, Any]:
     """(type, validated request model) for one text frame, or MessageError saying what is wrong."""
     try:
-        payload = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise MessageError("invalid_json", "the message is nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, huge integer literals
-        raise MessageError("invalid_json", f"the message is not valid JSON: {exc}") from None
+        payload = jsonio.parse(text)
+    except jsonio.JsonInputError as exc:
+        raise MessageError("invalid_json", f"the message is {exc}" if "JSON" in str(exc) else str(exc)) from None
     if not isinstance(payload, dict):
         raise MessageError(
             "invalid_message",
-            f'a message must be a JSON object {{"type": ..., "data": {{...}}}}, got {_json_kind(payload)}',
+            f'a message must be a JSON object {{"type": ..., "data": {{...}}}}, got {json_kind(payload)}',
         )
     try:
         envelope = Envelope.model_validate(payload)
     except ValidationError as exc:
-        raise MessageError("invalid_message", _describe(exc), details=_error_list(exc)) from None
+        raise MessageError("invalid_message", describe(exc), details=error_list(exc)) from None
     model = REQUEST_MODELS.get(envelope.type)
     if model is None:
         raise MessageError(
@@ -118,40 +150,37 @@ def parse_message(text: str) -> tuple[str, Any]:
             f"unknown message type {envelope.type[:64]!r}; known types: {', '.join(MESSAGE_TYPES)}",
             request_type=envelope.type[:64],
         )
+    return envelope.type, validate_request(model, envelope.data or {}, envelope.type)
+
+
+def validate_request(model: type[BaseModel], data: Any, request_type: str | None = None) -> Any:
+    """`data` as `model`, or MessageError("invalid_fields") naming the fields that are wrong."""
     try:
-        request = model.model_validate(envelope.data or {})
+        return model.model_validate(data)
     except ValidationError as exc:
         raise MessageError(
-            "invalid_fields", _describe(exc, "data"), request_type=envelope.type, details=_error_list(exc)
+            "invalid_fields", describe(exc, "data" if request_type else ""), request_type=request_type,
+            details=error_list(exc),
         ) from None
-    return envelope.type, request
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} overflows a float")
-    return value
-
-
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
-def _error_list(exc: ValidationError) -> list[dict[str, str]]:
-    return [{"loc": ".".join(str(part) for part in error["loc"]), "msg": error["msg"]} for error in exc.errors()[:20]]
+def error_list(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {"loc": ".".join(str(part) for part in error["loc"])[:200], "msg": error["msg"][:MAX_MESSAGE]}
+        for error in exc.errors()[:20]
+    ]
 
 
-def _describe(exc: ValidationError, prefix: str = "") -> str:
+def describe(exc: ValidationError, prefix: str = "") -> str:
     parts = []
     for error in exc.errors()[:5]:
-        loc = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "")
-        message = "unexpected field" if error["type"] == "extra_forbidden" else error["msg"]
+        loc = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "")[:200]
+        message = "unexpected field" if error["type"] == "extra_forbidden" else error["msg"][:MAX_MESSAGE]
         parts.append(f"{loc or 'message'}: {message}")
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
@@ -168,19 +197,29 @@ def workflow_nodes(prompt: Mapping[str, Any]) -> Mapping[str, Any]:
 # ---------------------------------------------------------------- server -> client
 
 
-def encode(type_: str, data: Mapping[str, Any]) -> bytes:
-    """One text frame's bytes. Values JSON cannot hold (tensors, NaN) are described, never raised on."""
-    message = {"type": type_, "data": data}
-    try:
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError):
-        text = json.dumps(events.jsonable(message), separators=(",", ":"), ensure_ascii=False, default=str)
-    return text.encode()
+def encode(type_: str, data: Mapping[str, Any]) -> str:
+    """One text frame. Values JSON cannot hold (tensors, NaN) are described, never raised on."""
+    return jsonio.dumps({"type": type_, "data": data})
 
 
 def preview_frame(png: bytes) -> bytes:
-    """A binary preview frame as ComfyUI sends it: u32 event type 1, u32 format 2 (PNG), the PNG."""
+    """A plain preview frame as ComfyUI sends it: u32 event 1, u32 format 2 (PNG), the PNG."""
     return struct.pack(">II", BINARY_PREVIEW_IMAGE, IMAGE_FORMAT_PNG) + png
+
+
+def preview_with_metadata_frame(png: bytes, prompt_id: str, node: str) -> bytes:
+    """ComfyUI's newer preview event 4: u32 event, u32 length of a JSON header naming the node, header, PNG."""
+    header = jsonio.dump_bytes(
+        {
+            "node_id": node,
+            "prompt_id": prompt_id,
+            "display_node_id": node,
+            "parent_node_id": None,
+            "real_node_id": node,
+            "image_type": "image/png",
+        }
+    )
+    return struct.pack(">II", BINARY_PREVIEW_IMAGE_WITH_METADATA, len(header)) + header + png
 
 
 def status_data(queue_remaining: int, sid: str | None = None) -> dict[str, Any]:
@@ -190,7 +229,7 @@ def status_data(queue_remaining: int, sid: str | None = None) -> dict[str, Any]:
     return data
 
 
-def error_message(exc: MessageError) -> bytes:
+def error_message(exc: MessageError) -> str:
     data: dict[str, Any] = {"code": exc.code, "message": exc.message}
     if exc.request_type is not None:
         data["request_type"] = exc.request_type
@@ -199,45 +238,107 @@ def error_message(exc: MessageError) -> bytes:
     return encode("error", data)
 
 
-def prompt_error(
+# ---------------------------------------------------------------- ComfyUI's validation error shape
+
+# nodegraph's issue codes -> ComfyUI's names for the same problem (the frontend and clients match on these).
+_COMFY_TYPES = {
+    "missing_required_input": "required_input_missing",
+    "malformed_link": "bad_linked_input",
+    "link_to_missing_node": "bad_linked_input",
+    "output_index_out_of_range": "bad_linked_input",
+    "type_mismatch": "return_type_mismatch",
+    "wrong_type": "invalid_input_type",
+    "not_in_choices": "value_not_in_list",
+    "unknown_class_type": "invalid_prompt",
+    "missing_class_type": "invalid_prompt",
+    "invalid_class_type": "invalid_prompt",
+    "no_output_node": "prompt_no_outputs",
+}
+
+
+def comfy_type(issue: ValidationIssue) -> str:
+    if issue.type == "out_of_range":
+        return "value_smaller_than_min" if "below the minimum" in issue.message else "value_bigger_than_max"
+    return _COMFY_TYPES.get(issue.type, issue.type)
+
+
+def _clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def prompt_error_body(
     code: str,
     message: str,
     *,
-    prompt_id: str | None,
     issues: Iterable[ValidationIssue] = (),
     nodes: Mapping[str, Any] | None = None,
-) -> bytes:
-    """ComfyUI's prompt_error shape: {"error": {type, message, details, extra_info}, "node_errors"}.
+) -> dict[str, Any]:
+    """ComfyUI's `{"error": {type, message, details, extra_info}, "node_errors": {...}}`, bounded in size.
 
-    node_errors maps each node with a problem to {"errors": [...], "class_type", "dependent_outputs"};
-    problems of the workflow as a whole appear only in error.extra_info.errors, which lists every
-    issue in the CLI's `validate` format.
+    node_errors maps each node with a problem to {"errors": [...], "class_type", "dependent_outputs"}, each
+    error {type (ComfyUI's name), message, details, extra_info: {input_name, nodegraph_type}}; problems of the
+    workflow as a whole are in error.extra_info.errors, which lists issues in the CLI's `validate` format.
+    At most MAX_REPORTED issues are listed; error.extra_info.omitted counts the rest.
     """
-    issues = list(issues)
-    node_errors: dict[str, dict[str, Any]] = {}
+    listed: list[ValidationIssue] = []
+    total = 0
     for issue in issues:
+        total += 1
+        if len(listed) < MAX_REPORTED:
+            listed.append(issue)
+    node_errors: dict[str, dict[str, Any]] = {}
+    for issue in listed:
         if issue.node is None:
             continue
-        entry = node_errors.get(issue.node)
+        node_id = _clip(issue.node, 200)
+        entry = node_errors.get(node_id)
         if entry is None:
             node = nodes.get(issue.node) if nodes is not None else None
             class_type = node.get("class_type") if isinstance(node, Mapping) else None
-            entry = {"errors": [], "class_type": class_type if isinstance(class_type, str) else None}
-            entry["dependent_outputs"] = []
-            node_errors[issue.node] = entry
+            entry = {
+                "errors": [],
+                "class_type": _clip(class_type, 200) if isinstance(class_type, str) else None,
+                "dependent_outputs": [],
+            }
+            node_errors[node_id] = entry
+        extra: dict[str, Any] = {"nodegraph_type": issue.type}
+        if issue.input is not None:
+            extra["input_name"] = _clip(issue.input, 200)
         entry["errors"].append(
             {
-                "type": issue.type,
-                "message": issue.message,
-                "details": issue.where(),
-                "extra_info": {"input_name": issue.input} if issue.input is not None else {},
+                "type": comfy_type(issue),
+                "message": _clip(issue.message),
+                "details": _clip(issue.where(), 300),
+                "extra_info": extra,
             }
         )
-    details = "\n".join(f"{issue.where()}: {issue.message} [{issue.type}]" for issue in issues)
-    error = {
-        "type": code,
-        "message": message,
-        "details": details,
-        "extra_info": {"errors": [issue.model_dump() for issue in issues]},
+    details = "\n".join(_clip(f"{issue.where()}: {issue.message} [{issue.type}]") for issue in listed)
+    extra_info: dict[str, Any] = {
+        "errors": [
+            {
+                "node": None if issue.node is None else _clip(issue.node, 200),
+                "input": None if issue.input is None else _clip(issue.input, 200),
+                "type": issue.type,
+                "message": _clip(issue.message),
+            }
+            for issue in listed
+        ]
     }
-    return encode("prompt_error", {"error": error, "node_errors": node_errors, "prompt_id": prompt_id})
+    if total > len(listed):
+        extra_info["omitted"] = total - len(listed)
+        details += f"\n... and {total - len(listed)} more problems"
+    error = {"type": code, "message": message, "details": details, "extra_info": extra_info}
+    return {"error": error, "node_errors": node_errors}
+
+
+def invalid_prompt_body(issues: list[ValidationIssue], nodes: Mapping[str, Any]) -> dict[str, Any]:
+    """The 400 reply for a prompt that failed validation, typed as ComfyUI types it."""
+    count = len(issues)
+    if any(issue.node is not None for issue in issues):
+        code, message = "prompt_outputs_failed_validation", "Prompt outputs failed validation"
+    else:
+        code = comfy_type(issues[0]) if issues else "invalid_prompt"
+        message = issues[0].message if count == 1 else "Invalid prompt"
+    return prompt_error_body(
+        code, f"{message} ({count} problem{'s' if count != 1 else ''})", issues=issues, nodes=nodes
+    )

@@ -1,21 +1,36 @@
-"""The prompt queue: a FIFO of pending prompts and the one running, with persistence across restarts."""
+"""The prompt queue: pending prompts in order of their number, the one running, and their files on disk.
+
+Persistence is a journal of one file per prompt, written on every change, so that no moment exists at
+which the disk disagrees with the queue by more than the change being made:
+
+    STATE/queue/NUMBER_ID.json     a pending prompt (written when it is queued, deleted when it is removed)
+    STATE/running/NUMBER_ID.json   the prompt running now (moved there when it starts, deleted once its
+                                   history entry is written)
+
+On start (`recover`), a pending prompt whose history entry exists already ran and is dropped, the rest
+are queued again in order; a prompt left in running/ was cut off by a hard kill and is reported (the
+log says so, and the server writes it a history entry) but not run again. So nothing runs twice, a
+deleted prompt never comes back, and a hard kill loses at most the prompt that was running.
+"""
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger("nodegraph.server")
+from nodegraph.server import jsonio
+from nodegraph.server.security import valid_id
 
-QUEUE_FILE_VERSION = 1
+logger = logging.getLogger("nodegraph.server")
 
 
 class QueueFull(Exception):
@@ -27,26 +42,40 @@ class QueuedPrompt:
     """A prompt accepted by the server: what to run, for whom, and its place in line."""
 
     prompt_id: str
-    number: int
-    client_id: str
+    number: float
+    client_id: str | None
     prompt: dict[str, Any]  # the workflow as submitted (bare or wrapped)
     params: dict[str, Any]
+    extra_data: dict[str, Any] = field(default_factory=dict)  # ComfyUI's: extra_pnginfo, ...
+    outputs: list[str] | None = None  # partial_execution_targets: the output nodes to run (None: all)
     submitted_at: float = field(default_factory=time.time)
     interrupt: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
     # The engine's PreparedRun from submission (validated then), handed to the worker so it is not prepared
     # again; a prompt reloaded from disk has none and is prepared when it runs.
     prepared: Any = field(default=None, repr=False, compare=False)
+    file: Path | None = field(default=None, repr=False, compare=False)
 
-    def summary(self) -> dict[str, Any]:
+    def comfy_item(self) -> list[Any]:
+        """ComfyUI's queue item: [number, prompt_id, prompt, extra_data, outputs_to_execute].
+
+        The client id is left out of extra_data: ids are private to their client (see server/README.md).
+        """
+        return [self.number, self.prompt_id, self.prompt, self.public_extra_data(), list(self.outputs or [])]
+
+    def public_extra_data(self) -> dict[str, Any]:
+        return {key: value for key, value in self.extra_data.items() if key != "client_id"}
+
+    def to_json(self) -> dict[str, Any]:
         return {
             "prompt_id": self.prompt_id,
             "number": self.number,
             "client_id": self.client_id,
+            "prompt": self.prompt,
+            "params": self.params,
+            "extra_data": self.extra_data,
+            "outputs": self.outputs,
             "submitted_at": self.submitted_at,
         }
-
-    def to_json(self) -> dict[str, Any]:
-        return {**self.summary(), "prompt": self.prompt, "params": self.params}
 
     @classmethod
     def from_json(cls, data: Any) -> QueuedPrompt:
@@ -55,32 +84,50 @@ class QueuedPrompt:
         item = cls(
             prompt_id=data["prompt_id"],
             number=data["number"],
-            client_id=data["client_id"],
+            client_id=data.get("client_id"),
             prompt=data["prompt"],
             params=data.get("params") or {},
+            extra_data=data.get("extra_data") or {},
+            outputs=data.get("outputs"),
             submitted_at=data.get("submitted_at", time.time()),
         )
         if not (
             isinstance(item.prompt_id, str)
-            and isinstance(item.number, int)
-            and isinstance(item.client_id, str)
+            and valid_id(item.prompt_id)
+            and isinstance(item.number, (int, float))
+            and (item.client_id is None or isinstance(item.client_id, str))
             and isinstance(item.prompt, dict)
             and isinstance(item.params, dict)
+            and isinstance(item.extra_data, dict)
+            and (item.outputs is None or isinstance(item.outputs, list))
         ):
             raise ValueError("a queued prompt has fields of the wrong type")
         return item
 
 
-class PromptQueue:
-    """FIFO of pending prompts plus the running one, shared by the event loop and the worker thread.
+@dataclass
+class Recovered:
+    """What `recover` found on disk."""
 
-    The loop adds and removes pending prompts; the worker thread `take`s the next one as soon as
-    it has finished the last, without a round trip through the loop. Everything is under one lock.
+    requeued: int = 0
+    already_done: int = 0
+    cut_off: list[QueuedPrompt] = field(default_factory=list)  # running at a hard kill: not run again
+
+
+class PromptQueue:
+    """Pending prompts ordered by (number, arrival) plus the running one, shared by the loop and the worker.
+
+    The loop adds and removes pending prompts; the worker thread `take`s the next one as soon as it has
+    finished the last. Everything is under one lock. With a `directory`, every change is written there
+    (see the module docstring) before the call returns.
     """
 
-    def __init__(self, max_pending: int) -> None:
+    def __init__(self, max_pending: int, directory: Path | None = None) -> None:
         self.max_pending = max_pending
-        self._pending: OrderedDict[str, QueuedPrompt] = OrderedDict()
+        self.directory = directory
+        self._pending: dict[str, QueuedPrompt] = {}
+        self._order: list[tuple[float, int, str]] = []  # sorted (number, arrival, prompt_id)
+        self._arrival = itertools.count()
         self._running: QueuedPrompt | None = None
         self._closed = False
         self._next_number = 0
@@ -94,7 +141,7 @@ class PromptQueue:
     @property
     def pending(self) -> list[QueuedPrompt]:
         with self._condition:
-            return list(self._pending.values())
+            return [self._pending[key] for _, _, key in self._order]
 
     @property
     def remaining(self) -> int:
@@ -105,7 +152,7 @@ class PromptQueue:
     def snapshot(self) -> tuple[QueuedPrompt | None, list[QueuedPrompt]]:
         """(running, pending) seen at one instant."""
         with self._condition:
-            return self._running, list(self._pending.values())
+            return self._running, [self._pending[key] for _, _, key in self._order]
 
     def knows(self, prompt_id: str) -> bool:
         with self._condition:
@@ -115,30 +162,36 @@ class PromptQueue:
         with self._condition:
             return len(self._pending) >= self.max_pending
 
-    def next_number(self) -> int:
+    def next_number(self, front: bool = False) -> int:
+        """The next prompt number; `front` makes it negative, so it runs before every other (ComfyUI's rule)."""
         with self._condition:
             number = self._next_number
             self._next_number += 1
-            return number
+            return -number if front else number
 
-    def advance_numbers(self, past: int) -> None:
+    def advance_numbers(self, past: float) -> None:
         """Make the next number larger than `past` (numbers stay unique across restarts)."""
         with self._condition:
-            self._next_number = max(self._next_number, past + 1)
+            self._next_number = max(self._next_number, int(past) + 1)
 
     def put(self, item: QueuedPrompt, *, force: bool = False) -> None:
-        """Append a prompt; QueueFull when max_pending are waiting (`force`: prompts reloaded at start)."""
+        """Queue a prompt (and write its file); QueueFull when max_pending are waiting (`force`: reloads)."""
         with self._condition:
             if self._closed:
                 raise QueueFull("the server is shutting down")
             if not force and len(self._pending) >= self.max_pending:
                 raise QueueFull(f"the queue is full ({self.max_pending} prompts pending); try again later")
+            if item.file is None and self.directory is not None:
+                item.file = self.directory / "queue" / f"{_file_stem(item)}.json"
+                jsonio.write_atomic(item.file, item.to_json())
             self._pending[item.prompt_id] = item
-            self._next_number = max(self._next_number, item.number + 1)
+            bisect.insort(self._order, (item.number, next(self._arrival), item.prompt_id))
+            if isinstance(item.number, int):
+                self._next_number = max(self._next_number, item.number + 1)
             self._condition.notify()
 
     def remove(self, prompt_ids: Iterable[str]) -> tuple[list[QueuedPrompt], dict[str, str]]:
-        """Drop pending prompts; (removed ones, {id: why it was not removed})."""
+        """Drop pending prompts (and their files); (removed ones, {id: why it was not removed})."""
         removed: list[QueuedPrompt] = []
         refused: dict[str, str] = {}
         with self._condition:
@@ -147,89 +200,125 @@ class PromptQueue:
                 if item is not None:
                     removed.append(item)
                 elif self._running is not None and self._running.prompt_id == prompt_id:
-                    refused[prompt_id] = "running; stop it with an interrupt message"
+                    refused[prompt_id] = "running; stop it with an interrupt"
                 elif not any(prompt_id == done.prompt_id for done in removed):
                     refused[prompt_id] = "not in the queue"
+            if removed:
+                gone = {item.prompt_id for item in removed}
+                self._order = [entry for entry in self._order if entry[2] not in gone]
+                for item in removed:
+                    _unlink(item.file)
         return removed, refused
 
     def clear(self) -> list[QueuedPrompt]:
         with self._condition:
-            removed = list(self._pending.values())
+            removed = [self._pending[key] for _, _, key in self._order]
             self._pending.clear()
+            self._order.clear()
+            for item in removed:
+                _unlink(item.file)
         return removed
 
     def take(self) -> QueuedPrompt | None:
         """(Worker thread) wait for the next prompt and mark it running; None once the queue is closed."""
         with self._condition:
-            while not self._closed and not self._pending:
+            while not self._closed and not self._order:
                 self._condition.wait()
             if self._closed:
                 return None
-            _, item = self._pending.popitem(last=False)
+            _, _, prompt_id = self._order.pop(0)
+            item = self._pending.pop(prompt_id)
             self._running = item
+            if item.file is not None and self.directory is not None:
+                running = self.directory / "running" / item.file.name
+                try:
+                    running.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(item.file, running)
+                    item.file = running
+                except OSError as exc:
+                    logger.error("could not move %s to %s: %s", item.file, running, exc)
             return item
 
     def finish(self) -> None:
-        """(Worker thread) the running prompt is over."""
+        """(Worker thread) the running prompt is over (its history entry is written): forget its file."""
         with self._condition:
+            if self._running is not None:
+                _unlink(self._running.file)
             self._running = None
 
+    def finish_file(self, item: QueuedPrompt) -> None:
+        """Forget the journal file of a prompt that will not run (one a hard kill cut off)."""
+        _unlink(item.file)
+
     def close(self) -> None:
-        """Stop handing out prompts; pending ones stay (to be saved) and `put` is refused."""
+        """Stop handing out prompts; pending ones stay (their files too) and `put` is refused."""
         with self._condition:
             self._closed = True
             self._condition.notify_all()
 
-    # ---------------------------------------------------------------- persistence
+    # ---------------------------------------------------------------- recovery
 
-    def save(self, path: Path) -> int:
-        """Write the pending prompts (in order) to `path` atomically; returns how many were saved."""
-        with self._condition:
-            items = [item.to_json() for item in self._pending.values()]
-            next_number = self._next_number
-        write_json_atomic(path, {"version": QUEUE_FILE_VERSION, "next_number": next_number, "pending": items})
-        return len(items)
-
-    def load(self, path: Path, skip: Callable[[str], bool]) -> int:
-        """Re-queue prompts saved by `save`, except those `skip` names (e.g. already in the history)."""
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return 0
-        except (OSError, ValueError) as exc:
-            logger.warning("ignoring the saved queue %s: %s", path, exc)
-            return 0
-        if not isinstance(data, dict) or data.get("version") != QUEUE_FILE_VERSION:
-            logger.warning("ignoring the saved queue %s: unknown format", path)
-            return 0
-        next_number = data.get("next_number")
-        if isinstance(next_number, int):
-            self.advance_numbers(next_number - 1)
-        loaded = 0
-        for raw in data.get("pending") or []:
-            try:
-                item = QueuedPrompt.from_json(raw)
-            except (KeyError, ValueError) as exc:
-                logger.warning("skipping a saved prompt in %s: %s", path, exc)
+    def recover(self, done: Callable[[str], bool]) -> Recovered:
+        """Reload the journal after a restart (see the module docstring); `done(id)`: it has a history entry."""
+        found = Recovered()
+        if self.directory is None:
+            return found
+        for path in sorted(_json_files(self.directory / "running")):
+            item = _read_item(path)
+            if item is None or done(item.prompt_id):
+                _unlink(path)
                 continue
-            if skip(item.prompt_id) or self.knows(item.prompt_id):
+            logger.warning(
+                "prompt %s (number %s) was running when the server stopped without shutting down; "
+                "it is not run again",
+                item.prompt_id,
+                item.number,
+            )
+            item.file = path
+            found.cut_off.append(item)
+        loaded: list[QueuedPrompt] = []
+        for path in _json_files(self.directory / "queue"):
+            item = _read_item(path)
+            if item is None:
                 continue
+            if done(item.prompt_id) or self.knows(item.prompt_id):
+                found.already_done += 1
+                _unlink(path)
+                continue
+            item.file = path
+            loaded.append(item)
+        for item in sorted(loaded, key=lambda item: (item.number, item.submitted_at)):
             self.put(item, force=True)
-            loaded += 1
-        return loaded
+            if isinstance(item.number, (int, float)):
+                self.advance_numbers(abs(item.number))
+            found.requeued += 1
+        return found
 
 
-def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
-    """Write JSON so that a crash leaves either the old file or the new one, never half of one.
+def _file_stem(item: QueuedPrompt) -> str:
+    number = f"{item.number:+021.6f}" if isinstance(item.number, float) else f"{item.number:+013d}"
+    return f"{number}_{item.prompt_id}"
 
-    `durable=False` skips the fsync: the rename is still atomic, but after a power cut the file may
-    be empty (readers skip unreadable files); worth it where a write happens for every prompt.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        json.dump(data, handle, ensure_ascii=False, separators=(",", ":"))
-        if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(temporary, path)
+
+def _json_files(directory: Path) -> list[Path]:
+    try:
+        return [path for path in directory.iterdir() if path.suffix == ".json" and not path.name.startswith(".")]
+    except FileNotFoundError:
+        return []
+
+
+def _read_item(path: Path) -> QueuedPrompt | None:
+    try:
+        return QueuedPrompt.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError) as exc:
+        logger.warning("skipping the saved prompt %s: %s", path, exc)
+        return None
+
+
+def _unlink(path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        logger.error("could not remove %s: %s", path, exc)

@@ -10,6 +10,8 @@
   listed with --allow-origin), so another site's page cannot drive the server from a visitor's
   browser (CSRF). Non-browser clients send no Origin and are not affected. This is ComfyUI's rule
   for loopback, applied on every address.
+- Host, Origin and Authorization may each appear once: a request carrying two is ambiguous (which one
+  did a proxy check?) and is refused with 400, as is a query with two tokens.
 """
 
 from __future__ import annotations
@@ -17,15 +19,24 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import SplitResult, urlsplit
-
-from websockets.datastructures import Headers
 
 from nodegraph.server.protocol import ID_PATTERN
 
 _ID = re.compile(ID_PATTERN)
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
+class MultiHeaders(Protocol):
+    """What the checks need of a request's headers (aiohttp's CIMultiDictProxy has it)."""
+
+    def getall(self, key: str, default: Sequence[str] = ...) -> list[str]: ...
+
+
+_SINGLE_HEADERS = ("Host", "Origin", "Authorization")
 
 
 @dataclass(frozen=True)
@@ -65,14 +76,19 @@ class AccessPolicy:
     def requires_token(self) -> bool:
         return self._token is not None
 
-    def check(self, headers: Headers, query: dict[str, list[str]]) -> Refusal | None:
+    def check(self, headers: MultiHeaders, query: Mapping[str, list[str]]) -> Refusal | None:
+        for name in _SINGLE_HEADERS:
+            if len(headers.getall(name, [])) > 1:
+                return Refusal(400, f"the request has more than one {name} header; send it once")
+        if len(query.get("token", [])) > 1:
+            return Refusal(400, "the query has more than one token; send it once")
         refusal = self._check_host_and_origin(headers)
         if refusal is None and self._token is not None:
             refusal = self._check_token(headers, query)
         return refusal
 
-    def _check_host_and_origin(self, headers: Headers) -> Refusal | None:
-        host_header = headers.get("Host")
+    def _check_host_and_origin(self, headers: MultiHeaders) -> Refusal | None:
+        host_header = _single(headers, "Host")
         if host_header is None:
             return Refusal(400, "the request has no Host header")
         host = _split_netloc(host_header)
@@ -84,7 +100,7 @@ class AccessPolicy:
                 f"Host {host_header!r} is not a loopback name; this server only answers requests addressed to "
                 "localhost or 127.0.0.1 (protection against DNS rebinding)",
             )
-        origin = headers.get("Origin")
+        origin = _single(headers, "Origin")
         if origin is None:
             return None
         if _normalise_origin(origin) in self._allowed_origins:
@@ -102,10 +118,10 @@ class AccessPolicy:
             )
         return None
 
-    def _check_token(self, headers: Headers, query: dict[str, list[str]]) -> Refusal | None:
+    def _check_token(self, headers: MultiHeaders, query: Mapping[str, list[str]]) -> Refusal | None:
         assert self._token is not None
         offered: str | None = None
-        authorization = headers.get("Authorization")
+        authorization = _single(headers, "Authorization")
         if authorization is not None:
             scheme, _, value = authorization.strip().partition(" ")
             if scheme.lower() == "bearer":
@@ -117,9 +133,14 @@ class AccessPolicy:
                 401,
                 "this server requires a token: add ?token=TOKEN to the URL or send 'Authorization: Bearer TOKEN'",
             )
-        if not hmac.compare_digest(offered.encode(), self._token):
+        if not hmac.compare_digest(offered.encode("utf-8", "surrogatepass"), self._token):
             return Refusal(403, "the token is not valid for this server")
         return None
+
+
+def _single(headers: MultiHeaders, name: str) -> str | None:
+    values = headers.getall(name, [])
+    return values[0] if values else None
 
 
 def _split_netloc(netloc: str) -> SplitResult | None:

@@ -5,7 +5,7 @@ worker thread while the event loop keeps serving sockets. Engine events arrive o
 relay encodes them there (JSON, preview PNGs), so the loop only copies bytes to sockets, and hands
 them over in batches through an Outbox (one loop wake-up per batch, not per event). The run's last
 `executing` (node null) is held back until the history entry is stored and the queue updated, so a
-client that sees the run end can at once ask for its history.
+client that sees the run end can at once ask for its history (ComfyUI's documented client flow).
 """
 
 from __future__ import annotations
@@ -25,9 +25,15 @@ from typing import Any
 from nodegraph.engine import events
 from nodegraph.engine.api import Engine
 from nodegraph.errors import Interrupted, NodeExecutionError, WorkflowError
-from nodegraph.server.clients import Frame
+from nodegraph.server.clients import Frame, Preview
 from nodegraph.server.history import HistoryStore
-from nodegraph.server.protocol import encode, preview_frame, workflow_nodes
+from nodegraph.server.protocol import (
+    MAX_REPORTED,
+    encode,
+    preview_frame,
+    preview_with_metadata_frame,
+    workflow_nodes,
+)
 from nodegraph.server.queue import PromptQueue, QueuedPrompt
 
 logger = logging.getLogger("nodegraph.server")
@@ -134,14 +140,16 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 def _final_frame(prompt_id: str) -> Frame:
-    return (encode(*events.executing(prompt_id, None)), True)
+    return encode(*events.executing(prompt_id, None))
 
 
 class EventRelay:
     """The `on_event` of one run: engine events -> frames for the submitting client, plus a record.
 
-    Previews are sent at most every `preview_every` steps per node (0: never), as PNG binary frames
-    right after their progress message.
+    Besides relaying the engine's events it keeps ComfyUI's `progress_state` (the state of the node running
+    now, sent when a node starts and on each progress step) and turns images into binary frames: previews
+    (at most every `preview_every` steps per node, 0: never) in both of ComfyUI's forms, and the full images
+    SaveImageWebsocket sends as plain image frames.
     """
 
     def __init__(self, prompt_id: str, preview_every: int, put: Callable[[list[Frame]], None]) -> None:
@@ -149,18 +157,29 @@ class EventRelay:
         self.preview_every = preview_every
         self._put = put
         self._last_preview: dict[Any, float] = {}
+        self._running: str | None = None
         self.messages: list[list[Any]] = []  # status events, for the history entry
         self.outputs: dict[str, Any] = {}  # executed events' outputs (cached ones too)
         self.terminal: str | None = None
         self.final: Frame | None = None
         self.previews_sent = 0
+        self.images_sent = 0
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         if kind == events.PROGRESS:
             self._put(self._progress(data))
             return
-        if kind == events.EXECUTING and data.get("node") is None:
-            self.final = (encode(kind, data), True)
+        if kind == events.IMAGE:
+            self._put(self._image(data))
+            return
+        if kind == events.EXECUTING:
+            node = data.get("node")
+            if node is None:
+                self.final = encode(kind, data)
+                return
+            self._running = node
+            state = events.progress_state(self.prompt_id, {node: events.node_progress(self.prompt_id, node, "running")})
+            self._put([encode(kind, data), encode(*state)])
             return
         if kind == events.EXECUTED:
             self.outputs[str(data.get("node"))] = data.get("output")
@@ -168,7 +187,7 @@ class EventRelay:
             self.messages.append([kind, data])
             if kind in _TERMINAL_EVENTS:
                 self.terminal = kind
-        self._put([(encode(kind, data), True)])
+        self._put([encode(kind, data)])
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
         """Send an event the engine did not emit itself (e.g. an error found before the run started)."""
@@ -176,26 +195,37 @@ class EventRelay:
 
     def _progress(self, data: dict[str, Any]) -> list[Frame]:
         preview = data.get("preview")
-        if preview is None:
-            return [(encode(events.PROGRESS, data), True)]
-        data = {key: value for key, value in data.items() if key != "preview"}
-        frames = [(encode(events.PROGRESS, data), True)]
-        if self.preview_every > 0:
-            node, value = data.get("node"), data.get("value", 0)
+        if preview is not None:
+            data = {key: value for key, value in data.items() if key != "preview"}
+        node, value, maximum = data.get("node"), data.get("value", 0), data.get("max", 1)
+        entry = events.node_progress(self.prompt_id, node, "running", value, maximum)
+        state = events.progress_state(self.prompt_id, {node: entry})
+        frames: list[Frame] = [encode(events.PROGRESS, data), encode(*state)]
+        if preview is not None and self.preview_every > 0:
             last = self._last_preview.get(node)
             if last is None or value - last >= self.preview_every:
                 try:
-                    frames.append((preview_frame(_png(preview)), False))
+                    png = _png(preview)
+                    frames.append(Preview(preview_frame(png), preview_with_metadata_frame(png, self.prompt_id, node)))
                     self._last_preview[node] = value
                     self.previews_sent += 1
                 except Exception:  # a preview is a nicety: never fail the run over one
                     logger.exception("could not encode a preview for prompt %s", self.prompt_id)
         return frames
 
+    def _image(self, data: dict[str, Any]) -> list[Frame]:
+        try:
+            frame = preview_frame(_png(data["image"], compress_level=4))
+        except Exception:
+            logger.exception("could not encode an image for prompt %s", self.prompt_id)
+            return []
+        self.images_sent += 1
+        return [frame]
 
-def _png(image: Any) -> bytes:
+
+def _png(image: Any, compress_level: int = 1) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)  # previews are small and short-lived: favour speed
+    image.save(buffer, format="PNG", compress_level=compress_level)  # previews are short-lived: favour speed
     return buffer.getvalue()
 
 
@@ -220,11 +250,17 @@ class PromptRunner:
         executed: list[str] = []
         cached: list[str] = []
         status = "error"
+        pnginfo = item.extra_data.get("extra_pnginfo")
         try:
             if item.prepared is not None:
-                result = self.engine.run(item.prepared, None, relay, item.prompt_id, item.interrupt)
+                result = self.engine.run(
+                    item.prepared, None, relay, item.prompt_id, item.interrupt, extra_pnginfo=pnginfo
+                )
             else:
-                result = self.engine.run(item.prompt, item.params or None, relay, item.prompt_id, item.interrupt)
+                result = self.engine.run(
+                    item.prompt, item.params or None, relay, item.prompt_id, item.interrupt, outputs=item.outputs,
+                    extra_pnginfo=pnginfo,
+                )
             status = "success"
             files = [self._describe_file(path) for path in result.files]
             executed, cached = result.executed, result.cached
@@ -234,7 +270,7 @@ class PromptRunner:
             status = "interrupted"
         except WorkflowError as exc:  # found before the run started (e.g. an input file vanished)
             first = next((issue for issue in exc.errors if issue.node is not None), None)
-            errors = [issue.model_dump() for issue in exc.errors]
+            errors = [issue.model_dump() for issue in exc.errors[:MAX_REPORTED]]
             self._report_error(relay, item, exc, node_id=first.node if first else None, trace=[], errors=errors)
         except Exception as exc:  # a bug in the engine: report it, keep serving
             logger.exception("prompt %s failed inside the engine", item.prompt_id)
@@ -244,27 +280,20 @@ class PromptRunner:
                 relay.emit(*events.execution_interrupted(item.prompt_id))
             elif status == "error":
                 self._report_error(relay, item, RuntimeError("the run ended without a result"), None, [])
-        finished = time.time()
-        entry = {
-            "prompt_id": item.prompt_id,
-            "number": item.number,
-            "client_id": item.client_id,
-            "prompt": item.prompt,
-            "params": item.params,
-            "outputs": relay.outputs,
-            "status": {"status_str": status, "completed": status == "success", "messages": relay.messages},
-            "files": files,
-            "meta": {
-                "submitted_at": item.submitted_at,
-                "started_at": started,
-                "finished_at": finished,
-                "seconds": round(finished - started, 6),
-                "executed": executed,
-                "cached": cached,
-                "previews_sent": relay.previews_sent,
-            },
-        }
-        self.history.add(entry)
+        entry = history_entry(
+            item,
+            status,
+            relay.messages,
+            relay.outputs,
+            files=files,
+            started=started,
+            executed=executed,
+            cached=cached,
+            seq=self.history.next_seq(),
+            previews_sent=relay.previews_sent,
+            images_sent=relay.images_sent,
+        )
+        self.history.add(item.prompt_id, entry)
         return RunOutcome(entry, [relay.final if relay.final is not None else _final_frame(item.prompt_id)])
 
     def _report_error(
@@ -280,7 +309,7 @@ class PromptRunner:
         node = workflow_nodes(item.prompt).get(node_id) if node_id is not None else None
         if isinstance(node, dict) and isinstance(node.get("class_type"), str):
             node_type = node["class_type"]
-        # `errors`: every validation issue, in the CLI's `validate` format
+        # `errors`: the validation issues, in the CLI's `validate` format
         relay.emit(*events.execution_error(item.prompt_id, exc, node_id=node_id, node_type=node_type,
                                            traceback=trace, errors=errors))
 
@@ -292,3 +321,43 @@ class PromptRunner:
             return {"filename": Path(path).name, "subfolder": "", "type": "external"}
         subfolder = relative.parent.as_posix()
         return {"filename": relative.name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}
+
+
+def history_entry(
+    item: QueuedPrompt,
+    status: str,
+    messages: list[list[Any]],
+    outputs: dict[str, Any],
+    *,
+    started: float,
+    seq: int,
+    files: list[dict[str, str]] | None = None,
+    **facts: Any,
+) -> dict[str, Any]:
+    """ComfyUI's history entry for a finished prompt, nodegraph's own facts under "nodegraph"."""
+    finished = time.time()
+    return {
+        "prompt": item.comfy_item(),
+        "outputs": outputs,
+        # ComfyUI has only success and error; an interrupt is an error whose messages say so.
+        "status": {
+            "status_str": "success" if status == "success" else "error",
+            "completed": status == "success",
+            "messages": messages,
+        },
+        "meta": {
+            node: {"node_id": node, "display_node": node, "parent_node": None, "real_node_id": node}
+            for node in outputs
+        },
+        "nodegraph": {
+            "status": status,
+            "params": item.params,
+            "files": files or [],
+            "submitted_at": item.submitted_at,
+            "started_at": started,
+            "finished_at": finished,
+            "seconds": round(finished - started, 6),
+            "seq": seq,
+            **facts,
+        },
+    }

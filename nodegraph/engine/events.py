@@ -15,8 +15,11 @@ returning `(type, data)`, so a payload cannot drift between the two:
                             "errors"?: [validation issues, when the run stopped before its first node]}
     execution_interrupted  {"prompt_id", "node_id", "node_type", "executed", "timestamp"}
 
-and one that is not a ComfyUI JSON message: `image` {"node", "prompt_id", "image": PIL.Image}, a full image a
-node sends to the client (SaveImageWebsocket); the server sends it as a binary image frame.
+`progress_state` {"prompt_id", "nodes": {ID: {"value", "max", "state", "node_id", "prompt_id", "display_node_id",
+"parent_node_id", "real_node_id"}}} is ComfyUI's summary of node states; the engine does not emit it, the server
+builds it from the events above with `progress_state` below. And one that is not a ComfyUI JSON message:
+`image` {"node", "prompt_id", "image": PIL.Image}, a full image a node sends to the client
+(SaveImageWebsocket); the server sends it as a binary image frame.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ EXECUTION_SUCCESS = "execution_success"
 EXECUTION_ERROR = "execution_error"
 EXECUTION_INTERRUPTED = "execution_interrupted"
 IMAGE = "image"
+PROGRESS_STATE = "progress_state"
 
 EventCallback = Callable[[str, dict[str, Any]], None]
 
@@ -69,6 +73,25 @@ def progress(prompt_id: str, node: str, value: float, max: float, preview: Any =
 
 def image(prompt_id: str, node: str, picture: Any) -> Event:
     return IMAGE, {"node": node, "prompt_id": prompt_id, "image": picture}
+
+
+def node_progress(prompt_id: str, node: str, state: str, value: float = 0, max: float = 1) -> dict[str, Any]:
+    """One node's entry in a progress_state message; state is pending, running, finished or error."""
+    return {
+        "value": value,
+        "max": max,
+        "state": state,
+        "node_id": node,
+        "prompt_id": prompt_id,
+        "display_node_id": node,
+        "parent_node_id": None,
+        "real_node_id": node,
+    }
+
+
+def progress_state(prompt_id: str, nodes: Mapping[str, Mapping[str, Any]]) -> Event:
+    """ComfyUI's progress_state: the state of the run's nodes (entries from node_progress)."""
+    return PROGRESS_STATE, {"prompt_id": prompt_id, "nodes": {key: dict(value) for key, value in nodes.items()}}
 
 
 def executed(prompt_id: str, node: str, output: Mapping[str, Any]) -> Event:
