@@ -57,14 +57,20 @@ def space_timesteps(num_timesteps: int, section_counts: str | int) -> list[int]:
     - a single number ``"100"`` / ``100``: one section, so the steps spread evenly from 0 to T-1.
     """
     text = str(section_counts).strip()
+    form = "respacing is 'ddimN' or step counts per section like '10,10,3,2,2'"
     if text.startswith("ddim"):
+        if not text[len("ddim") :].isdecimal():
+            raise ValueError(f"{form}, got {text[:40]!r}")
         wanted = int(text[len("ddim") :])
         for stride in range(1, num_timesteps):
             if len(range(0, num_timesteps, stride)) == wanted:
                 return sorted(range(0, num_timesteps, stride), reverse=True)
         raise ValueError(f"no integer stride gives exactly {wanted} steps out of {num_timesteps}")
 
-    counts = [int(c) for c in text.split(",")]
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdecimal() and len(part) <= 6 for part in parts) or len(parts) > num_timesteps:
+        raise ValueError(f"{form} (at most {num_timesteps} sections), got {text[:40]!r}")
+    counts = [int(part) for part in parts]
     base, extra = divmod(num_timesteps, len(counts))
     steps: set[int] = set()
     start = 0

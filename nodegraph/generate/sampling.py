@@ -52,7 +52,10 @@ class SamplerSettings:
         spacing = self.spacing
         if spacing == "auto":
             spacing = "trailing" if self.sampler == "dpmpp_2m" else "leading"
-        return timestep_sequence(num_timesteps, self.steps, self.respacing or None, spacing)
+        try:
+            return timestep_sequence(num_timesteps, self.steps, self.respacing or None, spacing)
+        except ValueError as exc:  # the user's steps or respacing do not fit this model's schedule
+            raise InputValueError("respacing" if self.respacing else "steps", str(exc)) from None
 
 
 def _net_fn(model: DiffusionModel) -> G.CondModel:
@@ -234,6 +237,9 @@ def upsample(
     size = model.image_size
     low = resize_to(low.to(model.device), model.low_res)
     level = int(aug_level if aug_level is not None else model.aug_level)
+    if not 0 <= level < model.diffusion.num_timesteps:
+        raise InputValueError("aug_level", f"{level} is not a noise level of this upsampler's schedule "
+                              f"(0 … {model.diffusion.num_timesteps - 1}); use -1 for the checkpoint's own")
     b = low.shape[0]
     levels = torch.full((b,), level, dtype=torch.long, device=low.device)
     noisy = model.diffusion.q_sample(low, levels, torch.randn(low.shape, generator=generator, device=low.device))

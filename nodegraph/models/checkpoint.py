@@ -5,6 +5,7 @@ architecture before any weight is copied, with errors that name the mismatch.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -106,6 +107,27 @@ def check_compatible(model: nn.Module, state: dict[str, torch.Tensor], what: str
         f"{what} does not match the architecture it is loaded into ({'; '.join(parts)}); "
         "check that the checkpoint and the chosen config are the same model"
     )
+
+
+def build_checked(build: Callable[[], nn.Module], probe: Callable[[nn.Module], object],
+                  state: dict[str, torch.Tensor], what: str) -> nn.Module:
+    """The network `build` makes, with `state` loaded, after proving the metadata describes it: the network is
+    first built on the meta device (no memory, whatever sizes the metadata claims), `probe` runs a forward
+    pass there (shapes only), and every key and shape is compared with the file. Any failure is a
+    CheckpointError naming the file; only then is the real network built and the weights copied."""
+    try:
+        with torch.device("meta"):
+            shell = build()
+            probe(shell)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # an inconsistent config fails in construction or in the forward pass
+        raise CheckpointError(f"{what}: its config does not describe a working network "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    check_compatible(shell, state, what)
+    net = build()
+    net.load_state_dict(state)
+    return net
 
 
 def load_into(model: nn.Module, path: Path, what: str | None = None) -> nn.Module:

@@ -7,7 +7,7 @@ linear head per attribute of a one-shape Shapes World scene. Guidance for a prom
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,14 +30,10 @@ class ClassifierConfig:
     model_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2)
     image_size: int = 32
-    norm_groups: int = 16
+    norm_groups: int = field(default=16, metadata={"min": 1})
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ClassifierConfig:
-        return cls(**{**d, "channel_mult": tuple(d["channel_mult"])})
 
 
 class NoisyClassifier(nn.Module):

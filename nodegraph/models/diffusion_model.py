@@ -14,7 +14,8 @@ from torch import nn
 
 from nodegraph.diffusion import GaussianDiffusion, make_betas
 from nodegraph.errors import CheckpointError
-from nodegraph.models.checkpoint import check_compatible, load_state_dict, read_metadata
+from nodegraph.models.checkpoint import build_checked, load_state_dict, read_metadata
+from nodegraph.models.config import MAX_INT, from_metadata
 from nodegraph.models.unet import UNet, UNetConfig
 
 UNET_KINDS = ("decoder", "upsampler", "inpaint")
@@ -22,10 +23,11 @@ UNET_KINDS = ("decoder", "upsampler", "inpaint")
 
 @dataclass
 class DiffusionSpec:
-    schedule: str = "cosine"
-    timesteps: int = 1000
-    prediction: str = "eps"
-    variance: str = "learned_range"
+    schedule: str = field(default="cosine", metadata={"choices": ("linear", "cosine")})
+    timesteps: int = field(default=1000, metadata={"min": 2, "max": 100_000})
+    prediction: str = field(default="eps", metadata={"choices": ("eps", "x0", "v")})
+    variance: str = field(default="learned_range",
+                          metadata={"choices": ("fixed_small", "fixed_large", "learned_range")})
 
     def build(self) -> GaussianDiffusion:
         return GaussianDiffusion(make_betas(self.schedule, self.timesteps), self.prediction, self.variance)
@@ -68,32 +70,61 @@ class DiffusionModel:
         return self
 
 
-def build_net(kind: str, config: dict) -> nn.Module:
+def build_net(kind: str, config: UNetConfig | object) -> nn.Module:
     if kind in UNET_KINDS:
-        return UNet(UNetConfig.from_dict(config))
-    if kind == "prior":
-        from nodegraph.models.prior import PriorConfig, PriorTransformer
+        return UNet(config)
+    from nodegraph.models.prior import PriorTransformer
 
-        return PriorTransformer(PriorConfig.from_dict(config))
-    raise CheckpointError(f"unknown diffusion model kind {kind!r}; expected one of {UNET_KINDS + ('prior',)}")
+    return PriorTransformer(config)
+
+
+def _probe(kind: str, net: nn.Module) -> None:
+    """One forward pass with the shapes sampling gives the network (run on the meta device: shapes only)."""
+    cfg, t = net.cfg, torch.zeros(1, dtype=torch.long)
+    if kind == "prior":
+        net(torch.zeros(1, cfg.clip_dim), t, torch.zeros(1, cfg.context_length, cfg.text_width),
+            torch.ones(1, cfg.context_length, dtype=torch.bool), torch.zeros(1, cfg.clip_dim))
+    else:
+        net(torch.zeros(1, cfg.in_channels, cfg.image_size, cfg.image_size), t, aug_level=t if cfg.aug_level else None)
 
 
 def load_diffusion_model(path: Path, expect_kind: str | None = None) -> DiffusionModel:
-    """Rebuild the network from the checkpoint's metadata and load its weights (fp16 files -> fp32)."""
+    """Rebuild the network from the checkpoint's metadata and load its weights (fp16 files -> fp32).
+
+    Every field of the metadata is checked (see nodegraph.models.config) and the network is proven on the
+    meta device before any memory is allocated, so a damaged or hostile file is a CheckpointError.
+    """
     meta = read_metadata(path)
     kind = meta.get("kind")
     if not isinstance(kind, str) or "config" not in meta:
         raise CheckpointError(
             f"{path} has no nodegraph metadata (kind/config); it was not exported by nodegraph.train"
         )
+    kinds = (*UNET_KINDS, "prior")
+    if kind not in kinds:
+        raise CheckpointError(f"{path} holds a model of unknown kind {kind!r}; nodegraph loads {', '.join(kinds)}")
     if expect_kind is not None and kind != expect_kind:
         raise CheckpointError(f"{path} holds a {kind!r} model, but a {expect_kind!r} model is needed here")
-    net = build_net(kind, meta["config"])
+    from nodegraph.models.prior import PriorConfig
+
+    config = from_metadata(UNetConfig if kind in UNET_KINDS else PriorConfig, meta["config"], str(path))
+    spec = from_metadata(DiffusionSpec, meta.get("diffusion", {}), f"{path} (diffusion)")
+    _check_meta_numbers(meta, spec, path)
+    if kind in UNET_KINDS and config.out_channels != 3 * (2 if spec.variance == "learned_range" else 1):
+        raise CheckpointError(f"{path}: a {spec.variance!r} model of RGB images has "
+                              f"{6 if spec.variance == 'learned_range' else 3} output channels, the config says "
+                              f"{config.out_channels}")
     state = load_state_dict(path, dtype=torch.float32)
-    check_compatible(net, state, str(path))
-    net.load_state_dict(state)
+    net = build_checked(lambda: build_net(kind, config), lambda shell: _probe(kind, shell), state, str(path))
     if kind in UNET_KINDS:
         # NHWC conv weights: oneDNN then skips a layout reorder per convolution (~7% faster sampling on CPU).
         net = net.to(memory_format=torch.channels_last)
-    spec = DiffusionSpec(**meta.get("diffusion", {}))
     return DiffusionModel(kind, net.eval().requires_grad_(False), spec.build(), spec, meta)
+
+
+def _check_meta_numbers(meta: dict, spec: DiffusionSpec, path: Path) -> None:
+    """The numbers an upsampler's metadata carries beside its config are read at sampling time: check them now."""
+    for key, high in (("low_res", MAX_INT), ("aug_level", spec.timesteps - 1)):
+        value = meta.get(key, 0)
+        if type(value) is not int or not 0 <= value <= high:
+            raise CheckpointError(f"{path}: metadata {key!r} must be an integer in [0, {high}], got {value!r}")

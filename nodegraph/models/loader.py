@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from nodegraph import weights
 from nodegraph.errors import CheckpointError
-from nodegraph.models.checkpoint import check_compatible, load_state_dict, read_metadata
+from nodegraph.models.checkpoint import build_checked, load_state_dict, read_metadata
 from nodegraph.models.clip import ClipModel, load_clip
-from nodegraph.models.diffusion_model import DiffusionModel, load_diffusion_model
+from nodegraph.models.config import from_metadata
+from nodegraph.models.diffusion_model import DiffusionModel, DiffusionSpec, load_diffusion_model
 
 DIFFUSION_FAMILIES = ("prior", "decoder", "inpaint", "upsampler")
 
@@ -38,20 +40,27 @@ def load_file(family: str, path: Path, device: torch.device | str = "cpu", **cli
     if family == "classifier":
         from nodegraph.models.classifier import ClassifierConfig, NoisyClassifier
 
-        return _load_module(path, family, lambda cfg: NoisyClassifier(ClassifierConfig.from_dict(cfg)), device)
+        return _load_module(path, family, ClassifierConfig, NoisyClassifier, device)
     if family == "noised_clip":
         from nodegraph.models.noised_clip import NoisedClipConfig, NoisedImageTower
 
-        return _load_module(path, family, lambda cfg: NoisedImageTower(NoisedClipConfig.from_dict(cfg)), device)
+        return _load_module(path, family, NoisedClipConfig, NoisedImageTower, device)
     raise CheckpointError(f"unknown model family {family!r}; known: {', '.join(weights.DEFAULT_FILES)}")
 
 
-def _load_module(path: Path, kind: str, build: Callable[[dict], torch.nn.Module], device) -> torch.nn.Module:
+def _load_module(path: Path, kind: str, config_cls: type, net_cls: Callable[[Any], torch.nn.Module],
+                 device) -> torch.nn.Module:
+    """A noisy classifier or noised CLIP tower: (x_t, t) networks whose metadata holds their config."""
     meta = read_metadata(path)
     if meta.get("kind") != kind or "config" not in meta:
         raise CheckpointError(f"{path} is not a nodegraph {kind} checkpoint (its metadata says {meta.get('kind')!r})")
-    net = build(meta["config"])
-    state = load_state_dict(path, dtype=torch.float32)
-    check_compatible(net, state, str(path))
-    net.load_state_dict(state)
+    config = from_metadata(config_cls, meta["config"], str(path))
+    # the schedule it was trained on: unused when guiding, but a damaged record is a damaged file
+    from_metadata(DiffusionSpec, meta.get("diffusion", {}), f"{path} (diffusion)")
+    size = config.image_size
+
+    def probe(shell: torch.nn.Module) -> None:
+        shell(torch.zeros(1, 3, size, size), torch.zeros(1, dtype=torch.long))
+
+    net = build_checked(lambda: net_cls(config), probe, load_state_dict(path, dtype=torch.float32), str(path))
     return net.eval().requires_grad_(False).to(device)

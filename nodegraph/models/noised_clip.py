@@ -7,7 +7,7 @@ token; the class token's output is projected to the CLIP embedding width.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -20,18 +20,14 @@ from nodegraph.models.unet import timestep_embedding
 @dataclass
 class NoisedClipConfig:
     image_size: int = 32
-    patch_size: int = 4
+    patch_size: int = field(default=4, metadata={"min": 1})
     width: int = 128
-    layers: int = 4
-    heads: int = 4
+    layers: int = field(default=4, metadata={"max": 256})
+    heads: int = field(default=4, metadata={"min": 1, "max": 256})
     embed_dim: int = 128
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> NoisedClipConfig:
-        return cls(**d)
 
 
 class NoisedImageTower(nn.Module):

@@ -11,7 +11,7 @@ learned null vectors that replace the text tokens and the text embedding when te
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -26,16 +26,12 @@ class PriorConfig:
     text_width: int = 128
     context_length: int = 32
     width: int = 256
-    layers: int = 4
-    heads: int = 4
-    dropout: float = 0.0
+    layers: int = field(default=4, metadata={"max": 256})
+    heads: int = field(default=4, metadata={"min": 1, "max": 256})
+    dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PriorConfig:
-        return cls(**d)
 
 
 class Block(nn.Module):

@@ -19,7 +19,7 @@ text is replaced by a learned null vector, and absent text tokens are masked out
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -32,27 +32,20 @@ class UNetConfig:
     out_channels: int = 6  # 2C: eps and the learned-range variance interpolation
     model_channels: int = 64
     channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 1
+    num_res_blocks: int = field(default=1, metadata={"max": 64})
     attention_resolutions: tuple[int, ...] = (16, 8)  # feature-map sizes that get attention
     image_size: int = 32
-    head_channels: int = 32
-    norm_groups: int = 16
-    dropout: float = 0.0
+    head_channels: int = field(default=32, metadata={"min": 1})
+    norm_groups: int = field(default=16, metadata={"min": 1})
+    dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     clip_dim: int = 0  # CLIP image-embedding width; 0 = no image conditioning
-    image_tokens: int = 4
+    image_tokens: int = field(default=4, metadata={"max": 256})
     text_dim: int = 0  # width of the CLIP text token sequence; 0 = no text conditioning
     text_embed_dim: int = 0  # width of the pooled text embedding added to the time embedding
     aug_level: bool = False  # condition on a noise-augmentation level (upsampler)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> UNetConfig:
-        d = dict(d)
-        for k in ("channel_mult", "attention_resolutions"):
-            d[k] = tuple(d[k])
-        return cls(**d)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
