@@ -110,14 +110,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _report_invalid([_config_issue(exc)], as_json=args.json)
         return EXIT_INVALID
 
-    summaries = []
+    summaries: list[dict[str, Any]] = []
     codes = []
     show_bars = sys.stderr.isatty()
-    for index, ((line, params), ready) in enumerate(zip(runs, prepared, strict=True)):
-        label = f"run {index + 1}/{len(runs)} " if len(runs) > 1 else ""
-        summary, code = _run_once(engine, ready, params, line, label, show_bars, args)
-        summaries.append(summary)
-        codes.append(code)
+    try:
+        for index, ((line, params), ready) in enumerate(zip(runs, prepared, strict=True)):
+            label = f"run {index + 1}/{len(runs)} " if len(runs) > 1 else ""
+            summary, code = _run_once(engine, ready, params, line, label, show_bars, args)
+            summaries.append(summary)
+            codes.append(code)
+    except KeyboardInterrupt:
+        # Ctrl-C: the runs that finished are still reported (their files are whole), the rest are named.
+        print(f"nodegraph: interrupted after {len(summaries)} of {len(runs)} run(s)", file=sys.stderr)
+        for skipped, (line, params) in enumerate(runs[len(summaries):]):
+            status = "interrupted" if skipped == 0 else "not_run"
+            summaries.append({"status": status, "line": line, "params": params, "files": []})
+        codes.append(EXIT_INTERRUPTED)
     if args.json:
         json.dump({"runs": summaries}, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -263,9 +271,9 @@ def _prepare_runs(
 ) -> list[Any]:
     """Prepare (and check the files of) every run before the first one starts, so a bad line 40 does not
     waste 39 runs; the prepared runs are what then runs."""
-    from nodegraph.errors import WorkflowError
+    from nodegraph.errors import MAX_ISSUES, WorkflowError
 
-    prepared, per_run = [], []
+    prepared, per_run, found = [], [], len(problems)
     for line, params in runs:
         try:
             ready = engine.prepare(workflow, params)
@@ -274,7 +282,10 @@ def _prepare_runs(
             ready, issues = None, exc.errors
         prepared.append(ready)
         per_run.append((line, issues))
-    if not problems and not any(issues for _, issues in per_run):
+        found += len(issues)
+        if found > MAX_ISSUES:
+            break  # enough to report: checking thousands of bad lines would only grow the report
+    if not found:
         return prepared
     # Issues the workflow has without the file's params are reported once; the rest name their line.
     own = set(engine.validate(workflow, base)) if params_file is not None else set()

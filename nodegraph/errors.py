@@ -38,17 +38,38 @@ class NodegraphError(Exception):
     """Base of every error this package raises on purpose."""
 
 
+MAX_ISSUES = 100  # reported per WorkflowError; a hostile workflow can have millions of problems
+MAX_MESSAGE = 1000  # characters of one issue's message
+
+
 class WorkflowError(NodegraphError):
-    """The workflow (or its params, or a file it names) is invalid; `errors` lists every problem."""
+    """The workflow (or its params, or a file it names) is invalid; `errors` lists every problem, up to
+    MAX_ISSUES of them (then one `too_many_problems` issue counts the rest), each message cut to
+    MAX_MESSAGE characters, so no input can make an error report larger than ~100 kB."""
 
     def __init__(self, errors: list[ValidationIssue]) -> None:
-        self.errors = list(errors)
+        self.errors = bounded(errors)
         lines = [f"  {issue.where()}: {issue.message} [{issue.type}]" for issue in self.errors]
         count = len(self.errors)
         super().__init__(f"invalid workflow ({count} problem{'s' if count != 1 else ''}):\n" + "\n".join(lines))
 
     def to_json(self) -> dict[str, list[dict[str, str | None]]]:
         return {"errors": [issue.model_dump() for issue in self.errors]}
+
+
+def bounded(issues: list[ValidationIssue]) -> list[ValidationIssue]:
+    """At most MAX_ISSUES issues (plus one that counts the rest), messages cut to MAX_MESSAGE characters."""
+    kept = [
+        issue if len(issue.message) <= MAX_MESSAGE
+        else issue.model_copy(update={"message": issue.message[: MAX_MESSAGE - 20] + " ... (message cut)"})
+        for issue in issues[:MAX_ISSUES]
+    ]
+    if len(issues) > MAX_ISSUES:
+        more = len(issues) - MAX_ISSUES
+        kept.append(ValidationIssue(type="too_many_problems",
+                                    message=f"... and {more} more problem{'s' if more != 1 else ''} not listed; "
+                                    "fix the ones above first"))
+    return kept
 
 
 class InputValueError(NodegraphError, ValueError):

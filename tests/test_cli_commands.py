@@ -266,3 +266,35 @@ def test_params_file_prepares_each_run_once(cli_main: Any, tmp_path: Path, monke
     assert proc.returncode == 0, proc.stderr
     assert [c["a"] for c in calls] == [1, 2, 3]
     assert [run["outputs"]["4"]["value"] for run in json.loads(proc.stdout)["runs"]] == [4.0, 5.0, 6.0]  # a + 3
+
+
+def test_ctrl_c_in_a_batch_still_reports_the_runs_that_finished(cli_main: Any, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from nodegraph.engine.api import Engine
+
+    real, calls = Engine.run, []
+
+    def interrupted_second_time(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "run", interrupted_second_time)
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text('{"a": 1}\n{"a": 2}\n{"a": 3}\n')
+    proc = cli_main("run", ADD, "--params-file", str(runs), "--json", "--out", str(tmp_path))
+    assert proc.returncode == 130
+    report = json.loads(proc.stdout)["runs"]
+    assert [run["status"] for run in report] == ["success", "interrupted", "not_run"]
+    assert report[0]["outputs"]["4"]["value"] == 4.0 and [run["line"] for run in report] == [1, 2, 3]
+
+
+def test_thousands_of_bad_params_give_a_bounded_report(cli_main: Any, tmp_path: Path) -> None:
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text("".join(json.dumps({f"unknown_{i}_{j}": 1 for j in range(50)}) + "\n" for i in range(2000)))
+    proc = cli_main("run", ADD, "--params-file", str(runs), "--json", "--out", str(tmp_path))
+    assert proc.returncode == 2
+    errors = json.loads(proc.stdout)["errors"]
+    assert len(errors) == 101 and errors[-1]["type"] == "too_many_problems"
+    assert len(proc.stdout) < 200_000

@@ -240,7 +240,9 @@ def apply_params(
     for name, value in values.items():
         spec = workflow.params.get(name)
         if spec is None:
-            known = ", ".join(sorted(workflow.params)) or "none (this workflow declares no params)"
+            names = sorted(workflow.params)
+            known = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+            known = known or "none (this workflow declares no params)"
             issues.append(issue("unknown_param", f"unknown param {name!r}; known params: {known}"))
             continue
         node = nodes.get(spec.node)
