@@ -415,6 +415,21 @@ def test_released_sizes_are_recognised_from_their_shapes(preset):
     assert PRESETS[matched].family == family
 
 
+@pytest.mark.parametrize("name", ["ViT-L-14", "ViT-B-32", "RN50"])
+def test_openai_clip_sizes_map_to_their_open_clip_config(name):
+    """Karlo's encoder is OpenAI's ViT-L/14: its shapes (meta tensors here) select open_clip's ViT-L-14 config."""
+    import open_clip
+    from open_clip.model import CLIP
+
+    from nodegraph.models import real
+
+    with torch.device("meta"):
+        state = CLIP(**open_clip.get_model_config(name), quick_gelu=True).state_dict()
+    state["input_resolution"] = torch.tensor(224)
+    assert detect_family(state) == "openai_clip"
+    assert real._open_clip_name(real._openai_clip_config(state, Path(name))) == name
+
+
 def test_describe_reports_family_config_and_preset():
     info = describe(FIX / "glide_clip_image.pt")
     assert info["family"] == "glide_clip_image" and info["config"]["width"] == 64 and info["preset"] is None
