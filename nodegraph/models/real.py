@@ -397,16 +397,16 @@ def _adm_structure(state: State, path: Path, family: str) -> dict[str, Any]:
     # Each level but the first ends its output path with an upsampling layer after the ResBlock (and
     # attention): a ResBlock (resblock_updown) or a conv (`conv_resample`); both hold parameters.
     up_kind: set[str] = set()
+    markers = 0
     for i in outputs:
         for j in _indices(state, f"output_blocks.{i}.")[1:]:
             if f"output_blocks.{i}.{j}.in_layers.0.weight" in state:
                 up_kind.add("res")
             elif f"output_blocks.{i}.{j}.conv.weight" in state:
                 up_kind.add("conv")
-    markers = sum(
-        1 for i in outputs for j in _indices(state, f"output_blocks.{i}.")[1:]
-        if f"output_blocks.{i}.{j}.in_layers.0.weight" in state or f"output_blocks.{i}.{j}.conv.weight" in state
-    )
+            else:
+                continue
+            markers += 1
     if markers:
         levels = markers + 1
     else:
@@ -570,8 +570,11 @@ def _resolve_preset(family: str, config: str | None) -> Preset | None:
 def infer_config(
     family: str, state: State, path: Path, config: str | None = None, overrides: dict[str, Any] | None = None
 ) -> tuple[Any, str | None]:
-    """(config dataclass, matched preset name) for a family's state dict: shapes first, then the named
-    or matched released config for what shapes cannot tell, then the caller's overrides."""
+    """(config dataclass, preset name) for a family's state dict (its file-level prefixes removed).
+
+    With `config` (a PRESETS name) that released configuration is used as given. Otherwise the sizes are
+    read from the shapes, the released configuration they match (if any) supplies what shapes cannot
+    tell, and `overrides` come last."""
     overrides = dict(overrides or {})
     preset = _resolve_preset(family, config)
     if preset is not None:
