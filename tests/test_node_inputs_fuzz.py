@@ -14,35 +14,8 @@ from nodegraph.engine.registry import Registry
 from nodegraph.engine.sockets import CONSTANT_TYPES
 from nodegraph.errors import NodeExecutionError, WorkflowError
 
-from fixtures_models import DECODER_SIZE, build_tiny_models
+from fixtures_models import CAPTION, PRODUCERS, SOURCE, build_tiny_models
 
-CAPTION = "a large red circle on the left on a blue background"
-# One producer for every socket type; the planner keeps only what the node under test needs.
-PRODUCERS: dict[str, dict[str, Any]] = {
-    "p_clip": {"class_type": "CLIPLoader", "inputs": {}},
-    "p_prior": {"class_type": "PriorLoader", "inputs": {}},
-    "p_dec": {"class_type": "DecoderLoader", "inputs": {}},
-    "p_inp": {"class_type": "InpaintLoader", "inputs": {}},
-    "p_ups": {"class_type": "UpsamplerLoader", "inputs": {}},
-    "p_cls": {"class_type": "ClassifierLoader", "inputs": {}},
-    "p_nclip": {"class_type": "NoisedCLIPLoader", "inputs": {}},
-    "p_image": {"class_type": "RenderScene", "inputs": {"caption": CAPTION, "resolution": DECODER_SIZE}},
-    "p_mask": {"class_type": "MaskFromRect", "inputs": {"width": DECODER_SIZE, "height": DECODER_SIZE}},
-    "p_text": {"class_type": "TextEncode", "inputs": {"clip": ["p_clip", 0], "text": CAPTION}},
-    "p_embed": {"class_type": "CLIPImageEmbed", "inputs": {"clip": ["p_clip", 0], "images": ["p_image", 0]}},
-    "p_noise": {"class_type": "Noise", "inputs": {}},
-    "p_latent": {"class_type": "DDIMInvert", "inputs": {"decoder": ["p_dec", 0], "images": ["p_image", 0],
-                                                         "steps": 2}},
-    "p_guid": {"class_type": "GuidanceCombine", "inputs": {"text_1": ["p_text", 0]}},
-    "p_cguid": {"class_type": "ClassifierGuidance", "inputs": {"classifier": ["p_cls", 0]}},
-    "p_clipguid": {"class_type": "CLIPGuidance", "inputs": {"text": ["p_text", 0], "clip": ["p_clip", 0],
-                                                            "mode": "x0", "cutn": 1}},
-    "p_float": {"class_type": "Float", "inputs": {"value": 1.0}},
-}
-SOURCE = {"CLIP": "p_clip", "PRIOR": "p_prior", "DECODER": "p_dec", "INPAINT_MODEL": "p_inp", "UPSAMPLER": "p_ups",
-          "CLASSIFIER": "p_cls", "NOISED_CLIP": "p_nclip", "IMAGE": "p_image", "MASK": "p_mask",
-          "TEXT_EMBED": "p_text", "IMAGE_EMBED": "p_embed", "NOISE": "p_noise", "LATENT": "p_latent",
-          "GUIDANCE": "p_guid", "CLASSIFIER_GUIDANCE": "p_cguid", "CLIP_GUIDANCE": "p_clipguid", "*": "p_float"}
 # Optional links a node needs to get as far as using its constants.
 NEEDED = {"Decoder": ("noise",), "CLIPGuidance": ("clip", "noised_clip"), "GuidanceCombine": ("text_1",),
           "EditGuidance": ("target_text", "source_text")}
