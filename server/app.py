@@ -171,6 +171,8 @@ class NodegraphServer:
         else:
             try:
                 response = await handler(request)
+                if isinstance(response, web.HTTPException) and response.status >= 400:
+                    raise response  # returned rather than raised (aiohttp's static files do): answer it alike
             except HttpError as exc:
                 response = error_reply(exc.status, exc.code, exc.message, exc.headers)
             except protocol.MessageError as exc:
@@ -178,11 +180,7 @@ class NodegraphServer:
             except web.HTTPException as exc:  # the router's 404/405, aiohttp's 413
                 if exc.status < 400:
                     raise
-                message = exc.text if exc.status != 404 else f"no such page: {request.path[:200]}"
-                response = error_reply(exc.status, exc.reason.lower().replace(" ", "_"), message or exc.reason)
-                for name in ("Allow",):
-                    if name in exc.headers:
-                        response.headers[name] = exc.headers[name]
+                response = _http_error(request, exc)
             except (ConnectionResetError, asyncio.CancelledError):
                 raise
             except Exception:
@@ -498,6 +496,14 @@ class NodegraphServer:
     def ui_workflow(self, source: Path) -> dict[str, Any]:
         document = json.loads(source.read_text(encoding="utf-8"))
         return to_ui(document, self.engine.registry, name=source.stem)
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    message = f"no such page: {request.path[:200]}" if exc.status == 404 else (exc.text or exc.reason)
+    response = error_reply(exc.status, exc.reason.lower().replace(" ", "_"), message)
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
 
 
 _JOB_STATUS = {"success": "completed", "error": "failed", "interrupted": "cancelled"}

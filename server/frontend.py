@@ -114,7 +114,7 @@ class FrontendRoutes:
         app.router.add_get("/user.css", self.empty_css)
         app.router.add_get("/api/userdata/user.css", self.empty_css)
         if self.root is not None:
-            app.router.add_static("/", self.root, follow_symlinks=False, append_version=False)
+            app.router.add_get("/{path:.+}", self.asset)
 
     # ---------------------------------------------------------------- the page
 
@@ -132,6 +132,20 @@ class FrontendRoutes:
             content_type="text/html",
             headers={"Content-Security-Policy": _PAGE_POLICY, "Cache-Control": "no-cache"},
         )
+
+    async def asset(self, request: web.Request) -> web.StreamResponse:
+        """A file of the frontend's build; anything else is a 404 (answered before any file is opened)."""
+        assert self.root is not None
+        relative = request.match_info["path"]
+        pure = PurePosixPath(relative)
+        if any(part in ("..", "") or part.startswith(".") for part in pure.parts) or "\x00" in relative:
+            raise HttpError(404, "not_found", f"no such page: /{relative[:200]}")
+        path = self.root / pure
+        if not path.is_file():
+            raise HttpError(404, "not_found", f"no such page: /{relative[:200]}")
+        # Built assets carry a content hash in their names: they may be cached; the rest is revalidated.
+        cache = "public, max-age=31536000, immutable" if relative.startswith("assets/") else "no-cache"
+        return web.FileResponse(path, headers={"Cache-Control": cache})
 
     async def empty_css(self, request: web.Request) -> web.Response:
         return web.Response(text="", content_type="text/css")

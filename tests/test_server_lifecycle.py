@@ -1,5 +1,7 @@
-"""Server lifecycle: graceful shutdown, restart with history and the pending queue, state files that are
-damaged, the `nodegraph serve` command (signals, options handed over by the CLI, a port in use)."""
+"""Server lifecycle: graceful shutdown, restart with history and the pending queue (a journal written on
+every change: nothing runs twice, nothing deleted comes back, a hard kill loses at most the running prompt),
+state files that are damaged, the `nodegraph serve` command (signals, options handed over by the CLI, a port
+in use)."""
 
 from __future__ import annotations
 
@@ -58,6 +60,17 @@ def close_frame(client: Client) -> Any:
     return closed.value.rcvd
 
 
+def journal(root: Path, folder: str = "queue") -> list[str]:
+    """Prompt ids in the queue journal's folder, in queue order."""
+    directory = root / "state" / folder
+    files = sorted(directory.glob("*.json")) if directory.is_dir() else []
+    return [json.loads(path.read_text())["prompt_id"] for path in files]
+
+
+def saved_prompt(prompt_id: str, number: int, workflow: dict[str, Any] = ADD_WORKFLOW) -> dict[str, Any]:
+    return {"prompt_id": prompt_id, "number": number, "client_id": "client", "prompt": workflow, "params": {}}
+
+
 def wait_until_idle(client: Client) -> None:
     """Return once the server reports an empty queue (at connect, or in a later status message)."""
     remaining = client.hello["data"]["status"]["exec_info"]["queue_remaining"]
@@ -82,8 +95,7 @@ def test_restart_keeps_the_history_and_reloads_the_pending_queue(
         shutdown.result(TIMEOUT)
     assert [frame["type"] for frame in frames if isinstance(frame, dict)][-2:] == ["execution_interrupted", "executing"]
     assert (closing.code, closing.reason) == (1001, "server shutting down")
-    saved = json.loads((tmp_path / "state" / "queue.json").read_text())
-    assert [item["prompt_id"] for item in saved["pending"]] == pending
+    assert journal(tmp_path) == pending and journal(tmp_path, "running") == []
 
     second = serve()  # same state directory, a fresh engine
     with Client(second, "keeper") as client:
@@ -93,44 +105,103 @@ def test_restart_keeps_the_history_and_reloads_the_pending_queue(
         client.until_done(later)
         entry = client.request("history", {"prompt_id": later})["data"][later]
     assert list(history) == [done, running, *pending]
-    assert [history[key]["status"]["status_str"] for key in history] == ["success", "interrupted", "success", "success"]
+    statuses = [history[key]["nodegraph"]["status"] for key in history]
+    assert statuses == ["success", "interrupted", "success", "success"]
     assert history[pending[1]]["outputs"] == {"4": {"value": 6.0}}
-    assert [history[key]["number"] for key in history] == [0, 1, 2, 3]
-    assert entry["number"] == 4  # numbers continue after a restart
+    assert [history[key]["prompt"][0] for key in history] == [0, 1, 2, 3]
+    assert entry["prompt"][0] == 4  # numbers continue after a restart
+    assert journal(tmp_path) == []
     assert sorted(path.stem for path in (tmp_path / "state" / "history").glob("*.json")) == sorted([*history, later])
 
 
+def test_the_queue_is_on_disk_at_every_moment(serve: ServeFactory, gate: threading.Semaphore, tmp_path: Path) -> None:
+    server = serve()
+    with Client(server) as client:
+        running = client.submit(steps_workflow(1, gated=True, tag="journal"))
+        client.next_message("execution_start")
+        first, second = client.submit(ADD_WORKFLOW, {"a": 1}), client.submit(ADD_WORKFLOW, {"a": 2})
+        # Written before the prompt was acknowledged, moved when it started, removed when deleted.
+        assert journal(tmp_path) == [first, second] and journal(tmp_path, "running") == [running]
+        client.request("queue", {"delete": [first]})
+        assert journal(tmp_path) == [second]
+        gate.release()
+        client.until_done(running)
+        client.until_done(second)
+        assert journal(tmp_path) == [] and journal(tmp_path, "running") == []
+
+
 def test_pending_prompts_already_in_the_history_are_not_run_twice(serve: ServeFactory, tmp_path: Path) -> None:
-    # A crash after a restart leaves the old queue.json behind; prompts that finished since are skipped.
+    # A journal file whose prompt already finished (a crash between the two writes) is dropped at start.
     first = serve()
     with Client(first) as client:
         done = client.submit(ADD_WORKFLOW)
         client.until_done(done)
     first.stop()
-    state = tmp_path / "state"
-    entry = {"prompt_id": done, "number": 0, "client_id": "client", "prompt": ADD_WORKFLOW, "params": {}}
-    (state / "queue.json").write_text(json.dumps({"version": 1, "next_number": 1, "pending": [entry]}))
+    queue = tmp_path / "state" / "queue"
+    queue.mkdir(parents=True, exist_ok=True)
+    (queue / f"+000000000000_{done}.json").write_text(json.dumps(saved_prompt(done, 0)))
     second = serve()
     with Client(second) as client:
         assert client.hello["data"]["status"]["exec_info"]["queue_remaining"] == 0
         assert list(client.request("history")["data"]) == [done]
+    assert journal(tmp_path) == []
+
+
+def test_a_deleted_prompt_does_not_come_back_after_a_restart(
+    serve: ServeFactory, gate: threading.Semaphore, tmp_path: Path
+) -> None:
+    first = serve()
+    with Client(first) as client:
+        client.submit(steps_workflow(1, gated=True, tag="deleted"))
+        client.next_message("execution_start")
+        kept, deleted = client.submit(ADD_WORKFLOW, {"a": 5}), client.submit(ADD_WORKFLOW, {"a": 6})
+        client.request("queue", {"delete": [deleted]})
+    first.stop()
+    second = serve()
+    with Client(second) as client:
+        wait_until_idle(client)
+        history = client.request("history")["data"]
+    assert kept in history and deleted not in history
+
+
+def test_a_prompt_cut_off_by_a_hard_kill_is_reported_not_rerun(
+    serve: ServeFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a SIGKILL mid-run leaves: the running prompt's journal file, no history entry; a pending one too.
+    running = tmp_path / "state" / "running"
+    running.mkdir(parents=True)
+    (running / "+000000000003_killed.json").write_text(json.dumps(saved_prompt("killed", 3)))
+    (tmp_path / "state" / "queue").mkdir()
+    (tmp_path / "state" / "queue" / "+000000000004_waiting.json").write_text(json.dumps(saved_prompt("waiting", 4)))
+    server = serve()
+    with Client(server) as client:
+        wait_until_idle(client)
+        history = client.request("history")["data"]
+    assert list(history) == ["killed", "waiting"]
+    assert history["killed"]["status"]["status_str"] == "error" and history["killed"]["outputs"] == {}
+    [[event, data]] = history["killed"]["status"]["messages"]
+    assert event == "execution_error" and "was not run again" in data["exception_message"]
+    assert history["waiting"]["nodegraph"]["status"] == "success"
+    assert any("killed" in record.getMessage() and "not run again" in record.getMessage() for record in caplog.records)
+    assert journal(tmp_path, "running") == []
 
 
 def test_damaged_state_files_are_skipped(serve: ServeFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     history = tmp_path / "state" / "history"
     history.mkdir(parents=True)
     (history / "broken.json").write_text("{not json")
-    (history / "other.json").write_text(json.dumps({"prompt_id": "someone-else", "number": 1}))
-    (history / "good.json").write_text(json.dumps({"prompt_id": "good", "number": 7, "outputs": {}}))
-    (tmp_path / "state" / "queue.json").write_text("[1, 2")
+    (history / "other.json").write_text(json.dumps({"prompt": [1, "someone-else", {}, {}, []]}))
+    (history / "good.json").write_text(json.dumps({"prompt": [7, "good", {}, {}, []], "outputs": {}}))
+    (tmp_path / "state" / "queue").mkdir()
+    (tmp_path / "state" / "queue" / "+1_broken.json").write_text("[1, 2")
     server = serve()
     with Client(server) as client:
         assert list(client.request("history")["data"]) == ["good"]
         prompt_id = client.submit(ADD_WORKFLOW)
         assert client.until_done(prompt_id)[-2]["type"] == "execution_success"
-        assert client.request("history", {"prompt_id": prompt_id})["data"][prompt_id]["number"] == 8
+        assert client.request("history", {"prompt_id": prompt_id})["data"][prompt_id]["prompt"][0] == 8
     warnings = " ".join(record.getMessage() for record in caplog.records)
-    assert "broken.json" in warnings and "other.json" in warnings and "queue.json" in warnings
+    assert "broken.json" in warnings and "other.json" in warnings and "+1_broken.json" in warnings
 
 
 class Stubborn(Node):
@@ -168,8 +239,7 @@ def test_shutdown_does_not_wait_forever_for_a_node_that_ignores_interrupts(
             server.call(server.server.shutdown(timeout=0.2))
             assert time.monotonic() - started < 5
             assert close_frame(client).code == 1001
-        saved = json.loads((tmp_path / "state" / "queue.json").read_text())
-        assert [item["prompt_id"] for item in saved["pending"]] == [waiting]
+        assert journal(tmp_path) == [waiting]
     finally:
         Stubborn.release.set()
 

@@ -1,5 +1,6 @@
-"""The websocket protocol end to end: event order, caching, failures, validation, previews, interrupts,
-per-client delivery, the queue (listing, deletion, limits), history and the node catalogue."""
+"""The websocket protocol end to end: event order, caching, failures, validation, previews (plain and
+node-tagged), progress_state, interrupts, per-client delivery, the queue (listing, deletion, limits),
+history and the node catalogue."""
 
 from __future__ import annotations
 
@@ -117,11 +118,13 @@ def test_an_invalid_workflow_is_answered_with_prompt_error_and_not_queued(serve:
         queue = client.request("queue")["data"]
     assert reply["type"] == "prompt_error"
     data = reply["data"]
-    assert data["prompt_id"] == "bad" and data["error"]["type"] == "invalid_prompt"
+    assert data["prompt_id"] == "bad" and data["error"]["type"] == "prompt_outputs_failed_validation"
     assert set(data["node_errors"]) == {"1", "2"}
     assert data["node_errors"]["1"]["class_type"] == "Add"
     [problem] = data["node_errors"]["1"]["errors"]
-    assert problem["extra_info"] == {"input_name": "a"} and "seven" in problem["message"]
+    assert problem["type"] == "invalid_input_type"  # ComfyUI's name; nodegraph's code beside it
+    assert problem["extra_info"] == {"input_name": "a", "nodegraph_type": "wrong_type"} and "seven" in problem["message"]
+    assert data["node_errors"]["2"]["errors"][0]["type"] == "invalid_prompt"
     assert {issue["node"] for issue in data["error"]["extra_info"]["errors"]} == {"1", "2"}
     assert queue["queue_pending"] == [] and queue["queue_running"] == []
 
@@ -154,6 +157,37 @@ def test_progress_previews_are_binary_png_frames_at_most_every_n_steps(serve: Se
             assert picture.format == "PNG" and picture.size == (8, 8)
 
 
+def test_a_client_that_asks_for_it_gets_previews_that_name_their_node(serve: ServeFactory) -> None:
+    server = serve()
+    with Client(server) as client:
+        client.send("feature_flags", {"supports_preview_metadata": True, "max_upload_size": 1})
+        flags = client.next_message("feature_flags")["data"]
+        assert flags["supports_preview_metadata"] is True and flags["max_upload_size"] > 0
+        prompt_id = client.submit(steps_workflow(2, tag="tagged"))
+        frames = client.until_done(prompt_id)
+    previews = [frame for frame in frames if isinstance(frame, bytes)]
+    assert len(previews) == 2
+    for frame in previews:
+        event, length = struct.unpack(">II", frame[:8])
+        header = json.loads(frame[8 : 8 + length])
+        assert event == 4 and header["node_id"] == "1" and header["prompt_id"] == prompt_id
+        assert header["image_type"] == "image/png"
+        with Image.open(io.BytesIO(frame[8 + length :])) as picture:
+            assert picture.format == "PNG"
+
+
+def test_progress_state_follows_the_running_node(serve: ServeFactory) -> None:
+    server = serve()
+    with Client(server) as client:
+        prompt_id = client.run(steps_workflow(3, tag="state"))[-1]["data"]["prompt_id"]
+    states = client.progress_states
+    assert all(state["prompt_id"] == prompt_id for state in states)
+    running = [(node, entry["value"], entry["max"]) for state in states for node, entry in state["nodes"].items()]
+    assert ("1", 3, 3) in running and all(entry["state"] == "running" for s in states for entry in s["nodes"].values())
+    first = next(state["nodes"]["1"] for state in states if "1" in state["nodes"])
+    assert {"node_id", "display_node_id", "real_node_id", "parent_node_id"} <= set(first)
+
+
 def test_previews_can_be_switched_off(serve: ServeFactory) -> None:
     server = serve(preview_every=0)
     with Client(server) as client:
@@ -177,7 +211,8 @@ def test_interrupt_stops_a_progress_loop_within_one_step(serve: ServeFactory, ga
     kinds = [kind for kind in types_of(frames) if kind != "binary"]
     assert kinds == ["execution_interrupted", "executing"]
     assert frames[-2]["data"]["node_id"] == "1" and frames[-2]["data"]["node_type"] == "Steps"
-    assert history["status"]["status_str"] == "interrupted"
+    assert history["status"]["status_str"] == "error" and history["nodegraph"]["status"] == "interrupted"
+    assert history["status"]["messages"][-1][0] == "execution_interrupted"
 
 
 def test_interrupt_answers_when_there_is_nothing_to_stop(serve: ServeFactory, gate: threading.Semaphore) -> None:
@@ -213,7 +248,7 @@ def test_each_client_receives_only_its_own_events(serve: ServeFactory, gate: thr
     assert {frame["data"]["prompt_id"] for frame in alice_frames if isinstance(frame, dict)} == {first}
     assert {frame["data"]["prompt_id"] for frame in bob_frames} == {second}
     assert bob_frames[-3]["data"]["output"] == {"value": 13.0}
-    assert others["data"][second]["client_id"] == "bob"  # history is shared; events are not
+    assert "bob" not in json.dumps(others["data"][second])  # history is shared; events and client ids are not
 
 
 def test_the_queue_lists_and_deletes_pending_prompts(serve: ServeFactory, gate: threading.Semaphore) -> None:
@@ -225,14 +260,15 @@ def test_the_queue_lists_and_deletes_pending_prompts(serve: ServeFactory, gate: 
         second = owner.submit(ADD_WORKFLOW, {"a": 2})
         third = owner.submit(ADD_WORKFLOW, {"a": 3})
         listing = other.request("queue")["data"]
-        assert [item["prompt_id"] for item in listing["queue_running"]] == [running]
-        assert [item["prompt_id"] for item in listing["queue_pending"]] == [first, second, third]
-        assert [item["number"] for item in listing["queue_pending"]] == [1, 2, 3]
+        assert [item[1] for item in listing["queue_running"]] == [running]
+        assert [item[1] for item in listing["queue_pending"]] == [first, second, third]
+        assert [item[0] for item in listing["queue_pending"]] == [1, 2, 3]
+        assert "owner" not in json.dumps(listing)  # client ids are not shown to others
 
         reply = other.request("queue", {"delete": [second, running, "unknown"]})["data"]
         assert reply["deleted"] == [second]
         assert set(reply["not_deleted"]) == {running, "unknown"} and "interrupt" in reply["not_deleted"][running]
-        assert [item["prompt_id"] for item in reply["queue_pending"]] == [first, third]
+        assert [item[1] for item in reply["queue_pending"]] == [first, third]
         assert owner.next_message("prompt_deleted")["data"] == {"prompt_id": second}
 
         reply = other.request("queue", {"clear": True})["data"]
@@ -278,9 +314,10 @@ def test_history_over_websocket_and_http(serve: ServeFactory) -> None:
         unknown = client.request("history", {"prompt_id": "missing"})["data"]
     assert list(everything) == [first, second] and list(latest) == [second] and unknown == {}
     entry = everything[first]
-    assert entry["outputs"] == {"4": {"value": 4.0}} and entry["params"] == {"a": 1}
+    assert entry["outputs"] == {"4": {"value": 4.0}} and entry["nodegraph"]["params"] == {"a": 1}
     assert entry["status"]["status_str"] == "success" and entry["status"]["completed"] is True
-    assert entry["prompt"] == ADD_WORKFLOW and entry["number"] == 0
+    assert entry["prompt"][:3] == [0, first, ADD_WORKFLOW]
+    assert entry["meta"]["4"]["node_id"] == "4"
     assert http_json(server.url("/history")) == everything
     assert http_json(server.url(f"/history/{second}")) == {second: everything[second]}
     assert http_json(server.url("/history/missing")) == {}
@@ -288,13 +325,13 @@ def test_history_over_websocket_and_http(serve: ServeFactory) -> None:
     assert http_json(server.url("/prompt")) == {"exec_info": {"queue_remaining": 0}}
 
 
-def test_object_info_is_the_engine_catalogue(serve: ServeFactory) -> None:
+def test_object_info_is_comfyui_shaped_and_the_catalogue_has_a_path_of_its_own(serve: ServeFactory) -> None:
     server = serve()
-    expected = server.server.engine.catalogue()
     with Client(server) as client:
-        assert client.request("object_info")["data"] == expected
-    assert http_json(server.url("/object_info")) == expected
-    assert expected["Add"]["inputs"]["a"]["type"] == "FLOAT"
+        info = client.request("object_info")["data"]
+    assert info == http_json(server.url("/object_info")) == http_json(server.url("/api/object_info"))
+    assert info["Add"]["input"]["required"]["a"][0] == "FLOAT" and info["Add"]["output_name"] == ["sum"]
+    assert http_json(server.url("/nodegraph/catalogue")) == server.server.engine.catalogue()
 
 
 def test_saved_images_are_in_the_outputs_and_served_by_view(serve: ServeFactory, tmp_path: Path) -> None:
@@ -310,7 +347,7 @@ def test_saved_images_are_in_the_outputs_and_served_by_view(serve: ServeFactory,
     [executed] = [frame for frame in frames if frame["type"] == "executed"]
     [image] = executed["data"]["output"]["images"]
     assert image == {"filename": "grad_00001_.png", "subfolder": "runs", "type": "output"}
-    assert entry["files"] == [image] and entry["outputs"]["2"]["images"] == [image]
+    assert entry["nodegraph"]["files"] == [image] and entry["outputs"]["2"]["images"] == [image]
     with urllib.request.urlopen(server.url("/view", **image), timeout=TIMEOUT) as reply:
         assert reply.headers["Content-Type"] == "image/png"
         body = reply.read()

@@ -1,7 +1,7 @@
 """Shared pieces of the server tests (no tests here): test-only nodes, a server fixture, a client.
 
 Servers run in-process on a free port (BackgroundServer); clients are real websockets clients
-(the synchronous API, so tests read top to bottom). Every receive has a timeout, so a bug fails a
+(the synchronous API, so tests read top to bottom) and plain HTTP (urllib, see `http`). Every receive has a timeout, so a bug fails a
 test instead of hanging it.
 """
 
@@ -156,6 +156,7 @@ class Client:
         url = server.ws_url(**query) if isinstance(server, BackgroundServer) else f"{server}/ws?{urlencode(query)}"
         self.client_id = client_id
         self.statuses: list[dict[str, Any]] = []  # every status message received, in order
+        self.progress_states: list[dict[str, Any]] = []  # every progress_state message, in order
         self._connect = connect(url, open_timeout=TIMEOUT, close_timeout=5, max_size=None, **connect_options)
         self.ws: ClientConnection = self._connect.__enter__()
         self.hello = self.recv()
@@ -180,13 +181,15 @@ class Client:
         return message
 
     def next_message(self, *types: str, timeout: float = TIMEOUT) -> dict[str, Any]:
-        """The next JSON message of one of `types` (any type but status when none given)."""
+        """The next JSON message of one of `types` (any type but status and progress_state when none given)."""
         deadline = time.monotonic() + timeout
         while True:
             message = self.recv(max(0.0, deadline - time.monotonic()))
             if isinstance(message, bytes):
                 continue
-            if (types and message["type"] in types) or (not types and message["type"] != "status"):
+            if (types and message["type"] in types) or (
+                not types and message["type"] not in ("status", "progress_state")
+            ):
                 return message
 
     def request(self, type_: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -204,12 +207,16 @@ class Client:
         return reply["data"]["prompt_id"]
 
     def until_done(self, prompt_id: str, timeout: float = TIMEOUT) -> list[Any]:
-        """Every frame but status up to and including the prompt's final `executing` (node null)."""
+        """Every frame but status and progress_state (kept in `progress_states`) up to and including the
+        prompt's final `executing` (node null)."""
         frames: list[Any] = []
         deadline = time.monotonic() + timeout
         while True:
             message = self.recv(max(0.0, deadline - time.monotonic()))
             if isinstance(message, dict) and message["type"] == "status":
+                continue
+            if isinstance(message, dict) and message["type"] == "progress_state":
+                self.progress_states.append(message["data"])
                 continue
             frames.append(message)
             if (
@@ -222,6 +229,27 @@ class Client:
 
     def run(self, workflow: dict[str, Any], params: dict[str, Any] | None = None, **extra: Any) -> list[Any]:
         return self.until_done(self.submit(workflow, params, **extra))
+
+
+def http(
+    method: str, url: str, body: Any = None, *, headers: dict[str, str] | None = None, raw: bytes | None = None
+) -> tuple[int, dict[str, str], Any]:
+    """(status, headers, decoded JSON or bytes) of one HTTP request; error statuses are returned, not raised."""
+    import urllib.error
+    import urllib.request
+
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None and raw is None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as reply:
+            status, reply_headers, payload = reply.status, dict(reply.headers), reply.read()
+    except urllib.error.HTTPError as error:
+        status, reply_headers, payload = error.code, dict(error.headers), error.read()
+    if reply_headers.get("Content-Type", "").startswith("application/json"):
+        return status, reply_headers, json.loads(payload)
+    return status, reply_headers, payload
 
 
 def types_of(frames: list[Any]) -> list[str]:
