@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from PIL import Image, UnidentifiedImageError
 
 from nodegraph.engine.paths import confine
@@ -92,17 +93,17 @@ class FileRoutes:
             raise HttpError(400, "invalid_request", "send multipart/form-data with the file in the field 'image'")
         limit = self.server.config.max_upload_bytes
         try:
-            reader = await request.multipart()
-        except (ValueError, AssertionError) as exc:
-            raise HttpError(400, "invalid_request", f"the multipart body is malformed: {exc}") from None
+            return await self._read_parts(request, limit)
+        except (ValueError, AssertionError, HttpProcessingError) as exc:
+            raise HttpError(400, "invalid_request", f"the multipart body is malformed: {str(exc)[:200]}") from None
+
+    async def _read_parts(self, request: web.Request, limit: int) -> tuple[dict[str, str], bytes, str]:
+        reader = await request.multipart()
         fields: dict[str, str] = {}
         data: bytes | None = None
         filename = ""
         while True:
-            try:
-                part = await reader.next()
-            except (ValueError, AssertionError) as exc:
-                raise HttpError(400, "invalid_request", f"the multipart body is malformed: {exc}") from None
+            part = await reader.next()
             if part is None:
                 break
             if not isinstance(part, BodyPartReader) or part.name not in _UPLOAD_FIELDS:
@@ -122,7 +123,7 @@ class FileRoutes:
     async def _store(self, fields: dict[str, str], data: bytes, filename: str) -> dict[str, str]:
         kind = fields.get("type") or "input"
         base = self.directory(kind)
-        subfolder = fields.get("subfolder", "").strip("/")
+        subfolder = fields.get("subfolder", "").rstrip("/")
         name = _safe_name(filename)
         target_dir = self._confined(base, subfolder, None) if subfolder else base.resolve()
         overwrite = fields.get("overwrite", "").lower() in ("true", "1")
@@ -212,8 +213,13 @@ async def _read_part(part: BodyPartReader, limit: int) -> bytes:
 
 
 def _safe_name(filename: str) -> str:
-    name = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
-    if not name or name.startswith(".") or "\x00" in name or len(name.encode("utf-8", "replace")) > 200:
+    name = filename.strip()
+    if (
+        not name
+        or name.startswith(".")
+        or any(char in name for char in "/\\\x00")
+        or len(name.encode("utf-8", "replace")) > 200
+    ):
         raise HttpError(400, "invalid_filename", f"{filename[:60]!r} is not a usable file name")
     return name
 

@@ -334,7 +334,10 @@ def prompt_error_body(
 def invalid_prompt_body(issues: list[ValidationIssue], nodes: Mapping[str, Any]) -> dict[str, Any]:
     """The 400 reply for a prompt that failed validation, typed as ComfyUI types it."""
     count = len(issues)
-    if any(issue.node is not None for issue in issues):
+    node_issues = [issue for issue in issues if issue.node is not None]
+    if node_issues and all(comfy_type(issue) == "invalid_prompt" for issue in node_issues):
+        code, message = "invalid_prompt", issues[0].message  # ComfyUI: a node class that does not exist
+    elif any(issue.node is not None for issue in issues):
         code, message = "prompt_outputs_failed_validation", "Prompt outputs failed validation"
     else:
         code = comfy_type(issues[0]) if issues else "invalid_prompt"
