@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import torch
+from typing import TYPE_CHECKING
 
 from nodegraph.engine.context import RunContext
+from nodegraph.engine.lazy import lazy_import
 from nodegraph.engine.node import In
 from nodegraph.engine.sockets import GUIDANCE, IMAGE_EMBED, TEXT_EMBED
 from nodegraph.errors import InputValueError
-from nodegraph.generate.conditions import Condition, Guidance
-from nodegraph.generate.sampling import SamplerSettings
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from nodegraph.generate.conditions import Guidance
+    from nodegraph.generate.sampling import SamplerSettings
+
+conditions = lazy_import("nodegraph.generate.conditions")
+sampling = lazy_import("nodegraph.generate.sampling")
 
 SAMPLER_INPUTS: dict[str, In] = {
     "sampler": In("STRING", default="ddim", choices=("ddim", "ddpm", "dpmpp_2m"),
@@ -33,7 +40,7 @@ CONDITION_INPUTS: dict[str, In] = {
 
 
 def settings(sampler: str, steps: int, respacing: str, eta: float) -> SamplerSettings:
-    return SamplerSettings(sampler=sampler, steps=steps, respacing=respacing.strip(), eta=eta)
+    return sampling.SamplerSettings(sampler=sampler, steps=steps, respacing=respacing.strip(), eta=eta)
 
 
 def build_guidance(text, image_embed, guidance_scale: float, guidance: Guidance | None) -> Guidance:
@@ -43,16 +50,16 @@ def build_guidance(text, image_embed, guidance_scale: float, guidance: Guidance 
             raise InputValueError("guidance", "connect either guidance or text/image_embed, not both: "
                                   "put the text into the GuidanceCombine node instead")
         return guidance
-    cond = Condition(text=text, image_embed=image_embed)
+    cond = conditions.Condition(text=text, image_embed=image_embed)
     if cond.is_null:
-        return Guidance()  # unconditional sampling
-    return Guidance.cfg(cond, guidance_scale)
+        return conditions.Guidance()  # unconditional sampling
+    return conditions.Guidance.cfg(cond, guidance_scale)
 
 
 def progress_callback(ctx: RunContext, preview: bool = True) -> Callable:
     """Sampler callback: one progress event per step with the x̂0 preview (also the interrupt point)."""
 
-    def callback(step: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+    def callback(step: int, total: int, x: Tensor, x0: Tensor) -> None:
         ctx.progress(step, total, preview=x0.clamp(-1, 1) if preview else None)
 
     return callback

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from nodegraph.engine.context import RunContext
+from nodegraph.engine.lazy import lazy_import
 from nodegraph.engine.node import In, Node, Out
 from nodegraph.engine.sockets import CLIP, IMAGE, IMAGE_EMBED, TEXT_EMBED
 from nodegraph.errors import InputValueError
-from nodegraph.generate.embeddings import analogy, interpolate, text_direction
-from nodegraph.models.clip import ClipModel, TextEncoding
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from nodegraph.models.clip import ClipModel, TextEncoding
+
+embeddings = lazy_import("nodegraph.generate.embeddings")
 
 
 class TextEncode(Node):
@@ -22,7 +28,6 @@ class TextEncode(Node):
     }
     outputs = (Out(TEXT_EMBED, "text"),)
 
-    @torch.no_grad()
     def run(self, ctx: RunContext, clip: ClipModel, text: str) -> tuple[TextEncoding]:
         return (clip.encode_caption(text),)
 
@@ -34,8 +39,7 @@ class CLIPImageEmbed(Node):
     inputs = {"clip": In(CLIP), "images": In(IMAGE, description="images in [-1, 1], any size")}
     outputs = (Out(IMAGE_EMBED, "image_embed"),)
 
-    @torch.no_grad()
-    def run(self, ctx: RunContext, clip: ClipModel, images: torch.Tensor) -> tuple[torch.Tensor]:
+    def run(self, ctx: RunContext, clip: ClipModel, images: Tensor) -> tuple[Tensor]:
         return (clip.embed_images(images),)
 
 
@@ -49,8 +53,8 @@ class TextDiff(Node):
     }
     outputs = (Out(IMAGE_EMBED, "direction"),)
 
-    def run(self, ctx: RunContext, source: TextEncoding, target: TextEncoding) -> tuple[torch.Tensor]:
-        return (text_direction(source.embed, target.embed),)
+    def run(self, ctx: RunContext, source: TextEncoding, target: TextEncoding) -> tuple[Tensor]:
+        return (embeddings.text_direction(source.embed, target.embed),)
 
 
 class EmbedArithmetic(Node):
@@ -68,15 +72,15 @@ class EmbedArithmetic(Node):
     }
     outputs = (Out(IMAGE_EMBED, "image_embed"),)
 
-    def run(self, ctx: RunContext, base: torch.Tensor, subtract: torch.Tensor, add: torch.Tensor,
-            weight: float) -> tuple[torch.Tensor]:
+    def run(self, ctx: RunContext, base: Tensor, subtract: Tensor, add: Tensor,
+            weight: float) -> tuple[Tensor]:
         for name, other in (("subtract", subtract), ("add", add)):
             if other.shape[-1] != base.shape[-1]:
                 raise InputValueError(name, f"embedding widths differ ({other.shape[-1]} vs {base.shape[-1]}): "
                                       "use the same CLIP (and a prior trained on it) for all three")
         source = subtract.to(base.device).mean(0, keepdim=True)
         target = add.to(base.device).mean(0, keepdim=True)
-        return (analogy(base, source, target, weight),)
+        return (embeddings.analogy(base, source, target, weight),)
 
 
 class EmbedMix(Node):
@@ -94,12 +98,12 @@ class EmbedMix(Node):
     }
     outputs = (Out(IMAGE_EMBED, "image_embed"),)
 
-    def run(self, ctx: RunContext, a: torch.Tensor, b: torch.Tensor, t_start: float, t_end: float, count: int,
-            mode: str) -> tuple[torch.Tensor]:
+    def run(self, ctx: RunContext, a: Tensor, b: Tensor, t_start: float, t_end: float, count: int,
+            mode: str) -> tuple[Tensor]:
         if a.shape[-1] != b.shape[-1]:
             raise InputValueError("b", f"embedding widths differ ({a.shape[-1]} vs {b.shape[-1]}): "
                                   "use the same CLIP for both")
         if a.shape[0] not in (1, b.shape[0]) and b.shape[0] != 1:
             raise InputValueError("b", f"batches {a.shape[0]} and {b.shape[0]} do not match; use 1 or equal")
         ts = [t_start] if count == 1 else [t_start + (t_end - t_start) * i / (count - 1) for i in range(count)]
-        return (interpolate(a, b.to(a.device), ts, mode),)
+        return (embeddings.interpolate(a, b.to(a.device), ts, mode),)

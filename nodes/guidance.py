@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from nodegraph.engine.context import RunContext
+from nodegraph.engine.lazy import lazy_import
 from nodegraph.engine.node import In, Node, Out
 from nodegraph.engine.sockets import (
     CLASSIFIER,
@@ -15,8 +18,12 @@ from nodegraph.engine.sockets import (
     TEXT_EMBED,
 )
 from nodegraph.errors import InputValueError
-from nodegraph.generate.conditions import ClassifierTerm, ClipTerm, Condition, Guidance
-from nodegraph.models.clip import TextEncoding
+
+if TYPE_CHECKING:
+    from nodegraph.generate.conditions import ClassifierTerm, ClipTerm, Guidance
+    from nodegraph.models.clip import TextEncoding
+
+conditions = lazy_import("nodegraph.generate.conditions")
 
 TERMS = 4
 
@@ -45,15 +52,15 @@ class GuidanceCombine(Node):
 
     def run(self, ctx: RunContext, classifier: ClassifierTerm | None, clip: ClipTerm | None,
             **terms) -> tuple[Guidance]:
-        conditions = []
+        weighted = []
         for i in range(1, TERMS + 1):
-            cond = Condition(text=terms[f"text_{i}"], image_embed=terms[f"image_embed_{i}"])
+            cond = conditions.Condition(text=terms[f"text_{i}"], image_embed=terms[f"image_embed_{i}"])
             if not cond.is_null:
-                conditions.append((cond, float(terms[f"weight_{i}"])))
-        if not conditions and classifier is None and clip is None:
+                weighted.append((cond, float(terms[f"weight_{i}"])))
+        if not weighted and classifier is None and clip is None:
             raise InputValueError(None, "nothing to guide with: connect a text or image embedding to a term, "
                                   "or a classifier / CLIP guidance")
-        return (Guidance(conditions=tuple(conditions), classifier=classifier, clip=clip),)
+        return (conditions.Guidance(conditions=tuple(weighted), classifier=classifier, clip=clip),)
 
 
 class EditGuidance(Node):
@@ -77,14 +84,14 @@ class EditGuidance(Node):
 
     def run(self, ctx: RunContext, target_text, target_image_embed, source_text, source_image_embed,
             strength: float) -> tuple[Guidance]:
-        target = Condition(text=target_text, image_embed=target_image_embed)
-        source = Condition(text=source_text, image_embed=source_image_embed)
+        target = conditions.Condition(text=target_text, image_embed=target_image_embed)
+        source = conditions.Condition(text=source_text, image_embed=source_image_embed)
         if target.is_null:
             raise InputValueError("target_text", "connect the target text or image embedding to decode under")
         if source.is_null:
             raise InputValueError("source_text", "connect the text or image embedding the latent was inverted "
                                   "under (DDIMInvert's condition)")
-        return (Guidance.edit(target, source, strength),)
+        return (conditions.Guidance.edit(target, source, strength),)
 
 
 class ClassifierGuidance(Node):
@@ -100,7 +107,7 @@ class ClassifierGuidance(Node):
     outputs = (Out(CLASSIFIER_GUIDANCE, "classifier_guidance"),)
 
     def run(self, ctx: RunContext, classifier, caption: str, scale: float) -> tuple[ClassifierTerm]:
-        return (ClassifierTerm.toward(classifier, caption, scale),)
+        return (conditions.ClassifierTerm.toward(classifier, caption, scale),)
 
 
 class CLIPGuidance(Node):
@@ -128,4 +135,4 @@ class CLIPGuidance(Node):
         if encoder is None:
             needed = "clip (a CLIPLoader)" if mode == "x0" else "noised_clip (a NoisedCLIPLoader)"
             raise InputValueError("mode", f"mode {mode!r} needs {needed} connected")
-        return (ClipTerm(mode, encoder, text.embed, scale, cutn, tv_scale, range_scale, grad_clamp or None),)
+        return (conditions.ClipTerm(mode, encoder, text.embed, scale, cutn, tv_scale, range_scale, grad_clamp or None),)

@@ -6,14 +6,19 @@ import hashlib
 import json
 import re
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from nodegraph.engine.context import RunContext
-from nodegraph.engine.imageio import png_text_key, read_image, save_png, to_pil
+from nodegraph.engine.lazy import lazy_import
 from nodegraph.engine.node import In, Node, Out
 from nodegraph.engine.paths import confine, output_target
 from nodegraph.engine.sockets import IMAGE, MASK
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_import("torch")
+imageio = lazy_import("nodegraph.engine.imageio")  # PIL, numpy and torch: run time only
 
 
 class LoadImage(Node):
@@ -38,8 +43,8 @@ class LoadImage(Node):
                 digest.update(block)
         return digest.hexdigest()
 
-    def run(self, ctx: RunContext, image: str) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels, mask = read_image(ctx.input_path(image, "image"))
+    def run(self, ctx: RunContext, image: str) -> tuple[Tensor, Tensor]:
+        pixels, mask = imageio.read_image(ctx.input_path(image, "image"))
         if mask is None:
             mask = torch.zeros(1, 1, pixels.shape[2], pixels.shape[3])
         return pixels.to(ctx.device), mask.to(ctx.device)
@@ -75,7 +80,7 @@ class SaveImage(Node):
             output_target(ctx.output_dir, filename_prefix, NAME_TAIL, input_name="filename_prefix")
         return ""
 
-    def run(self, ctx: RunContext, images: torch.Tensor, filename_prefix: str) -> tuple[()]:
+    def run(self, ctx: RunContext, images: Tensor, filename_prefix: str) -> tuple[()]:
         directory, prefix = output_target(ctx.output_dir, filename_prefix, NAME_TAIL, input_name="filename_prefix")
         directory.mkdir(parents=True, exist_ok=True)
         # A symlink may have appeared while creating the folders; check the real location again.
@@ -84,16 +89,17 @@ class SaveImage(Node):
             str(directory.relative_to(ctx.output_dir.resolve()) / prefix),
             input_name="filename_prefix",
         )
-        text = {key: json.dumps(value, default=str) for key, value in ctx.extra_pnginfo.items() if png_text_key(key)}
+        text = {key: json.dumps(value, default=str)
+                for key, value in ctx.extra_pnginfo.items() if imageio.png_text_key(key)}
         text.update(prompt=json.dumps(ctx.workflow, default=str), params=json.dumps(dict(ctx.params), default=str))
         counter = _next_counter(directory, prefix)
         written = []
-        for picture in to_pil(images):
+        for picture in imageio.to_pil(images):
             while True:
                 path = directory / f"{prefix}_{counter:05}_.png"
                 counter += 1
                 try:
-                    save_png(picture, path, text)
+                    imageio.save_png(picture, path, text)
                 except FileExistsError:
                     continue
                 break
@@ -110,8 +116,8 @@ class SaveImageWebsocket(Node):
     output_node = True
     inputs = {"images": In(IMAGE, description="images [B, C, H, W] in [-1, 1]")}
 
-    def run(self, ctx: RunContext, images: torch.Tensor) -> tuple[()]:
-        pictures = to_pil(images)
+    def run(self, ctx: RunContext, images: Tensor) -> tuple[()]:
+        pictures = imageio.to_pil(images)
         for picture in pictures:
             ctx.send_image(picture)
         ctx.record(sent=len(pictures))

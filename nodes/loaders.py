@@ -10,6 +10,7 @@ from typing import Any
 
 from nodegraph import weights
 from nodegraph.engine.context import RunContext
+from nodegraph.engine.lazy import lazy_import
 from nodegraph.engine.node import In, Node, Out
 from nodegraph.engine.sockets import (
     CLASSIFIER,
@@ -20,7 +21,8 @@ from nodegraph.engine.sockets import (
     PRIOR,
     UPSAMPLER,
 )
-from nodegraph.models import loader
+
+loader = lazy_import("nodegraph.models.loader")
 
 _CHECKPOINT = In("STRING", default="", description="file inside the models directory; empty = the bundled model")
 

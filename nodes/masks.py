@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from nodegraph.engine.context import RunContext
+from nodegraph.engine.lazy import lazy_import
 from nodegraph.engine.node import In, Node, Out
 from nodegraph.engine.sockets import IMAGE, MASK
 from nodegraph.errors import InputValueError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_import("torch")
 
 
 class MaskFromRect(Node):
@@ -25,7 +31,7 @@ class MaskFromRect(Node):
     }
     outputs = (Out(MASK, "mask"),)
 
-    def run(self, ctx: RunContext, width: int, height: int, x: int, y: int, w: int, h: int) -> tuple[torch.Tensor]:
+    def run(self, ctx: RunContext, width: int, height: int, x: int, y: int, w: int, h: int) -> tuple[Tensor]:
         if x >= width or y >= height:
             raise InputValueError("x" if x >= width else "y", f"the rectangle starts at ({x}, {y}), outside the "
                                   f"{width}x{height} mask")
@@ -45,7 +51,7 @@ class MaskFromImage(Node):
     }
     outputs = (Out(MASK, "mask"),)
 
-    def run(self, ctx: RunContext, images: torch.Tensor, channel: str, threshold: float) -> tuple[torch.Tensor]:
+    def run(self, ctx: RunContext, images: Tensor, channel: str, threshold: float) -> tuple[Tensor]:
         x = (images + 1) / 2
         if channel == "luminance":
             v = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
@@ -61,5 +67,5 @@ class InvertMask(Node):
     inputs = {"mask": In(MASK)}
     outputs = (Out(MASK, "mask"),)
 
-    def run(self, ctx: RunContext, mask: torch.Tensor) -> tuple[torch.Tensor]:
+    def run(self, ctx: RunContext, mask: Tensor) -> tuple[Tensor]:
         return (1 - mask,)

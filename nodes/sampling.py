@@ -7,9 +7,10 @@ interrupt takes effect. Library errors name the input they blame, and the execut
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from nodegraph.engine.context import RunContext
+from nodegraph.engine.lazy import lazy_import
 from nodegraph.engine.node import In, Node, Out
 from nodegraph.engine.sockets import (
     DECODER,
@@ -24,11 +25,17 @@ from nodegraph.engine.sockets import (
     TEXT_EMBED,
     UPSAMPLER,
 )
-from nodegraph.generate import sampling as S
-from nodegraph.generate.conditions import Condition, Guidance, Latent, NoiseSpec
-from nodegraph.models.clip import TextEncoding
-from nodegraph.models.diffusion_model import DiffusionModel
 from nodegraph.nodes._common import CONDITION_INPUTS, SAMPLER_INPUTS, build_guidance, progress_callback, settings
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from nodegraph.generate.conditions import Guidance, Latent, NoiseSpec
+    from nodegraph.models.clip import TextEncoding
+    from nodegraph.models.diffusion_model import DiffusionModel
+
+S = lazy_import("nodegraph.generate.sampling")
+conditions = lazy_import("nodegraph.generate.conditions")
 
 
 class Noise(Node):
@@ -42,7 +49,7 @@ class Noise(Node):
     outputs = (Out(NOISE, "noise"),)
 
     def run(self, ctx: RunContext, seed: int, batch_size: int) -> tuple[NoiseSpec]:
-        return (NoiseSpec(seed, batch_size),)
+        return (conditions.NoiseSpec(seed, batch_size),)
 
 
 class Prior(Node):
@@ -65,8 +72,8 @@ class Prior(Node):
 
     def run(self, ctx: RunContext, prior: DiffusionModel, text: TextEncoding, noise: NoiseSpec,
             guidance_scale: float, best_of: int, guidance: Guidance | None, sampler: str, steps: int,
-            respacing: str, eta: float) -> tuple[torch.Tensor]:
-        return (S.prior_from_noise(prior, Condition(text=text), noise, guidance_scale,
+            respacing: str, eta: float) -> tuple[Tensor]:
+        return (S.prior_from_noise(prior, conditions.Condition(text=text), noise, guidance_scale,
                                    settings(sampler, steps, respacing, eta), best_of=best_of, guidance=guidance,
                                    callback=progress_callback(ctx, preview=False)),)
 
@@ -92,7 +99,7 @@ class Decoder(Node):
 
     def run(self, ctx: RunContext, decoder: DiffusionModel, noise: NoiseSpec | None, latent: Latent | None,
             text, image_embed, guidance_scale: float, guidance: Guidance | None, sampler: str, steps: int,
-            respacing: str, eta: float) -> tuple[torch.Tensor]:
+            respacing: str, eta: float) -> tuple[Tensor]:
         return (S.decode(decoder, build_guidance(text, image_embed, guidance_scale, guidance),
                          settings(sampler, steps, respacing, eta), noise=noise, latent=latent,
                          callback=progress_callback(ctx)),)
@@ -113,9 +120,9 @@ class Upsample(Node):
     }
     outputs = (Out(IMAGE, "images"),)
 
-    def run(self, ctx: RunContext, upsampler: DiffusionModel, images: torch.Tensor, noise: NoiseSpec | None,
+    def run(self, ctx: RunContext, upsampler: DiffusionModel, images: Tensor, noise: NoiseSpec | None,
             aug_level: int, guidance: Guidance | None, sampler: str, steps: int, respacing: str,
-            eta: float) -> tuple[torch.Tensor]:
+            eta: float) -> tuple[Tensor]:
         generator = ctx.generator(noise.seed if noise is not None else 0, upsampler.device)
         return (S.upsample(upsampler, images, settings(sampler, steps, respacing, eta), generator=generator,
                            callback=progress_callback(ctx), aug_level=None if aug_level < 0 else aug_level,
@@ -135,11 +142,11 @@ class DDIMInvert(Node):
     }
     outputs = (Out(LATENT, "latent"),)
 
-    def run(self, ctx: RunContext, decoder: DiffusionModel, images: torch.Tensor, text, image_embed,
+    def run(self, ctx: RunContext, decoder: DiffusionModel, images: Tensor, text, image_embed,
             steps: int) -> tuple[Latent]:
-        x_T, timesteps = S.invert(decoder, images, Condition(text=text, image_embed=image_embed),
+        x_T, timesteps = S.invert(decoder, images, conditions.Condition(text=text, image_embed=image_embed),
                                   S.SamplerSettings(steps=steps), callback=progress_callback(ctx))
-        return (Latent(x_T, tuple(timesteps)),)
+        return (conditions.Latent(x_T, tuple(timesteps)),)
 
 
 _INPAINT_INPUTS = {
@@ -159,9 +166,9 @@ class Inpaint(Node):
               **SAMPLER_INPUTS}
     outputs = (Out(IMAGE, "images"),)
 
-    def run(self, ctx: RunContext, model: DiffusionModel, images: torch.Tensor, mask: torch.Tensor,
+    def run(self, ctx: RunContext, model: DiffusionModel, images: Tensor, mask: Tensor,
             noise: NoiseSpec, text, image_embed, guidance_scale: float, guidance: Guidance | None, sampler: str,
-            steps: int, respacing: str, eta: float) -> tuple[torch.Tensor]:
+            steps: int, respacing: str, eta: float) -> tuple[Tensor]:
         return (S.inpaint_from_noise(model, images, mask, noise, build_guidance(text, image_embed, guidance_scale,
                                      guidance), settings(sampler, steps, respacing, eta), method="model",
                                      callback=progress_callback(ctx)),)
@@ -181,10 +188,10 @@ class RePaint(Node):
     }
     outputs = (Out(IMAGE, "images"),)
 
-    def run(self, ctx: RunContext, decoder: DiffusionModel, images: torch.Tensor, mask: torch.Tensor,
+    def run(self, ctx: RunContext, decoder: DiffusionModel, images: Tensor, mask: Tensor,
             noise: NoiseSpec, text, image_embed, guidance_scale: float, guidance: Guidance | None,
             jump_length: int, resample: int, sampler: str, steps: int, respacing: str,
-            eta: float) -> tuple[torch.Tensor]:
+            eta: float) -> tuple[Tensor]:
         return (S.inpaint_from_noise(decoder, images, mask, noise, build_guidance(text, image_embed,
                                      guidance_scale, guidance), settings(sampler, steps, respacing, eta),
                                      method="repaint", jump_length=jump_length, n_resample=resample,

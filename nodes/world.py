@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from nodegraph.engine.context import RunContext
+from nodegraph.engine.lazy import lazy_import
 from nodegraph.engine.node import In, Node, Out
 from nodegraph.engine.sockets import IMAGE
 from nodegraph.errors import InputValueError
-from nodegraph.world.captions import parse_prompt
-from nodegraph.world.render import render, to_model_range
-from nodegraph.world.scene import PAIRS, Scene, Shape
-from nodegraph.world.scorer import score_batch
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+captions = lazy_import("nodegraph.world.captions")
+render = lazy_import("nodegraph.world.render")
+scene = lazy_import("nodegraph.world.scene")
+scorer = lazy_import("nodegraph.world.scorer")
 
 
 class RenderScene(Node):
@@ -25,20 +30,19 @@ class RenderScene(Node):
     }
     outputs = (Out(IMAGE, "image"),)
 
-    def run(self, ctx: RunContext, caption: str, resolution: int) -> tuple[torch.Tensor]:
+    def run(self, ctx: RunContext, caption: str, resolution: int) -> tuple[Tensor]:
         try:
-            spec = parse_prompt(caption)
+            spec = captions.parse_prompt(caption)
         except ValueError as exc:
             raise InputValueError("caption", str(exc)) from None
         if spec.background is None:
             raise InputValueError("caption", "name the background, e.g. '... on a blue background'")
-        default_pos = ["center"] if len(spec.shapes) == 1 else list(PAIRS[0])
-        shapes = tuple(
-            Shape(s.kind, s.color, s.size or "large", s.position or default_pos[i]) for i, s in enumerate(spec.shapes)
-        )
+        default_pos = ["center"] if len(spec.shapes) == 1 else list(scene.PAIRS[0])
+        shapes = tuple(scene.Shape(s.kind, s.color, s.size or "large", s.position or default_pos[i])
+                       for i, s in enumerate(spec.shapes))
         if any(s.color == spec.background for s in shapes):
             raise InputValueError("caption", "a shape's colour must differ from the background's")
-        image = to_model_range(render([Scene(spec.background, shapes)], resolution))
+        image = render.to_model_range(render.render([scene.Scene(spec.background, shapes)], resolution))
         return (image.to(ctx.device),)
 
 
@@ -54,12 +58,12 @@ class ScoreImage(Node):
     }
     outputs = (Out("FLOAT", "accuracy"),)
 
-    def run(self, ctx: RunContext, images: torch.Tensor, caption: str) -> tuple[float]:
+    def run(self, ctx: RunContext, images: Tensor, caption: str) -> tuple[float]:
         try:
-            parse_prompt(caption)
+            captions.parse_prompt(caption)
         except ValueError as exc:
             raise InputValueError("caption", str(exc)) from None
-        report = score_batch(images.detach().float().cpu().clamp(-1, 1), [caption] * images.shape[0])
+        report = scorer.score_batch(images.detach().float().cpu().clamp(-1, 1), [caption] * images.shape[0])
         ctx.record(attribute_accuracy=report.attribute_accuracy, exact_rate=report.exact_rate,
                    per_attribute={k: v for k, v in report.per_attribute.items() if v == v})
         return (report.attribute_accuracy,)

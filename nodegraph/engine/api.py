@@ -18,20 +18,25 @@ import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from nodegraph.engine.cache import OutputCache
 from nodegraph.engine.context import RunContext, RunState
 from nodegraph.engine.events import EventCallback
 from nodegraph.engine.executor import RunResult, execute
+from nodegraph.engine.lazy import lazy_import
 from nodegraph.engine.plan import Plan, signatures
 from nodegraph.engine.prepare import PlanMemo, PreparedRun, WorkflowSource, prepare
 from nodegraph.engine.registry import Registry
 from nodegraph.errors import ConfigError, InputValueError, ReentrantRunError, ValidationIssue, WorkflowError
 
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")
+
 logger = logging.getLogger("nodegraph")
+_RUN_DEVICE: Any = object()  # _state's default: the engine's device, resolved
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -69,7 +74,11 @@ class Engine:
         plan_memo_size: int = 32,
     ) -> None:
         """`cache_budgets` maps "cpu", "cuda" (each CUDA device) or "cuda:N" to bytes of tensors kept."""
-        self.device = resolve_device(device)
+        self._requested_device = device
+        self._deterministic = deterministic
+        # "cpu" cannot fail, so it is resolved (and torch imported) only when a run needs it: validating a
+        # workflow costs no torch import. Anything else is checked now, so a bad --device fails at once.
+        self._device: torch.device | None = None if device == "cpu" else self._resolve_device()
         self.input_dir = Path(input_dir if input_dir is not None else Path.cwd()).absolute()
         self.output_dir = Path(output_dir if output_dir is not None else "out").absolute()
         self.registry = registry if registry is not None else Registry.discover(plugins=plugins)
@@ -78,10 +87,19 @@ class Engine:
         self._run_lock = threading.Lock()  # one run at a time: the cache is shared
         self._active_flag: threading.Event | None = None
         self._running_thread: int | None = None
-        if deterministic and self.device.type == "cuda":
+
+    @property
+    def device(self) -> torch.device:
+        """The device nodes run on."""
+        return self._device if self._device is not None else self._resolve_device()
+
+    def _resolve_device(self) -> torch.device:
+        self._device = resolve_device(self._requested_device)
+        if self._deterministic and self._device.type == "cuda":
             # Autotuned kernels may differ between runs; seeded nodes should give identical images.
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
+        return self._device
 
     def prepare(
         self,
@@ -105,7 +123,8 @@ class Engine:
         try:
             prepared = self._prepared(workflow, params, outputs)
             if prepared.plan.fingerprinted:  # e.g. LoadImage: the file must exist inside input_dir
-                self._fingerprints(prepared.plan, self._state("validate", prepared, None, ()))
+                # checked without a device: validating must not import torch or touch a GPU
+                self._fingerprints(prepared.plan, self._state("validate", prepared, None, (), device=self._device))
         except WorkflowError as exc:
             return exc.errors
         return []
@@ -170,10 +189,11 @@ class Engine:
         return self.registry.catalogue()
 
     def _state(self, prompt_id: str, prepared: PreparedRun, emit: EventCallback | None,
-               flags: tuple[Any, ...], extra_pnginfo: Mapping[str, Any] | None = None) -> RunState:
+               flags: tuple[Any, ...], extra_pnginfo: Mapping[str, Any] | None = None,
+               device: Any = _RUN_DEVICE) -> RunState:
         return RunState(
             prompt_id=prompt_id,
-            device=self.device,
+            device=self.device if device is _RUN_DEVICE else device,
             input_dir=self.input_dir,
             output_dir=self.output_dir,
             workflow=prepared.nodes,

@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
+from nodegraph.engine.lazy import lazy_import
+
+torch = lazy_import("torch")  # only values that hold tensors need it
 
 _SCALARS = (int, float, str, bool, bytes, type(None))
 # Walking these would reach whole libraries, not a node's data.

@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from nodegraph.engine import events
 from nodegraph.engine.cache import CacheEntry, OutputCache, tensor_bytes
 from nodegraph.engine.context import RunContext, RunState
+from nodegraph.engine.lazy import lazy_import
 from nodegraph.engine.plan import Plan
 from nodegraph.engine.sockets import SocketType
 from nodegraph.errors import InputValueError, Interrupted, NodeExecutionError
+
+torch = lazy_import("torch")  # only values that hold tensors need it
 
 
 @dataclass

@@ -94,6 +94,7 @@ class ClipModel:
         enc.prompts = tuple(texts)
         return enc
 
+    @torch.no_grad()
     def encode_caption(self, text: str, max_chars: int = 2000) -> TextEncoding:
         """One user caption, checked first: InputValueError("text") when it is longer than this CLIP reads
         (open_clip's tokenizer would silently cut it)."""
@@ -105,6 +106,7 @@ class ClipModel:
                                   f"{self.context_length}; shorten it")
         return self.encode_text([text])
 
+    @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm image embeddings [B, D] of socket images (any size, any device)."""
         return F.normalize(self.encode_image(images.to(self.device)), dim=-1)
