@@ -13,6 +13,8 @@ from nodegraph.engine.lazy import lazy_import
 from nodegraph.engine.node import In, Node, Out
 from nodegraph.engine.paths import confine, output_target
 from nodegraph.engine.sockets import IMAGE, MASK
+from nodegraph.errors import InputValueError
+from nodegraph.world import examples
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -22,15 +24,18 @@ imageio = lazy_import("nodegraph.engine.imageio")  # PIL, numpy and torch: run t
 
 
 class LoadImage(Node):
-    """Loads an image file from the input directory as IMAGE, and a MASK from its alpha channel.
+    """Loads an image file (PNG, JPEG, ... of any size) from the input directory as IMAGE, and a MASK from
+    its alpha channel; `example:NAME` reads one of the example renders shipped with nodegraph instead.
 
-    The mask is 1 where the image is transparent (the region to repaint) and all zeros when the
-    file has no alpha channel. The file's content hash joins the cache key, so editing the file
-    reloads it even though its name did not change.
+    Models bring the image to their resolution by one rule: centre-crop to a square, then resize
+    (nodegraph.models.resize). The mask is 1 where the image is transparent (the region to repaint) and all
+    zeros when the file has no alpha channel. The file's content hash joins the cache key, so editing the
+    file reloads it even though its name did not change.
     """
 
     category = "image"
-    inputs = {"image": In("STRING", description="image file, relative to the input directory")}
+    inputs = {"image": In("STRING", description="image file, relative to the input directory, or "
+                          f"{examples.PREFIX}NAME for a shipped example ({', '.join(examples.EXAMPLES)})")}
     outputs = (Out(IMAGE, "image"), Out(MASK, "mask"))
 
     @classmethod
@@ -38,13 +43,13 @@ class LoadImage(Node):
         if image is None:
             return None  # the name arrives over a link: the file cannot be hashed before the run, so never reuse
         digest = hashlib.sha256()
-        with ctx.input_path(image, "image").open("rb") as handle:
+        with _image_path(ctx, image).open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         return digest.hexdigest()
 
     def run(self, ctx: RunContext, image: str) -> tuple[Tensor, Tensor]:
-        pixels, mask = imageio.read_image(ctx.input_path(image, "image"))
+        pixels, mask = imageio.read_image(_image_path(ctx, image))
         if mask is None:
             mask = torch.zeros(1, 1, pixels.shape[2], pixels.shape[3])
         return pixels.to(ctx.device), mask.to(ctx.device)
@@ -122,6 +127,16 @@ class SaveImageWebsocket(Node):
             ctx.send_image(picture)
         ctx.record(sent=len(pictures))
         return ()
+
+
+def _image_path(ctx: RunContext, image: str) -> Path:
+    if image.startswith(examples.PREFIX):
+        name = image[len(examples.PREFIX):]
+        if name not in examples.EXAMPLES:
+            raise InputValueError("image", f"no shipped example {name!r}; there are "
+                                  f"{', '.join(examples.PREFIX + known for known in examples.EXAMPLES)}")
+        return examples.EXAMPLES_DIR / name
+    return ctx.input_path(image, "image")
 
 
 def _next_counter(directory: Path, prefix: str) -> int:

@@ -280,3 +280,47 @@ def test_unreadable_or_oversized_images_are_input_errors(engine: Engine, make: s
     with pytest.raises(NodeExecutionError) as caught:
         engine.run(save_workflow(image="bad.png"))
     assert caught.value.is_input_error and caught.value.input == "image", caught.value
+
+
+def test_shipped_examples_load_by_name_and_unknown_ones_are_named(engine: Engine) -> None:
+    from nodegraph.world.examples import EXAMPLES
+
+    workflow = {"load": {"class_type": "LoadImage", "inputs": {"image": "example:red_circle_on_blue.png"}},
+                "out": {"class_type": "Preview", "inputs": {"value": ["load", 0]}}}
+    assert engine.run(workflow).outputs["out"]["value"].shape == (1, 3, 64, 64)
+    workflow["load"]["inputs"]["image"] = "example:../../../etc/passwd"
+    [issue] = engine.validate(workflow)
+    assert issue.input == "image" and all(name in issue.message for name in EXAMPLES)
+
+
+def test_any_size_and_shape_is_centre_cropped_then_resized() -> None:
+    from nodegraph.models.resize import fit_square
+
+    wide = torch.zeros(1, 3, 40, 100)
+    wide[..., 30:70] = 1.0  # the centred 40x40 square is all ones; the sides are cut away
+    assert torch.equal(fit_square(wide, 40), torch.ones(1, 3, 40, 40))
+    assert fit_square(wide, 20).shape == (1, 3, 20, 20) and fit_square(wide, 20).min() == 1.0
+    small = torch.rand(1, 1, 8, 8)
+    assert fit_square(small, 32).shape == (1, 1, 32, 32)  # grown bilinearly
+    big = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(fit_square(big, 32), big.unfold(2, 2, 2).unfold(3, 2, 2).mean((-1, -2)))
+
+
+@pytest.mark.slow
+def test_an_editing_workflow_edits_the_users_own_jpeg(tmp_path: Path) -> None:
+    from conftest import REPO, run_cli
+
+    photo = Image.new("RGB", (96, 60), (40, 70, 220))  # a wide blue JPEG with a red disc in the middle
+    for x in range(96):
+        for y in range(60):
+            if (x - 48) ** 2 + (y - 30) ** 2 < 18**2:
+                photo.putpixel((x, y), (220, 40, 40))
+    photo.save(tmp_path / "mine.jpg", quality=95)
+    proc = run_cli("run", str(REPO / "workflows" / "ddim_invert_reconstruct.json"), "--input-dir", str(tmp_path),
+                   "--param", "image=mine.jpg", "--param", "steps=10", "--param",
+                   "caption=a large red circle in the center on a blue background", "--param",
+                   "score_prompt=a large red circle in the center on a blue background", "--out", str(tmp_path / "o"),
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    [run] = json.loads(proc.stdout)["runs"]
+    assert run["outputs"]["score"]["attribute_accuracy"] == 1.0  # the user's disc came back, centred

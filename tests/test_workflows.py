@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from nodegraph.engine.api import Engine
-from nodegraph.world.captions import parse_prompt
-from nodegraph.world.render import render_uint8
-from nodegraph.world.scene import Scene, Shape
+from nodegraph.engine.imageio import from_pil, to_uint8
+from nodegraph.models.resize import fit_square
+from nodegraph.world.examples import EXAMPLES_DIR
 
 from conftest import REPO, run_cli
 
@@ -73,9 +73,9 @@ def test_inpaint_keeps_every_pixel_outside_the_mask(engine):
     path = REPO / "workflows" / "glide_inpaint.json"
     result = engine.run(str(path), params={"steps": 6})
     data = json.loads(path.read_text())["nodes"]
-    spec = parse_prompt(data["image"]["inputs"]["caption"])
-    scene = Scene(spec.background, tuple(Shape(s.kind, s.color, s.size, s.position) for s in spec.shapes))
-    source = render_uint8([scene], 32)[0].permute(1, 2, 0).numpy()
+    # the example file, brought to the model's 32 px by the one resize rule, then quantised as a PNG is
+    example = EXAMPLES_DIR / data["image"]["inputs"]["image"].removeprefix("example:")
+    source = to_uint8(fit_square(from_pil(Image.open(example)), 32))[0]
     out = np.asarray(Image.open(result.files[0]).convert("RGB"))
     m = data["mask"]["inputs"]
     keep = np.ones((32, 32), dtype=bool)

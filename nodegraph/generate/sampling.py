@@ -28,6 +28,7 @@ from nodegraph.generate.conditions import (
     unet_condition,
 )
 from nodegraph.models.diffusion_model import DiffusionModel
+from nodegraph.models.resize import fit_square
 
 Callback = Callable[[int, int, Tensor, Tensor], "bool | None"]
 
@@ -235,7 +236,7 @@ def upsample(
         raise ConditionError("the upsampler takes no text or image embedding; only classifier / CLIP terms apply",
                              "guidance")
     size = model.image_size
-    low = resize_to(low.to(model.device), model.low_res)
+    low = fit_square(low.to(model.device), model.low_res)
     level = int(aug_level if aug_level is not None else model.aug_level)
     if not 0 <= level < model.diffusion.num_timesteps:
         raise InputValueError("aug_level", f"{level} is not a noise level of this upsampler's schedule "
@@ -277,8 +278,8 @@ def inpaint(
     (RePaint), optionally with resampling jumps.
     """
     size = model.image_size
-    image = resize_to(image.to(model.device), size)
-    known = known_pixels(resize_to(mask.to(model.device, image.dtype), size).round())
+    image = fit_square(image.to(model.device), size)
+    known = known_pixels(fit_square(mask.to(model.device, image.dtype), size).round())
     b = max(image.shape[0], known.shape[0], x_T.shape[0] if x_T is not None else 1)
     given = [("images", image), ("mask", known)] + ([("noise", x_T)] if x_T is not None else [])
     for name, t in given:
@@ -327,17 +328,9 @@ def invert(
     same condition reconstructs the image.
     """
     ts = settings.timesteps(model.diffusion.num_timesteps)
-    image = resize_to(image.to(model.device), model.image_size)
+    image = fit_square(image.to(model.device), model.image_size)
     model_fn = guided_model_fn(model, Guidance.cfg(cond, 1.0), image.shape[0])
     return ddim_invert(model.diffusion, model_fn, image, ts, callback=callback), ts
-
-
-def resize_to(images: Tensor, size: int) -> Tensor:
-    """Images at a model's square resolution (area filter when shrinking, bilinear when growing)."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    mode = "area" if images.shape[-1] > size else "bilinear"
-    return F.interpolate(images, size=(size, size), mode=mode)
 
 
 # ------------------------------------------------------------ entry points over socket values (NOISE, LATENT)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from nodegraph.errors import CheckpointError, InputValueError
 from nodegraph.models.checkpoint import load_into, read_metadata
+from nodegraph.models.resize import center_crop
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 BUNDLED_CLIP = "shapes-clip"
@@ -112,8 +113,9 @@ class ClipModel:
         return F.normalize(self.encode_image(images.to(self.device)), dim=-1)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Socket images [B, 3, H, W] in [-1, 1] -> the image tower's normalised input."""
-        x = (images + 1) / 2
+        """Socket images [B, 3, H, W] in [-1, 1], any size and shape -> the image tower's normalised input
+        (centre-cropped to a square as every model input is, see nodegraph.models.resize)."""
+        x = (center_crop(images) + 1) / 2
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                               antialias=True, align_corners=False)
