@@ -460,7 +460,13 @@ class NodegraphServer:
         return cached[1]
 
     def input_files(self) -> list[str]:
-        """Images in the input directory (LoadImage's choices), sorted, at most 10 000."""
+        """LoadImage's choices: the example images nodegraph ships (`example:NAME`), then the images in the
+        input directory, sorted, at most 10 000."""
+        from nodegraph.world.examples import EXAMPLES, PREFIX
+
+        return [PREFIX + name for name in EXAMPLES] + self._input_images()
+
+    def _input_images(self) -> list[str]:
         base = self.engine.input_dir
         try:
             names = [

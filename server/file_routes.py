@@ -150,8 +150,13 @@ class FileRoutes:
         filename = query_value(request, "filename")
         if not filename:
             raise HttpError(400, "invalid_query", "filename is required: /view?filename=NAME&subfolder=DIR&type=output")
-        base = self.directory(query_value(request, "type") or "output")
+        kind = query_value(request, "type") or "output"
+        base = self.directory(kind)
         subfolder = query_value(request, "subfolder") or ""
+        from nodegraph.world.examples import EXAMPLES_DIR, PREFIX
+
+        if kind == "input" and filename.startswith(PREFIX) and not subfolder:  # LoadImage's shipped examples
+            base, filename = EXAMPLES_DIR, filename.removeprefix(PREFIX)
         channel = query_value(request, "channel")
         if channel not in (None, "rgba", "rgb", "a"):
             raise HttpError(400, "invalid_query", "channel must be rgba, rgb or a")

@@ -308,7 +308,8 @@ def prompt_error_body(
             {
                 "type": comfy_type(issue),
                 "message": _clip(issue.message),
-                "details": _clip(issue.where(), 300),
+                # nodegraph's message again: the frontend shows its own title for ComfyUI's types, and this as detail
+                "details": _clip(issue.message),
                 "extra_info": extra,
             }
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from typing import Any
 from nodegraph.engine.registry import Registry
 from nodegraph.server.object_info import is_widget
 
+SEED_INPUTS = ("seed", "noise_seed")
+VIEW = (1500.0, 820.0)  # the canvas area the initial zoom fits the graph into
 COLUMN_GAP = 80
 ROW_GAP = 40
 SLOT_HEIGHT = 22
@@ -76,6 +79,8 @@ def to_ui(document: Mapping[str, Any], registry: Registry, *, name: str | None =
                     values.append(input_spec.default if input_spec.has_default else _empty(input_spec))
                 else:
                     values.append(value)
+                if input_name in SEED_INPUTS and str(input_spec.type) == "INT":
+                    values.append("fixed")  # the frontend gives seeds a control_after_generate widget: keep it still
                 inputs.append(slot)
             elif link_id is not None or input_spec is not None:
                 inputs.append(slot)
@@ -111,18 +116,23 @@ def to_ui(document: Mapping[str, Any], registry: Registry, *, name: str | None =
             "mode": 0,
             "inputs": node_inputs[node_id],
             "outputs": outputs,
-            "properties": {"Node name for S&R": class_type},
+            # cnr_id "comfy-core": the frontend then treats the node as built in, instead of asking ComfyUI's
+            # online node registry which pack provides it (a request to another host).
+            "properties": {"Node name for S&R": class_type, "cnr_id": "comfy-core"},
             "widgets_values": widget_values[node_id],
         }
         if title and title != class_type:
             entry["title"] = str(title)
         ui_nodes.append(entry)
-    extra: dict[str, Any] = {"ds": {"scale": 0.85, "offset": [40, 40]}}
+    right = max(positions[n][0] + sizes[n][0] for n in ids) if ids else 0.0
+    bottom = max(positions[n][1] + sizes[n][1] for n in ids) if ids else 0.0
+    scale = round(max(0.4, min(1.0, VIEW[0] / (right + 120), VIEW[1] / (bottom + 160))), 3)
+    extra: dict[str, Any] = {"ds": {"scale": scale, "offset": [60.0 / scale, 110.0 / scale]}}
     meta = document.get("meta") if isinstance(document.get("meta"), Mapping) else None
     if meta is not None or name is not None:
         extra["nodegraph"] = {"source": name, "meta": dict(meta or {})}
     return {
-        "id": f"nodegraph-{name}" if name else "nodegraph",
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"nodegraph:{name or 'workflow'}")),
         "revision": 0,
         "last_node_id": len(ids),
         "last_link_id": len(links),
@@ -182,8 +192,17 @@ def _topological(ids: Sequence[str], parents: Mapping[str, list[str]]) -> list[s
 def _columns(ids: Sequence[str], parents: Mapping[str, list[str]]) -> dict[str, int]:
     """Longest-path depth of each node (sources at 0); a cycle (an invalid workflow) is cut where found."""
     column: dict[str, int] = {}
-    for node_id in _topological(ids, parents):
+    order = _topological(ids, parents)
+    for node_id in order:
         column[node_id] = 1 + max((column[p] for p in parents[node_id] if p in column), default=-1)
+    # Sources (loaders, seeds) move right to just before their first consumer, so their wires stay short.
+    children: dict[str, list[str]] = {node_id: [] for node_id in ids}
+    for node_id in ids:
+        for parent in parents[node_id]:
+            children.setdefault(parent, []).append(node_id)
+    for node_id in order:
+        if not parents[node_id] and children[node_id]:
+            column[node_id] = max(0, min(column[child] for child in children[node_id]) - 1)
     return column
 
 
@@ -209,6 +228,8 @@ def _layout(
         height += text_boxes * TEXT_BOX_HEIGHT + (8 if sockets or outputs else 0)
         if api[node_id].get("class_type") in ("SaveImage", "PreviewImage", "SaveImageWebsocket"):
             height = max(height, 300)
+        if api[node_id].get("class_type") == "LoadImage":
+            height += 300  # the frontend adds an upload button and shows the image on the node
         sizes[node_id] = [400.0 if text_boxes else 320.0, float(height)]
     by_column: dict[int, list[str]] = {}
     for node_id in ids:
