@@ -1,4 +1,4 @@
-"""Sampling nodes: Noise, Prior, Decoder, Upsample, DDIMInvert, Inpaint, RePaint.
+"""Sampling nodes: Noise, Prior, Decoder, Upsample, DDIMInvert, NoiseImage, Inpaint, RePaint.
 
 Each adapts its sockets to one function of `nodegraph.generate.sampling`, which owns the start state,
 batching and resizing; progress is reported every step with an x̂0 preview, which is also where an
@@ -91,7 +91,8 @@ class Decoder(Node):
     inputs = {
         "decoder": In(DECODER),
         "noise": In(NOISE, optional=True, description="seed and batch size (or connect a latent)"),
-        "latent": In(LATENT, optional=True, description="start from a DDIM-inverted x_T"),
+        "latent": In(LATENT, optional=True, description="start from a DDIM-inverted x_T (DDIMInvert) or a "
+                     "forward-noised image (NoiseImage)"),
         **CONDITION_INPUTS,
         **SAMPLER_INPUTS,
     }
@@ -147,6 +148,28 @@ class DDIMInvert(Node):
         x_T, timesteps = S.invert(decoder, images, conditions.Condition(text=text, image_embed=image_embed),
                                   S.SamplerSettings(steps=steps), callback=progress_callback(ctx))
         return (conditions.Latent(x_T, tuple(timesteps)),)
+
+
+class NoiseImage(Node):
+    """SDEdit's start: images noised forward to t0 = strength × T, as a LATENT the Decoder continues from
+    (with any sampler) under a new caption or CLIP guidance; a lower strength keeps more of the image."""
+
+    category = "sampling"
+    inputs = {
+        "decoder": In(DECODER, description="the model that will denoise it (its schedule and resolution)"),
+        "images": In(IMAGE, description="images to edit (centre-cropped and resized to the decoder's resolution)"),
+        "noise": In(NOISE, description="seed of the forward noise (and of the sampler's noise)"),
+        "strength": In("FLOAT", default=0.6, min=0.05, max=1.0, step=0.05,
+                       description="how far into the noise schedule to go: 0.05 barely changes the image, 1 "
+                       "keeps nothing of it"),
+        "steps": In("INT", default=50, min=1, max=1000, description="steps over the whole schedule (those below "
+                    "t0 are walked)"),
+    }
+    outputs = (Out(LATENT, "latent"),)
+
+    def run(self, ctx: RunContext, decoder: DiffusionModel, images: Tensor, noise: NoiseSpec, strength: float,
+            steps: int) -> tuple[Latent]:
+        return (S.noised_latent(decoder, images, strength, S.SamplerSettings(steps=steps), noise),)
 
 
 _INPAINT_INPUTS = {

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nodegraph.diffusion import make_betas
-from nodegraph.errors import ConditionError
+from nodegraph.errors import ConditionError, InputValueError
 from nodegraph.generate.conditions import (
     ClassifierTerm,
     ClipTerm,
@@ -39,7 +39,7 @@ from nodegraph.models.noised_clip import NoisedClipConfig, NoisedImageTower
 from nodegraph.world.render import render, to_model_range
 from nodegraph.world.scene import Scene, Shape
 
-from fixtures_models import DECODER_SIZE, HIGH_RES, LOW_RES, build_tiny_models
+from fixtures_models import DECODER_SIZE, HIGH_RES, LOW_RES, TIMESTEPS, build_tiny_models
 
 PROMPT = "a large red circle on the left on a blue background"
 # Batched and separate forwards may take different kernels: equal up to float rounding, not bit for bit.
@@ -473,3 +473,22 @@ def test_guidance_batch_is_the_largest_condition_batch(models):
     g = Guidance(conditions=((Condition(text=enc), 2.0), (Condition(image_embed=emb), 1.0)))
     # The Decoder draws one x_T per embedding when the noise batch is 1.
     assert g.batch() == 4 and Guidance().batch() == 1
+
+
+def test_noised_latent_starts_part_way_and_any_sampler_continues_it(models):
+    from nodegraph.generate.conditions import NoiseSpec
+    from nodegraph.generate.sampling import decode, noised_latent
+
+    image = scene_image()
+    settings = SamplerSettings(steps=10)
+    full = settings.timesteps(models["decoder"].diffusion.num_timesteps)
+    latent = noised_latent(models["decoder"], image, 0.5, settings, NoiseSpec(3))
+    assert not latent.inverted and latent.timesteps[0] <= 0.5 * TIMESTEPS and set(latent.timesteps) <= set(full)
+    # a weak strength keeps the image close; the same seed gives the same start
+    weak = noised_latent(models["decoder"], image, 0.05, settings, NoiseSpec(3))
+    assert (weak.x - image).abs().mean() < (latent.x - image).abs().mean()
+    assert torch.equal(noised_latent(models["decoder"], image, 0.5, settings, NoiseSpec(3)).x, latent.x)
+    out = decode(models["decoder"], Guidance(), SamplerSettings(sampler="ddpm"), latent=latent, noise=NoiseSpec(3))
+    assert out.shape == image.shape
+    with pytest.raises(InputValueError, match="strength"):
+        noised_latent(models["decoder"], image, 0.0, settings, NoiseSpec(3))

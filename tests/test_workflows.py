@@ -24,7 +24,7 @@ FAST = {"steps": 6, "prior_steps": 6, "upsample_steps": 4, "count": 2, "batch_si
 OUTPUT_SIZE = {
     "glide_text2img": 64, "dalle2_text2img": 64, "dalle2_variations": 64, "dalle2_text_diff": 64, "upsample": 64,
     "composable_guidance": 64, "glide_inpaint": 32, "glide_clip_guided": 32, "clip_guided_unconditional": 32,
-    "classifier_guided": 32, "ddim_invert_reconstruct": 32, "ddim_invert_edit": 32,
+    "classifier_guided": 32, "ddim_invert_reconstruct": 32, "ddim_invert_edit": 32, "clip_guided_edit": 32,
 }
 
 

@@ -234,7 +234,12 @@ class NoiseSpec:
 
 @dataclass(frozen=True)
 class Latent:
-    """The LATENT socket: a DDIM-inverted x_T with the timestep sequence it was inverted along."""
+    """The LATENT socket: a partly or fully noised image x_t and the timestep sequence that denoises it.
+
+    `inverted` latents come from DDIM inversion and decode back to their image only with DDIM along the same
+    steps; the others are an image noised forward to t0 (SDEdit), which any sampler may take from there.
+    """
 
     x: Tensor
     timesteps: tuple[int, ...]
+    inverted: bool = True

@@ -346,15 +346,16 @@ def decode(
     latent: Latent | None = None,
     callback: Callback | None = None,
 ) -> Tensor:
-    """Images from a decoder, starting from a Noise's x_T or from a DDIM-inverted latent.
+    """Images from a decoder, starting from a Noise's x_T or from a latent (DDIM-inverted, or noised forward).
 
-    From a latent it walks the latent's own timesteps with DDIM: with eta 0 and the inversion's condition it
-    reconstructs the image, with another condition it edits it, with eta > 0 it draws variations (one per
-    noise seed). One latent decoded under several conditions (a text diff at several θ) or several noise
-    seeds is broadcast. From noise, a batch-1 noise with a batch of conditions gets one x_T per condition.
+    From a latent it walks the latent's own timesteps. An inverted one with DDIM: with eta 0 and the
+    inversion's condition it reconstructs the image, with another condition it edits it, with eta > 0 it
+    draws variations (one per noise seed); a forward-noised one with any sampler (SDEdit). One latent
+    decoded under several conditions (a text diff at several θ) or several noise seeds is broadcast. From
+    noise, a batch-1 noise with a batch of conditions gets one x_T per condition.
     """
     if latent is not None:
-        if settings.sampler != "ddim":
+        if latent.inverted and settings.sampler != "ddim":
             raise InputValueError("sampler", "a DDIM-inverted latent is decoded with DDIM along its own timesteps; "
                                   f"set sampler to 'ddim' (got {settings.sampler!r})")
         b = max(latent.x.shape[0], guidance.batch(), noise.batch if noise is not None else 1)
@@ -405,3 +406,20 @@ def inpaint_from_noise(
     x_T = noise.initial((3, size, size), model.device)
     return inpaint(model, image, mask, guidance, settings, generator=noise.sampler_generator(model.device),
                    x_T=x_T, **options)
+
+
+@torch.no_grad()
+def noised_latent(model: DiffusionModel, image: Tensor, strength: float, settings: SamplerSettings,
+                  noise: NoiseSpec) -> Latent:
+    """SDEdit's start: the image (brought to the model's resolution) noised forward to t0 = strength·T, with
+    the steps of `settings` from t0 down. strength 1 keeps nothing of the image but its noise seed; small
+    strengths keep its layout and colours and let guidance change details."""
+    if not 0.0 < strength <= 1.0:
+        raise InputValueError("strength", f"{strength} is outside (0, 1]: the fraction of the noise schedule to add")
+    x0 = fit_square(image.to(model.device), model.image_size)
+    steps = settings.timesteps(model.diffusion.num_timesteps)
+    t0 = min(steps[0], max(0, round(strength * model.diffusion.num_timesteps) - 1))
+    timesteps = tuple(t for t in steps if t <= t0) or (t0,)
+    eps = noise.initial(tuple(x0.shape[1:]), model.device, count=x0.shape[0])
+    t = torch.full((x0.shape[0],), timesteps[0], dtype=torch.long, device=model.device)
+    return Latent(model.diffusion.q_sample(x0, t, eps), timesteps, inverted=False)
