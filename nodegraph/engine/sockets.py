@@ -83,8 +83,9 @@ TEXT_EMBED = SocketType("TEXT_EMBED", "nodegraph.models.clip:TextEncoding", "one
                         "pooled embedding [B, D], token sequence [B, L, W] and its padding mask [B, L]")
 IMAGE_EMBED = SocketType("IMAGE_EMBED", "torch:Tensor", "unit-norm CLIP image embeddings [B, D] (prior samples, "
                          "CLIPImageEmbed, mixes); a TextDiff direction is unit-norm too")
-LATENT = SocketType("LATENT", f"{_CONDITIONS}:Latent", "a DDIM-inverted x_T [B, C, H, W] with the timestep "
-                    "sequence it was inverted along (decode it with DDIM on the same steps)")
+LATENT = SocketType("LATENT", f"{_CONDITIONS}:Latent", "a noised image x_t [B, C, H, W] with the timesteps "
+                    "that denoise it: DDIM-inverted (decode it with DDIM on those steps) or noised forward (SDEdit: "
+                    "any sampler)")
 NOISE = SocketType("NOISE", f"{_CONDITIONS}:NoiseSpec", "a seed and a batch size; each consumer draws x_T in its own "
                    "shape on the CPU, so images match across devices")
 GUIDANCE = SocketType("GUIDANCE", f"{_CONDITIONS}:Guidance", "weighted conditions for (composable) classifier-free "
