@@ -54,14 +54,27 @@ def _parser() -> argparse.ArgumentParser:
         help="where input files are read from (default: .)",
     )
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda (default: auto)")
+    run.add_argument("--backend", choices=("local", "ray"), default="local",
+                     help="local (this process) or ray: spread the runs over a Ray cluster's workers")
+    run.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                     help="with --backend ray: the cluster to join (default: start a local one)")
+    run.add_argument("--workers", default="2", metavar="N|auto",
+                     help="with --backend ray: workers to start (auto: one per GPU, else per CPU; default 2)")
+    run.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="with --backend ray")
     run.add_argument("--json", action="store_true", help="print a JSON summary (files written per run) on stdout")
     run.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failing nodes")
     run.set_defaults(handler=_cmd_run)
 
-    validate = commands.add_parser("validate", help="check a workflow without running it")
+    validate = commands.add_parser(
+        "validate", help="check a workflow without running it",
+        description="Check a workflow without running it. Model files it names that are not installed are listed "
+        "under missing_models (exit 0: the workflow is valid; `run` refuses to start without them) unless "
+        "--require-models makes them errors.")
     validate.add_argument("workflow", type=Path)
     _add_param_options(validate)
     validate.add_argument("--input-dir", type=Path, default=None, metavar="DIR", help="where input files are read from")
+    validate.add_argument("--require-models", action="store_true",
+                          help="exit 2 when a model file the workflow names is not installed")
     validate.set_defaults(handler=_cmd_validate)
 
     nodes = commands.add_parser("nodes", help="list the available nodes")
@@ -93,7 +106,6 @@ def _add_param_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from nodegraph.engine.api import Engine
     from nodegraph.engine.workflow import load_workflow
     from nodegraph.errors import ConfigError, WorkflowError
 
@@ -101,7 +113,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         workflow = load_workflow(args.workflow)
         base = _parse_param_args(args.param)
         runs, problems = _read_params_file(args.params_file, base) if args.params_file else ([(None, base)], [])
-        engine = Engine(args.device, input_dir=args.input_dir, output_dir=args.out)
+        engine = _engine(args)
         prepared = _prepare_runs(engine, workflow, runs, base, args.params_file, problems)
     except WorkflowError as exc:
         _report_invalid(exc.errors, as_json=args.json)
@@ -113,10 +125,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summaries: list[dict[str, Any]] = []
     codes = []
     show_bars = sys.stderr.isatty()
+    produce = _cluster_results(engine, prepared, show_bars) if args.backend == "ray" else None
     try:
         for index, ((line, params), ready) in enumerate(zip(runs, prepared, strict=True)):
             label = f"run {index + 1}/{len(runs)} " if len(runs) > 1 else ""
-            summary, code = _run_once(engine, ready, params, line, label, show_bars, args)
+            summary, code = _run_once(engine, ready, params, line, label, show_bars and produce is None, args,
+                                      produce[index] if produce is not None else None)
             summaries.append(summary)
             codes.append(code)
     except KeyboardInterrupt:
@@ -146,14 +160,15 @@ def _run_once(
     label: str,
     show_bars: bool,
     args: Any,
+    produce: Any = None,
 ) -> tuple[dict[str, Any], int]:
     from nodegraph.cli_progress import ProgressBars
-    from nodegraph.errors import Interrupted, NodeExecutionError, WorkflowError
+    from nodegraph.errors import Interrupted, NodeExecutionError, NodegraphError, WorkflowError
 
     bars = ProgressBars(sys.stderr, label) if show_bars else None
     where = f"{args.params_file} line {line}: " if line is not None else ""
     try:
-        result = engine.run(prepared, on_event=bars)
+        result = produce() if produce is not None else engine.run(prepared, on_event=bars)
     except NodeExecutionError as exc:
         code = EXIT_INVALID if exc.is_input_error else EXIT_NODE_FAILED
         print(f"nodegraph: {where}{exc}", file=sys.stderr)
@@ -178,6 +193,11 @@ def _run_once(
     except Interrupted as exc:
         print(f"nodegraph: {where}{exc}", file=sys.stderr)
         return {"status": "interrupted", "line": line, "params": params, "files": []}, EXIT_INTERRUPTED
+    except NodegraphError as exc:  # the cluster lost the run (its workers died)
+        print(f"nodegraph: {where}{exc}", file=sys.stderr)
+        error = {"node_id": None, "node_type": None, "exception_type": type(exc).__name__,
+                 "exception_message": str(exc)}
+        return {"status": "error", "line": line, "params": params, "error": error, "files": []}, EXIT_NODE_FAILED
     finally:
         if bars is not None:
             bars.close()
@@ -186,6 +206,37 @@ def _run_once(
     if not args.json:
         _print_result(result, engine, sys.stdout)
     return summary, EXIT_OK
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    if args.backend == "ray":
+        from nodegraph.cluster.engine import ClusterEngine
+
+        workers = args.workers if args.workers == "auto" else int(args.workers)
+        return ClusterEngine(input_dir=args.input_dir, output_dir=args.out, workers=workers, address=args.address,
+                             gpus_per_worker=args.gpus_per_worker, device=args.device)
+    from nodegraph.engine.api import Engine
+
+    return Engine(args.device, input_dir=args.input_dir, output_dir=args.out)
+
+
+def _cluster_results(engine: Any, prepared: list[Any], show_bar: bool) -> list[Any]:
+    """Every run submitted to the cluster at once; per run, a callable that waits for it and lands its files,
+    called in the batch's order (so files are numbered as a local batch numbers them), with one bar."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(prepared), desc="runs", unit="run", file=sys.stderr, disable=not show_bar)
+    executor = ThreadPoolExecutor(max_workers=max(1, engine.pool.target))
+    futures = []
+    for ready in prepared:
+        future = executor.submit(engine.submit, ready)
+        future.add_done_callback(lambda _: bar.update(1))
+        futures.append(future)
+    executor.shutdown(wait=False)
+    return [lambda ready=ready, future=future: engine.finish(ready, future.result())
+            for ready, future in zip(prepared, futures, strict=True)]
 
 
 def _print_result(result: Any, engine: Any, out: TextIO) -> None:
@@ -335,7 +386,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         errors = Engine("cpu", input_dir=args.input_dir).validate(workflow, params)
     except WorkflowError as exc:
         errors = exc.errors
-    json.dump({"errors": [error.model_dump() for error in errors]}, sys.stdout, indent=2)
+    # A model file that is not installed does not make the workflow invalid: it is what the user must install
+    # before running it (and `run` refuses to start without it, with the same message).
+    missing = [] if args.require_models else [error for error in errors if error.type == "model_not_found"]
+    errors = [error for error in errors if error not in missing]
+    report: dict[str, Any] = {"errors": [error.model_dump() for error in errors]}
+    if missing:
+        report["missing_models"] = [error.model_dump() for error in missing]
+        for error in missing:
+            print(f"nodegraph: note: {error.where()}: {error.message}", file=sys.stderr)
+    json.dump(report, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return EXIT_INVALID if errors else EXIT_OK
 

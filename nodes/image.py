@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nodegraph.engine.context import RunContext
 from nodegraph.engine.lazy import lazy_import
 from nodegraph.engine.node import In, Node, Out
-from nodegraph.engine.paths import confine, output_target
+from nodegraph.engine.paths import confine, next_number, output_target
 from nodegraph.engine.sockets import IMAGE, MASK
 from nodegraph.errors import InputValueError
 from nodegraph.world import examples
@@ -97,7 +96,7 @@ class SaveImage(Node):
         text = {key: json.dumps(value, default=str)
                 for key, value in ctx.extra_pnginfo.items() if imageio.png_text_key(key)}
         text.update(prompt=json.dumps(ctx.workflow, default=str), params=json.dumps(dict(ctx.params), default=str))
-        counter = _next_counter(directory, prefix)
+        counter = next_number(directory, prefix)
         written = []
         for picture in imageio.to_pil(images):
             while True:
@@ -137,13 +136,3 @@ def _image_path(ctx: RunContext, image: str) -> Path:
                                   f"{', '.join(examples.PREFIX + known for known in examples.EXAMPLES)}")
         return examples.EXAMPLES_DIR / name
     return ctx.input_path(image, "image")
-
-
-def _next_counter(directory: Path, prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"_(\d{5,})_\.png")
-    highest = 0
-    for entry in directory.iterdir():
-        match = pattern.fullmatch(entry.name)
-        if match:
-            highest = max(highest, int(match.group(1)))
-    return highest + 1

@@ -6,9 +6,7 @@ MASK is a float tensor [B, 1, H, W] in [0, 1] where 1 marks the region to repain
 
 from __future__ import annotations
 
-import os
 import struct
-import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from nodegraph.engine.paths import write_new
 from nodegraph.errors import InputValueError
 
 PREVIEW_MAX_SIDE = 512
@@ -105,18 +104,11 @@ def preview_image(preview: Any) -> Image.Image:
 
 def save_png(image: Image.Image, path: Path, text: dict[str, str] | None = None) -> None:
     """Write a PNG with text chunks, whole or not at all, never over an existing file (FileExistsError, so
-    callers pick a new name): it is written to a hidden temporary beside `path` and then hard-linked into
-    place, which is atomic and fails if the name is taken. An interrupted write leaves no file behind."""
+    callers pick a new name); see paths.write_new."""
     info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, value)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            image.save(handle, format="PNG", pnginfo=info, compress_level=4)
-        os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_new(path, lambda handle: image.save(handle, format="PNG", pnginfo=info, compress_level=4))
 
 
 def png_text_key(key: object) -> bool:

@@ -8,6 +8,9 @@ resolved path (symlinks followed) must still lie inside the directory.
 from __future__ import annotations
 
 import os
+import re
+import threading
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from nodegraph.errors import InputValueError
@@ -78,3 +81,29 @@ def output_target(base: Path, prefix: str, suffix: str, *, input_name: str | Non
         raise InputValueError(input_name, f"cannot write into {existing} (permission denied); choose another "
                               "output directory", code="path_not_allowed")
     return directory, stem
+
+
+def next_number(directory: Path, prefix: str) -> int:
+    """The counter after the highest PREFIX_NNNNN_.png in `directory` (1 when there is none): how SaveImage
+    numbers its files, and how a cluster run's files are numbered again where they land."""
+    pattern = re.compile(re.escape(prefix) + r"_(\d{5,})_\.png")
+    highest = 0
+    if directory.is_dir():
+        for entry in directory.iterdir():
+            match = pattern.fullmatch(entry.name)
+            if match:
+                highest = max(highest, int(match.group(1)))
+    return highest + 1
+
+
+def write_new(path: Path, write: Callable[[object], None]) -> None:
+    """Write a file whole or not at all, never over an existing one (FileExistsError, so callers pick another
+    name): `write(handle)` fills a hidden temporary beside `path`, which is then hard-linked into place (atomic,
+    and it fails if the name is taken). An interrupted write leaves no file behind."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "xb") as handle:
+            write(handle)
+        os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,169 @@
+"""The Ray actor that runs workflows: one Engine, resident for the actor's life (models and cache stay loaded).
+
+It writes into a private output directory and sends back what the run produced: the result, and the bytes of
+every file it wrote, which the driver lands in the real output directory with the names a local run would have
+given them. Engine events go to the driver through a Ray queue as they happen, tagged with their run, in small
+batches (so a preview-per-step run costs a few remote calls per second, not one per event). The actor is
+threaded (max_concurrency 2) so that `interrupt` can reach a run that is in progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nodegraph.errors import InputValueError, Interrupted, NodeExecutionError, WorkflowError
+
+FLUSH_SECONDS = 0.05  # the longest an event waits in the actor before it is sent
+END = "__end__"  # the last item a run puts on the queue: the driver knows then that it has every event
+
+
+@dataclass
+class Job:
+    """One run: what to run and whom it is for."""
+
+    prompt_id: str
+    workflow: Any  # API-format nodes with the params already applied (the driver validated them)
+    params: dict[str, Any] = field(default_factory=dict)  # those param values, for the record (SaveImage's PNGs)
+    extra_pnginfo: dict[str, Any] | None = None
+    outputs: list[str] | None = None
+
+
+@dataclass
+class Outcome:
+    """What a run gave: status is success, node_error, invalid or interrupted; `files` are (path relative to
+    the output directory, bytes) in the order they were written."""
+
+    prompt_id: str
+    status: str
+    worker: str
+    outputs: dict[str, Any] = field(default_factory=dict)
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    executed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: dict[str, Any] | None = None  # node_error: node_id, node_type, input, is_input_error, message, traceback
+    issues: list[Any] = field(default_factory=list)  # invalid: ValidationIssue records
+
+
+class EngineWorker:
+    """Ray actor body (decorated by the pool): `run(job, queue)` executes a Job, `interrupt(prompt_id)` stops it."""
+
+    def __init__(self, name: str, device: str = "auto", input_dir: str | None = None,
+                 threads: int | None = None) -> None:
+        import torch
+
+        from nodegraph.engine.api import Engine
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.name = name
+        self.output_dir = Path(tempfile.mkdtemp(prefix=f"nodegraph-{name}-"))
+        self.engine = Engine(device, input_dir=input_dir, output_dir=self.output_dir)
+        self._flags: dict[str, threading.Event] = {}
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "pid": os.getpid(), "device": str(self.engine.device),
+                "node": os.uname().nodename}
+
+    def interrupt(self, prompt_id: str) -> bool:
+        flag = self._flags.get(prompt_id)
+        if flag is None:
+            return False
+        flag.set()
+        return True
+
+    def run(self, job: Job, queue: Any) -> Outcome:
+        flag = self._flags.setdefault(job.prompt_id, threading.Event())
+        sender = _EventSender(queue, job.prompt_id)
+        started = time.perf_counter()
+        outcome = Outcome(job.prompt_id, "success", self.name)
+        try:
+            prepared = dataclasses.replace(self.engine.prepare(job.workflow, None, job.outputs), params=job.params)
+            result = self.engine.run(prepared, None, sender, job.prompt_id, flag, extra_pnginfo=job.extra_pnginfo)
+            outcome.outputs, outcome.executed, outcome.cached = result.outputs, result.executed, result.cached
+            outcome.files = [self._take(path) for path in result.files]
+        except NodeExecutionError as exc:
+            outcome.status = "node_error"
+            outcome.error = {"node_id": exc.node_id, "node_type": exc.node_type, "input": exc.input,
+                             "is_input_error": exc.is_input_error, "message": str(exc.exception),
+                             "exception_type": type(exc.exception).__name__, "traceback": exc.traceback}
+        except WorkflowError as exc:
+            outcome.status, outcome.issues = "invalid", exc.errors
+        except Interrupted:
+            outcome.status = "interrupted"
+        except Exception as exc:  # a bug: report it as a failure of the run, keep the worker alive
+            outcome.status = "node_error"
+            outcome.error = {"node_id": None, "node_type": None, "input": None, "is_input_error": False,
+                             "message": str(exc), "exception_type": type(exc).__name__,
+                             "traceback": traceback.format_exception(exc)}
+        finally:
+            sender(END, {})
+            self._flags.pop(job.prompt_id, None)
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    def _take(self, path: Path) -> tuple[str, bytes]:
+        """A written file's bytes and name; the local copy goes, since the driver now holds the file."""
+        relative = Path(path).resolve().relative_to(self.output_dir.resolve())
+        data = Path(path).read_bytes()
+        Path(path).unlink(missing_ok=True)
+        return relative.as_posix(), data
+
+    def clear_cache(self) -> None:
+        self.engine.clear_cache()
+
+    def shutdown(self) -> None:
+        shutil.rmtree(self.output_dir, ignore_errors=True)
+
+
+class _EventSender:
+    """The run's on_event: batches (kind, data) pairs to the driver's queue, tagged with the run's id."""
+
+    def __init__(self, queue: Any, prompt_id: str) -> None:
+        self.queue = queue
+        self.prompt_id = prompt_id
+        self.batch: list[tuple[str, str, dict[str, Any]]] = []
+        self.last = time.monotonic()
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        self.batch.append((self.prompt_id, kind, data))
+        # Progress may come many times a second; everything else (a node starts, the run ends) goes at once.
+        if kind != "progress" or time.monotonic() - self.last >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.batch:
+            batch, self.batch = self.batch, []
+            self.queue.put_nowait_batch(batch)
+        self.last = time.monotonic()
+
+
+def local_errors(outcome: Outcome) -> Exception | None:
+    """The exception a local Engine.run would have raised for this outcome (None on success)."""
+    if outcome.status == "invalid":
+        return WorkflowError(list(outcome.issues))
+    if outcome.status == "interrupted":
+        return Interrupted(f"run {outcome.prompt_id} was interrupted on worker {outcome.worker}")
+    if outcome.status == "node_error":
+        error = outcome.error or {}
+        if error.get("is_input_error"):
+            cause: BaseException = InputValueError(error.get("input"), error.get("message", ""))
+        else:
+            cause = RemoteNodeError(f"{error.get('exception_type')}: {error.get('message')} "
+                                    f"(on worker {outcome.worker})")
+        return NodeExecutionError(error.get("node_id") or "?", error.get("node_type") or "?", cause,
+                                  list(error.get("traceback", [])), error.get("input"))
+    return None
+
+
+class RemoteNodeError(RuntimeError):
+    """A node failed on a Ray worker; the message carries its exception type and text, the traceback its stack."""
