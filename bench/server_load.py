@@ -1,7 +1,13 @@
 """Server load: many clients, malformed traffic and long chains through a real `nodegraph serve` process.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/server_load.py [--clients 8] [--prompts 25] [--fuzz 10000]
-        [--repeats 5] [--image-workflow workflows/dalle2_text2img.json | none]
+        [--repeats 5] [--chains 100,200,500] [--image-workflow workflows/dalle2_text2img.json | none]
+        [--baseline-server DIR]
+
+Prompts are submitted as ComfyUI's clients submit them: HTTP POST /prompt with a client_id, events on the
+websocket. `--baseline-server DIR` also measures a previous server (DIR is its `server/` folder, e.g. from
+`git worktree add /tmp/old 90acd04`: the websockets-only server, which takes prompts over the websocket) on
+the same engine and prints the two side by side, with the ratio of per-prompt overheads.
 
 Three parts, each printed as a table:
 
@@ -15,7 +21,7 @@ Three parts, each printed as a table:
 2. fuzz: random and malformed messages (binary frames, broken JSON, wrong shapes and field types,
    deep nesting, NaN, huge numbers, oversized frames, invalid workflows, valid requests); each
    must be answered by exactly one reply, and a valid prompt must still run afterwards.
-3. chains of 100 and 200 Add nodes: submit to the last `executing`, cold (a fresh constant each
+3. chains of 100, 200 and 500 Add nodes: submit to the last `executing`, cold (a fresh constant each
    time, so validation, planning and every node run again) and identical re-run (all cached), with
    the server's CPU time per run (what to compare on a machine busy with other work: there the wall
    clock is mostly time spent waiting for a CPU, and "(min)" the least-disturbed run). ComfyUI's
@@ -44,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,14 +62,30 @@ MIB = 1024 * 1024
 # ---------------------------------------------------------------- the server process
 
 
+def shim_with_server(workdir: Path, server_dir: Path) -> Path:
+    """A package folder that is this checkout's nodegraph with another `server/` in it (symlinks), so a
+    previous server runs on today's engine and the comparison measures the server stack alone."""
+    root = workdir / "shim"
+    package = root / "nodegraph"
+    package.mkdir(parents=True)
+    for entry in (REPO / "nodegraph").iterdir():
+        if entry.name not in ("server", "nodes"):
+            (package / entry.name).symlink_to(entry)
+    (package / "nodes").symlink_to(REPO / "nodes")
+    (package / "server").symlink_to(server_dir.resolve())
+    return root
+
+
 class ServerProcess:
     """`nodegraph serve` in a child process; its address, memory and CPU time."""
 
-    def __init__(self, workdir: Path, extra: list[str]) -> None:
+    def __init__(self, workdir: Path, extra: list[str], pythonpath: Path | None = None) -> None:
         command = [sys.executable, "-m", "nodegraph", "serve", "--port", "0", "--device", "cpu"]
         command += ["--output-dir", str(workdir / "out"), "--input-dir", str(workdir / "in"), "--log-level", "error"]
         environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        self.process = subprocess.Popen([*command, *extra], cwd=REPO, env=environment, stdout=subprocess.PIPE)
+        if pythonpath is not None:
+            environment["PYTHONPATH"] = str(pythonpath)
+        self.process = subprocess.Popen([*command, *extra], cwd=workdir, env=environment, stdout=subprocess.PIPE)
         assert self.process.stdout is not None
         line = self.process.stdout.readline().decode()  # "nodegraph server listening on http://HOST:PORT/"
         match = re.search(r"listening on http://([^/\s]+)/", line)
@@ -94,16 +117,32 @@ class ServerProcess:
 
 
 class Client:
-    def __init__(self, ws: ClientConnection) -> None:
+    """A websocket for events; prompts go by HTTP POST /prompt (`http`), or over the websocket (the old server)."""
+
+    http: aiohttp.ClientSession | None = None  # shared by every client; set by main_async
+    base_url = ""
+
+    def __init__(self, ws: ClientConnection, client_id: str) -> None:
         self.ws = ws
+        self.client_id = client_id
 
     @classmethod
     async def open(cls, url: str, client_id: str) -> Client:
         ws = await connect(f"{url}?clientId={client_id}", max_size=None, open_timeout=60, ping_interval=None)
-        client = cls(ws)
+        client = cls(ws, client_id)
         hello = json.loads(await ws.recv())
         assert hello["type"] == "status" and hello["data"]["sid"] == client_id, hello
         return client
+
+    async def submit(self, data: dict[str, Any]) -> str | None:
+        """Queue a prompt; None when it was answered over the websocket (read by the caller)."""
+        if self.http is None:
+            await self.send("prompt", data)
+            return None
+        body = {**data, "client_id": self.client_id}
+        async with self.http.post(f"{self.base_url}/prompt", json=body) as reply:
+            await reply.read()
+            return "prompt_queued" if reply.status == 200 else "prompt_error"
 
     async def recv(self, timeout: float = 600) -> Any:
         raw = await asyncio.wait_for(self.ws.recv(), timeout)
@@ -134,7 +173,12 @@ async def run_prompt(
     if params:
         data["params"] = params
     record = PromptRecord(kind, prompt_id, time.perf_counter())
-    await client.send("prompt", data)
+    answer = await client.submit(data)
+    if answer is not None:
+        record.replies.append(answer)
+        record.queued = time.perf_counter()
+        if answer != "prompt_queued":
+            return record
     while True:
         message = await client.recv()
         now = time.perf_counter()
@@ -174,9 +218,9 @@ def order_problem(record: PromptRecord) -> str | None:
     if kinds[-2] != "execution_success":
         return f"ended with {kinds[-2]}"
     for index, kind in enumerate(kinds[2:-2], start=2):
-        if kind == "binary" and kinds[index - 1] != "progress":
+        if kind == "binary" and kinds[index - 1] not in ("progress", "progress_state"):
             return "a preview not right after its progress message"
-        if kind not in ("executing", "progress", "executed", "binary"):
+        if kind not in ("executing", "progress", "progress_state", "executed", "binary"):
             return f"unexpected {kind} mid-run"
         if kind == "executing" and frames[index]["data"]["node"] is None:
             return "executing null before the end"
@@ -217,9 +261,12 @@ def load_plan(client_index: int, prompts: int, image: dict[str, Any] | None) -> 
     return plan
 
 
-async def load_test(server: ServerProcess, clients: int, prompts: int, image: dict[str, Any] | None) -> None:
+async def load_test(
+    server: ServerProcess, clients: int, prompts: int, image: dict[str, Any] | None
+) -> dict[str, tuple[float, float]]:
     rss_before = server.rss_mib()
     connections = [await Client.open(server.ws_url, f"load{index}") for index in range(clients)]
+    cpu_before = server.cpu_seconds()
 
     async def one_client(index: int) -> list[PromptRecord]:
         return [await run_prompt(connections[index], *item) for item in load_plan(index, prompts, image)]
@@ -227,17 +274,20 @@ async def load_test(server: ServerProcess, clients: int, prompts: int, image: di
     started = time.perf_counter()
     per_client = await asyncio.gather(*(one_client(index) for index in range(clients)))
     wall = time.perf_counter() - started
+    cpu_per_prompt = (server.cpu_seconds() - cpu_before) / (clients * prompts) * 1000
     records = [record for batch in per_client for record in batch]
     for connection in connections:
         await connection.ws.close()
-    history = await fetch_json(server, "/history")
+    in_history = 0
+    for record in records:
+        entry = await fetch_json(server, f"/history/{record.prompt_id}")
+        in_history += record.prompt_id in entry
     rss_after = server.rss_mib()
 
     completed = sum(record.done is not None for record in records)
     ids = [record.prompt_id for record in records]
     problems = [(record, order_problem(record)) for record in records]
     bad = [(record.prompt_id, why) for record, why in problems if why is not None]
-    in_history = sum(prompt_id in history for prompt_id in ids)
     foreign = sum(record.foreign for record in records)
     with_images = " with one image workflow per client" if image is not None else ", utility workflows only"
     print(f"\n1. load: {clients} clients x {prompts} prompts{with_images}; each submits its next prompt when one ends")
@@ -263,20 +313,22 @@ async def load_test(server: ServerProcess, clients: int, prompts: int, image: di
     ]
     for kind in sorted(kinds):
         rows.append((f"submit -> done ({kind})", [r.done - r.submitted for r in records if r.kind == kind and r.done]))
+    summary: dict[str, tuple[float, float]] = {}
     for label, values in rows:
         p50, p95, high = percentiles(values)
+        summary[label] = (p50 * 1000, p95 * 1000)
         print(f"{label:<28}{p50 * 1000:>9.1f}{p95 * 1000:>9.1f}{high * 1000:>9.1f}")
-    print(f"\n   server RSS: {rss_before:.0f} MiB before, {rss_after:.0f} MiB after")
+    print(f"\n   server CPU per prompt: {cpu_per_prompt:.2f} ms; RSS: {rss_before:.0f} MiB before, "
+          f"{rss_after:.0f} MiB after")
+    summary["server cpu per prompt"] = (cpu_per_prompt, cpu_per_prompt)
+    lost = len(records) - completed
+    summary["lost"] = (float(lost), float(len(bad)))
+    return summary
 
 
 async def fetch_json(server: ServerProcess, path: str) -> Any:
-    host, port = server.address.rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: {server.address}\r\n\r\n".encode())
-    await writer.drain()
-    response = await reader.read()
-    writer.close()
-    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+    async with aiohttp.ClientSession() as session, session.get(f"http://{server.address}{path}") as reply:
+        return await reply.json(content_type=None)
 
 
 # ---------------------------------------------------------------- 2. fuzz
@@ -395,7 +447,9 @@ async def fuzz_test(server: ServerProcess, count: int, seed: int = 0) -> None:
 # ---------------------------------------------------------------- 3. chains
 
 
-async def chain_test(server: ServerProcess, lengths: list[int], repeats: int) -> None:
+async def chain_test(
+    server: ServerProcess, lengths: list[int], repeats: int
+) -> dict[int, tuple[float, float, float, float]]:
     client = await Client.open(server.ws_url, "chains")
     comfy = {100: (0.5, 1.0, 0.6), 200: (3.0, 3.0, 2.0)}  # ComfyUI: cold low, cold high, cached (seconds)
     print(f"\n3. chains of Add nodes through the server: submit -> last executing; median of {repeats}")
@@ -403,7 +457,7 @@ async def chain_test(server: ServerProcess, lengths: list[int], repeats: int) ->
     header += f"{'cpu cold':>10}{'cpu rerun':>11}{'ComfyUI cold/cached s':>23}{'x faster':>16}"
     print(header)
     print("-" * len(header))
-    results: dict[int, float] = {}
+    results: dict[int, tuple[float, float, float, float]] = {}
     warm = await run_prompt(client, "warm", chain(50, -1.0), None)  # first-use costs (imports, code paths)
     assert order_problem(warm) is None, order_problem(warm)
     counter = 0
@@ -426,7 +480,7 @@ async def chain_test(server: ServerProcess, lengths: list[int], repeats: int) ->
             rerun.append(record.done - record.submitted)
         cpu_rerun = (server.cpu_seconds() - cpu) / repeats
         cold_ms, rerun_ms = statistics.median(cold) * 1000, statistics.median(rerun) * 1000
-        results[length] = cold_ms
+        results[length] = (cold_ms, rerun_ms, cpu_cold * 1000, cpu_rerun * 1000)
         low, high, cached_s = comfy.get(length, (float("nan"),) * 3)
         reference = f"{low:g}-{high:g} / {cached_s:g}" if low == low else "-"
         faster = f"{low * 1000 / cold_ms:.0f}x / {cached_s * 1000 / rerun_ms:.0f}x" if low == low else "-"
@@ -436,8 +490,10 @@ async def chain_test(server: ServerProcess, lengths: list[int], repeats: int) ->
         )
     if len(lengths) >= 2:
         small, large = lengths[0], lengths[-1]
-        print(f"   cold {large}/{small} = {results[large] / results[small]:.2f} (linear: {large / small:.2f})")
+        ratio = results[large][0] / results[small][0]
+        print(f"   cold {large}/{small} = {ratio:.2f} (linear: {large / small:.2f})")
     await client.ws.close()
+    return results
 
 
 # ---------------------------------------------------------------- main
@@ -451,19 +507,76 @@ async def main_async(args: argparse.Namespace) -> None:
             image = json.loads(path.read_text())
         else:
             print(f"(no image workflow: {path} does not exist)")
-    with tempfile.TemporaryDirectory(prefix="nodegraph-bench-") as workdir:
-        print("starting the server (imports and node discovery may take a while) ...", flush=True)
-        server = ServerProcess(Path(workdir), ["--max-queue", "100000"])
-        try:
-            print(f"server pid {server.process.pid} at {server.address}, RSS {server.rss_mib():.0f} MiB at start")
-            await load_test(server, args.clients, args.prompts, None)
-            if image is not None:
-                await load_test(server, args.clients, args.prompts, image)
-            await fuzz_test(server, args.fuzz)
-            await chain_test(server, [100, 200], args.repeats)
-        finally:
-            code = server.stop()
-        print(f"\nserver stopped on SIGTERM with exit code {code}")
+    lengths = [int(length) for length in args.chains.split(",")]
+    measured: dict[str, list[tuple[dict[str, Any], dict[int, Any]]]] = {"new": [], "previous": []}
+    servers: list[tuple[str, Path | None]] = [("new", None)]
+    if args.baseline_server is not None:
+        servers.append(("previous", Path(args.baseline_server)))
+    # Rounds alternate the servers, so load from other work on the machine falls on both alike.
+    for round_index, (name, baseline) in enumerate(servers * args.rounds):
+        with tempfile.TemporaryDirectory(prefix="nodegraph-bench-") as workdir:
+            where = Path(workdir)
+            pythonpath = shim_with_server(where, baseline) if baseline is not None else None
+            print(f"\n===== {name} server{f' ({baseline})' if baseline else ''}: starting ...", flush=True)
+            server = ServerProcess(where, ["--max-queue", "100000"], pythonpath)
+            # The previous server takes prompts over the websocket only; the new one as ComfyUI's clients send them.
+            session = aiohttp.ClientSession() if baseline is None else None
+            Client.http, Client.base_url = session, f"http://{server.address}"
+            submit = "websocket message" if baseline is not None else "HTTP POST /prompt"
+            try:
+                print(f"server pid {server.process.pid} at {server.address}, RSS {server.rss_mib():.0f} MiB; "
+                      f"prompts submitted by {submit}")
+                load = await load_test(server, args.clients, args.prompts, None)
+                first = round_index < len(servers)
+                if image is not None and baseline is None and first:
+                    await load_test(server, args.clients, args.prompts, image)
+                if baseline is None and first:
+                    await fuzz_test(server, args.fuzz)
+                chains = await chain_test(server, lengths, args.repeats)
+                measured[name].append((load, chains))
+            finally:
+                if session is not None:
+                    await session.close()
+                code = server.stop()
+            print(f"\nserver stopped on SIGTERM with exit code {code}")
+    if measured["previous"]:
+        compare(median_of(measured["previous"]), median_of(measured["new"]), lengths, args.rounds)
+
+
+def median_of(rounds: list[tuple[dict[str, Any], dict[int, Any]]]) -> tuple[dict[str, Any], dict[int, Any]]:
+    """Each measure's median over the rounds."""
+    load = {
+        label: tuple(statistics.median(r[0][label][i] for r in rounds) for i in range(2)) for label in rounds[0][0]
+    }
+    chains = {
+        length: tuple(statistics.median(r[1][length][i] for r in rounds) for i in range(4)) for length in rounds[0][1]
+    }
+    return load, chains
+
+
+def compare(previous: tuple[dict[str, Any], dict[int, Any]], new: tuple[dict[str, Any], dict[int, Any]],
+            lengths: list[int], rounds: int) -> None:
+    """Per-prompt overhead of the previous server against the new one (the target: new within 1.5x)."""
+    print(f"\n4. per-prompt overhead (medians of {rounds} alternating rounds): previous server (websockets, prompts "
+          "over the websocket) against the new one (aiohttp, HTTP POST /prompt)")
+    header = f"{'measure (ms)':<34}{'previous':>10}{'new':>10}{'new/previous':>14}"
+    print(header)
+    print("-" * len(header))
+    rows: list[tuple[str, float, float]] = []
+    rows.append(("server cpu per prompt (load)", previous[0]["server cpu per prompt"][0],
+                 new[0]["server cpu per prompt"][0]))
+    for label in new[0]:
+        if label.startswith("submit ->") and label in previous[0]:
+            rows.append((f"{label} p50", previous[0][label][0], new[0][label][0]))
+            rows.append((f"{label} p95", previous[0][label][1], new[0][label][1]))
+    for length in lengths:
+        old_chain, new_chain = previous[1][length], new[1][length]
+        rows.append((f"chain {length} cold (median)", old_chain[0], new_chain[0]))
+        rows.append((f"chain {length} rerun (median)", old_chain[1], new_chain[1]))
+        rows.append((f"chain {length} server cpu, cold", old_chain[2], new_chain[2]))
+    for label, old_value, new_value in rows:
+        ratio = new_value / old_value if old_value > 0 else float("nan")
+        print(f"{label:<34}{old_value:>10.1f}{new_value:>10.1f}{ratio:>14.2f}")
 
 
 def main() -> None:
@@ -472,6 +585,14 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=25, help="prompts per client")
     parser.add_argument("--fuzz", type=int, default=10_000, help="random messages to send")
     parser.add_argument("--repeats", type=int, default=5, help="runs per chain measurement")
+    parser.add_argument("--chains", default="100,200,500", help="chain lengths, comma-separated")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds per server (with a baseline)")
+    parser.add_argument(
+        "--baseline-server",
+        default=None,
+        metavar="DIR",
+        help="a previous server/ folder to measure on the same engine and compare (e.g. from git worktree)",
+    )
     parser.add_argument(
         "--image-workflow",
         default=str(REPO / "workflows" / "dalle2_text2img.json"),

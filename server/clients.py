@@ -7,17 +7,22 @@ The policy on client ids (server/README.md states it for users):
   frontend adopts it), so knowing someone's id does not let a client listen to their events.
 - Ids are never shown to other clients: the queue and history leave them out.
 
-Each connection has its own outgoing queue drained by a writer task, so a client that reads slowly
-delays only itself. What waits for it is counted: past a quarter of `max_buffer_bytes` its previews are
-dropped (lossy by nature; the next one will do), past the whole of it the client is disconnected (1008).
+Frames are queued per connection and written at the end of the current loop iteration, all of a
+connection's frames in one write: a run's burst of events costs one system call, not one per message
+(aiohttp's `send_str` writes and may wait per frame, which doubled the server's cost per node on long
+chains). The frames are framed here (RFC 6455, server to client: unmasked, uncompressed, as the
+connection negotiated) and written to the connection's transport, between whole frames of aiohttp's own
+(pings, close), all on the loop thread. Writing does not wait for the client, so a client that stops
+reading makes its transport buffer grow: past a quarter of `max_buffer_bytes` its previews are dropped
+(lossy by nature; the next one will do), past the whole of it the client is disconnected (1008).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import uuid
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +30,8 @@ from typing import Any
 from aiohttp import WSCloseCode, web
 
 logger = logging.getLogger("nodegraph.server")
+
+_TEXT, _BINARY = 0x1, 0x2
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,20 +46,25 @@ class Preview:
 Frame = str | bytes | Preview
 
 
-def frame_size(frame: Frame) -> int:
-    if isinstance(frame, Preview):
-        return len(frame.tagged)
-    return len(frame)
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, unmasked websocket frame (what a server sends)."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x80 | opcode, size))
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, size)
+    return header + payload
 
 
 @dataclass(eq=False)
 class Connection:
     ws: web.WebSocketResponse
+    transport: Any  # asyncio.Transport of the upgraded connection
     client_id: str
     flags: dict[str, Any] = field(default_factory=dict)
-    outgoing: deque[Frame] = field(default_factory=deque)
-    queued_bytes: int = 0
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    outgoing: list[Frame] = field(default_factory=list)
     closing: bool = False
 
     @property
@@ -64,25 +76,23 @@ class ClientHub:
     def __init__(self, max_buffer_bytes: int) -> None:
         self.max_buffer_bytes = max_buffer_bytes
         self._by_id: dict[str, Connection] = {}
-        self._writers: dict[Connection, asyncio.Task[None]] = {}
+        self._dirty: list[Connection] = []
+        self._flush_scheduled = False
         self._closing: set[asyncio.Task[Any]] = set()
 
-    def claim(self, ws: web.WebSocketResponse, wanted: str | None) -> Connection:
+    def claim(self, ws: web.WebSocketResponse, transport: Any, wanted: str | None) -> Connection:
         """Register a connection under the id it asked for, or a fresh one if that id is held (see above)."""
         client_id = wanted if wanted and wanted not in self._by_id else uuid.uuid4().hex
         if wanted and client_id != wanted:
             logger.info("client id %s is in use by another connection; giving this one %s", wanted, client_id)
-        connection = Connection(ws, client_id)
+        connection = Connection(ws, transport, client_id)
         self._by_id[client_id] = connection
-        self._writers[connection] = asyncio.get_running_loop().create_task(self._writer(connection))
         return connection
 
-    async def release(self, connection: Connection) -> None:
+    def release(self, connection: Connection) -> None:
+        connection.closing = True
         if self._by_id.get(connection.client_id) is connection:
             del self._by_id[connection.client_id]
-        writer = self._writers.pop(connection, None)
-        if writer is not None:
-            writer.cancel()
 
     def connection_count(self) -> int:
         return len(self._by_id)
@@ -91,20 +101,15 @@ class ClientHub:
         return list(self._by_id.values())
 
     def send(self, connection: Connection, frames: Iterable[Frame]) -> None:
-        """Queue frames for this connection, in order; its writer task sends them."""
+        """Queue frames for this connection; written (in order) at the end of this loop iteration."""
         if connection.closing:
             return
-        limit = self.max_buffer_bytes
-        for frame in frames:
-            size = frame_size(frame)
-            if isinstance(frame, Preview) and connection.queued_bytes + size > limit // 4:
-                continue  # the client is behind: skip previews rather than let them pile up
-            connection.queued_bytes += size
-            connection.outgoing.append(frame)
-        if connection.queued_bytes > limit:
-            self._disconnect_slow(connection)
-            return
-        connection.wakeup.set()
+        if not connection.outgoing:
+            self._dirty.append(connection)
+        connection.outgoing.extend(frames)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def send_to_client(self, client_id: str | None, frames: Sequence[Frame]) -> None:
         connection = self._by_id.get(client_id) if client_id is not None else None
@@ -115,50 +120,56 @@ class ClientHub:
         for connection in list(self._by_id.values()):
             self.send(connection, (frame,))
 
+    def flush(self) -> None:
+        """Write every queued frame now (also called at shutdown, before connections are closed)."""
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for connection in dirty:
+            frames, connection.outgoing = connection.outgoing, []
+            if not connection.closing:
+                self._write(connection, frames)
+
+    def _write(self, connection: Connection, frames: list[Frame]) -> None:
+        transport = connection.transport
+        if transport is None or transport.is_closing() or connection.ws.closed:
+            return
+        buffered = transport.get_write_buffer_size()
+        if buffered > self.max_buffer_bytes:
+            self._disconnect_slow(connection, buffered)
+            return
+        previews = buffered <= self.max_buffer_bytes // 4  # else skip them: the next one will do
+        tagged = connection.wants_tagged_previews
+        chunks = []
+        for frame in frames:
+            if isinstance(frame, str):
+                chunks.append(ws_frame(_TEXT, frame.encode()))
+            elif isinstance(frame, bytes):
+                chunks.append(ws_frame(_BINARY, frame))
+            elif previews:
+                chunks.append(ws_frame(_BINARY, frame.tagged if tagged else frame.plain))
+        transport.write(b"".join(chunks))
+
     async def drain(self, timeout: float) -> None:
-        """Wait (up to `timeout`) until every connection's queued frames are written (for shutdown)."""
+        """Write what is queued and wait (up to `timeout`) until the clients have taken it (for shutdown)."""
+        self.flush()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while any(connection.outgoing for connection in self._by_id.values()) and loop.time() < deadline:
+        while loop.time() < deadline and any(
+            c.transport is not None and not c.transport.is_closing() and c.transport.get_write_buffer_size()
+            for c in self._by_id.values()
+        ):
             await asyncio.sleep(0.01)
 
     async def close_all(self, code: int, message: str) -> None:
-        closing = [connection.ws.close(code=code, message=message.encode()) for connection in self.connections()]
-        for connection in self.connections():
+        connections = self.connections()
+        for connection in connections:
             connection.closing = True
+        closing = [connection.ws.close(code=code, message=message.encode()) for connection in connections]
         await asyncio.gather(*closing, return_exceptions=True)
 
-    async def _writer(self, connection: Connection) -> None:
-        ws = connection.ws
-        try:
-            while True:
-                await connection.wakeup.wait()
-                connection.wakeup.clear()
-                while connection.outgoing:
-                    frame = connection.outgoing.popleft()
-                    connection.queued_bytes -= frame_size(frame)
-                    if ws.closed:
-                        connection.outgoing.clear()
-                        connection.queued_bytes = 0
-                        break
-                    if isinstance(frame, str):
-                        await ws.send_str(frame)
-                    elif isinstance(frame, bytes):
-                        await ws.send_bytes(frame)
-                    else:
-                        tagged = connection.wants_tagged_previews
-                        await ws.send_bytes(frame.tagged if tagged else frame.plain)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the connection broke while writing: the reader side will see it close
-            logger.debug("stopped writing to client %s: %s", connection.client_id, exc)
-
-    def _disconnect_slow(self, connection: Connection) -> None:
-        buffered = connection.queued_bytes
+    def _disconnect_slow(self, connection: Connection, buffered: int) -> None:
         logger.warning("disconnecting client %s: %d bytes unsent, it is not reading", connection.client_id, buffered)
         connection.closing = True
-        connection.outgoing.clear()
-        connection.queued_bytes = 0
         reason = f"client is not reading its messages ({buffered} bytes unsent)"
         task = asyncio.get_running_loop().create_task(
             connection.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason[:120].encode())

@@ -232,8 +232,7 @@ class PromptQueue:
             if item.file is not None and self.directory is not None:
                 running = self.directory / "running" / item.file.name
                 try:
-                    running.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(item.file, running)
+                    _move(item.file, running)
                     item.file = running
                 except OSError as exc:
                     logger.error("could not move %s to %s: %s", item.file, running, exc)
@@ -298,6 +297,16 @@ class PromptQueue:
 def _file_stem(item: QueuedPrompt) -> str:
     number = f"{item.number:+021.6f}" if isinstance(item.number, float) else f"{item.number:+013d}"
     return f"{number}_{item.prompt_id}"
+
+
+def _move(source: Path, target: Path) -> None:
+    try:
+        os.replace(source, target)
+    except FileNotFoundError:
+        if not source.exists():
+            raise
+        target.parent.mkdir(parents=True, exist_ok=True)  # made on first use, not checked on every move
+        os.replace(source, target)
 
 
 def _json_files(directory: Path) -> list[Path]:

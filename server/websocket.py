@@ -57,7 +57,7 @@ class WebsocketEndpoint:
             raise HttpError(503, "shutting_down", "the server is shutting down")
         await ws.prepare(request)
         clients = self.server.clients
-        connection = clients.claim(ws, wanted or None)
+        connection = clients.claim(ws, request.transport, wanted or None)
         try:
             status = protocol.status_data(self.server.queue.remaining, connection.client_id)
             clients.send(connection, [encode("status", status)])
@@ -73,7 +73,7 @@ class WebsocketEndpoint:
                     logger.debug("websocket of client %s failed: %s", connection.client_id, ws.exception())
                     break
         finally:
-            await clients.release(connection)
+            clients.release(connection)
         return ws
 
     async def _answer(self, text: str, connection: Connection) -> list[Frame]:
