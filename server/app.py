@@ -44,7 +44,7 @@ from nodegraph.server.httpio import HttpError, error_reply
 from nodegraph.server.object_info import node_info
 from nodegraph.server.protocol import encode, workflow_nodes
 from nodegraph.server.queue import PromptQueue, QueuedPrompt, QueueFull
-from nodegraph.server.security import AccessPolicy, is_loopback
+from nodegraph.server.security import COOKIE, AccessPolicy, is_loopback
 from nodegraph.server.ui_workflow import to_ui
 from nodegraph.server.websocket import WebsocketEndpoint
 from nodegraph.server.worker import Outbox, PromptRunner, Worker, history_entry
@@ -161,7 +161,10 @@ class NodegraphServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        refusal = self.policy.check(request.headers, {"token": request.query.getall("token", [])})
+        credentials = {"token": request.query.getall("token", [])}
+        if COOKIE in request.cookies:
+            credentials[COOKIE] = [request.cookies[COOKIE]]
+        refusal = self.policy.check(request.headers, credentials)
         if refusal is not None:
             extra = {"WWW-Authenticate": 'Bearer realm="nodegraph"'} if refusal.status == 401 else None
             codes = {400: "bad_request", 401: "token_required", 403: "forbidden"}
@@ -186,6 +189,8 @@ class NodegraphServer:
             except Exception:
                 logger.exception("failed to answer %s %s", request.method, request.path[:200])
                 response = error_reply(500, "internal_error", "the server failed to answer this request")
+        if refusal is None and self.policy.requires_token and request.path == "/" and credentials["token"]:
+            response.set_cookie(COOKIE, credentials["token"][0], httponly=True, samesite="Strict", path="/")
         if not response.prepared:
             headers = response.headers
             headers.setdefault("X-Content-Type-Options", "nosniff")

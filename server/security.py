@@ -10,6 +10,8 @@
   listed with --allow-origin), so another site's page cannot drive the server from a visitor's
   browser (CSRF). Non-browser clients send no Origin and are not affected. This is ComfyUI's rule
   for loopback, applied on every address.
+- A browser that opened the page with `?token=` keeps the token in an HttpOnly, SameSite=Strict cookie,
+  so the frontend's own requests (which carry no token) are let in.
 - Host, Origin and Authorization may each appear once: a request carrying two is ambiguous (which one
   did a proxy check?) and is refused with 400, as is a query with two tokens.
 """
@@ -37,6 +39,9 @@ class MultiHeaders(Protocol):
 
 
 _SINGLE_HEADERS = ("Host", "Origin", "Authorization")
+# The browser's copy of the token: the frontend's own requests carry no ?token=, so opening the page with
+# one sets this cookie (HttpOnly, SameSite=Strict: another site's page cannot send it, and Origin is checked).
+COOKIE = "nodegraph_token"
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,8 @@ class AccessPolicy:
                 offered = value.strip()
         if offered is None and query.get("token"):
             offered = query["token"][-1]
+        if offered is None and query.get(COOKIE):  # set when the page was opened with ?token= (see app.py)
+            offered = query[COOKIE][-1]
         if not offered:
             return Refusal(
                 401,

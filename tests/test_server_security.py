@@ -99,6 +99,12 @@ def test_a_token_is_required_and_checked(serve: ServeFactory) -> None:
     assert http_get(server.url("/object_info", token="nope-nope-nope"))[0] == 403
     assert http_get(server.url("/object_info", token=TOKEN))[0] == 200
     assert http_get(server.url("/"), {"Authorization": f"Bearer {TOKEN}"})[0] == 200
+    # The GUI opened with ?token= gets it as a cookie, so the frontend's own requests (no token) get in.
+    status, headers, _ = http_get(server.url("/", token=TOKEN))
+    assert status == 200 and "nodegraph_token=" in headers["Set-Cookie"] and "HttpOnly" in headers["Set-Cookie"]
+    assert "SameSite=Strict" in headers["Set-Cookie"]
+    assert http_get(server.url("/object_info"), {"Cookie": f"nodegraph_token={TOKEN}"})[0] == 200
+    assert http_get(server.url("/object_info"), {"Cookie": "nodegraph_token=wrong-token-here"})[0] == 403
 
 
 def test_binding_beyond_loopback_needs_a_token(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
