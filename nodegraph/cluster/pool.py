@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodegraph.cluster.worker import END, EngineWorker, Job, Outcome
+from nodegraph.cluster.worker import END, EngineWorker, EventSink, Job, Outcome
 from nodegraph.errors import NodegraphError
 
 logger = logging.getLogger("nodegraph.cluster")
@@ -32,11 +32,30 @@ ModelKey = tuple[str, str]  # (loader class, its inputs as text)
 
 
 class _Listener:
-    __slots__ = ("callback", "ended")
+    """A run's callback, with the events that arrived ahead of their turn (numbered by the worker)."""
+
+    __slots__ = ("callback", "ended", "next", "early")
 
     def __init__(self, callback: EventCallback | None) -> None:
         self.callback = callback
         self.ended = threading.Event()
+        self.next = 0
+        self.early: dict[int, tuple[str, dict[str, Any]]] = {}
+
+    def arrive(self, number: int, kind: str, data: dict[str, Any]) -> None:
+        if number < self.next:  # a requeued run numbers from 0 again: a new run of the same prompt
+            self.next, self.early = number, {}
+        self.early[number] = (kind, data)
+        while self.next in self.early:
+            kind, data = self.early.pop(self.next)
+            self.next += 1
+            if kind == END:
+                self.ended.set()
+            elif self.callback is not None:
+                try:
+                    self.callback(kind, data)
+                except Exception:
+                    logger.exception("an event listener failed on %s", kind)
 
 
 class WorkerDied(NodegraphError, RuntimeError):
@@ -69,7 +88,6 @@ class WorkerPool:
         """`workers` is a count or "auto" (one per GPU in the cluster, else one per CPU); `env` is set in the
         workers' environment (e.g. NODEGRAPH_MODELS, where the model files are on every machine)."""
         import ray
-        from ray.util.queue import Queue
 
         self._ray = ray
         if not ray.is_initialized():
@@ -82,7 +100,7 @@ class WorkerPool:
                       "threads": threads_per_worker}
         self._auto = workers == "auto"
         self.target = self._auto_count() if self._auto else int(workers)
-        self._queue = Queue(actor_options={"num_cpus": 0})
+        self._sink = ray.remote(num_cpus=0)(EventSink).remote()
         self._listeners: dict[str, _Listener] = {}
         self._workers: dict[str, WorkerState] = {}
         self._names = (f"worker-{i}" for i in itertools.count(1))
@@ -109,7 +127,7 @@ class WorkerPool:
             for attempt in (1, 2):
                 worker = self._acquire(job.prompt_id, models)
                 try:
-                    outcome = self._ray.get(worker.handle.run.remote(job, self._queue))
+                    outcome = self._ray.get(worker.handle.run.remote(job, self._sink))
                 except self._ray.exceptions.RayActorError as exc:
                     self._lost(worker, exc)
                     if attempt == 2:
@@ -236,30 +254,18 @@ class WorkerPool:
 
     def _drain_events(self) -> None:
         """Deliver the workers' events to the callbacks of their runs, in the order each worker sent them."""
-        from ray.util.queue import Empty
-
         while not self._closed:
             try:
-                batch = self._queue.get_nowait_batch(max(1, min(256, self._queue.qsize())))
-            except Empty:
-                time.sleep(0.01)
-                continue
-            except Exception:  # the queue actor went away at shutdown
+                batch = self._ray.get(self._sink.take.remote(0.5))
+            except Exception:  # the sink went away at shutdown
                 if self._closed:
                     return
                 time.sleep(0.1)
                 continue
-            for prompt_id, kind, data in batch:
+            for prompt_id, number, kind, data in batch:
                 listener = self._listeners.get(prompt_id)
-                if listener is None:
-                    continue
-                if kind == END:
-                    listener.ended.set()
-                elif listener.callback is not None:
-                    try:
-                        listener.callback(kind, data)
-                    except Exception:
-                        logger.exception("an event listener failed on %s", kind)
+                if listener is not None:
+                    listener.arrive(number, kind, data)
 
     def _monitor(self, every: float) -> None:
         """Replace idle workers that died (a machine went away) and, with workers="auto", grow with the cluster."""

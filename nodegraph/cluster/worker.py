@@ -2,8 +2,8 @@
 
 It writes into a private output directory and sends back what the run produced: the result, and the bytes of
 every file it wrote, which the driver lands in the real output directory with the names a local run would have
-given them. Engine events go to the driver through a Ray queue as they happen, tagged with their run, in small
-batches (so a preview-per-step run costs a few remote calls per second, not one per event). The actor is
+given them. Engine events go to the driver through an EventSink actor as they happen, tagged with their run,
+in small batches (so a preview-per-step run costs a few remote calls per second, not one per event). The actor is
 threaded (max_concurrency 2) so that `interrupt` can reach a run that is in progress.
 """
 
@@ -81,9 +81,9 @@ class EngineWorker:
         flag.set()
         return True
 
-    def run(self, job: Job, queue: Any) -> Outcome:
+    def run(self, job: Job, sink: Any) -> Outcome:
         flag = self._flags.setdefault(job.prompt_id, threading.Event())
-        sender = _EventSender(queue, job.prompt_id)
+        sender = _EventSender(sink, job.prompt_id)
         started = time.perf_counter()
         outcome = Outcome(job.prompt_id, "success", self.name)
         try:
@@ -107,6 +107,7 @@ class EngineWorker:
                              "traceback": traceback.format_exception(exc)}
         finally:
             sender(END, {})
+            sender.delivered()
             self._flags.pop(job.prompt_id, None)
         outcome.seconds = time.perf_counter() - started
         return outcome
@@ -125,17 +126,49 @@ class EngineWorker:
         shutil.rmtree(self.output_dir, ignore_errors=True)
 
 
-class _EventSender:
-    """The run's on_event: batches (kind, data) pairs to the driver's queue, tagged with the run's id."""
+class EventSink:
+    """Ray actor (async) between the workers and the driver: workers `put` batches of (prompt id, kind, data)
+    without waiting; the driver `take`s everything waiting in one call, blocking up to `timeout` for the next."""
 
-    def __init__(self, queue: Any, prompt_id: str) -> None:
-        self.queue = queue
+    def __init__(self) -> None:
+        import asyncio
+
+        self._items: list[Any] = []
+        self._ready = asyncio.Event()
+
+    def put(self, batch: list[Any]) -> None:
+        self._items.extend(batch)
+        self._ready.set()
+
+    async def take(self, timeout: float) -> list[Any]:
+        import asyncio
+
+        if not self._items:
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                return []
+        items, self._items = self._items, []
+        self._ready.clear()
+        return items
+
+
+class _EventSender:
+    """The run's on_event: batches (kind, data) pairs to the driver's sink without waiting for them to arrive,
+    each tagged with its run and its number within the run (an async actor may take two batches out of order:
+    the driver puts them back in order by number)."""
+
+    def __init__(self, sink: Any, prompt_id: str) -> None:
+        self.sink = sink
         self.prompt_id = prompt_id
-        self.batch: list[tuple[str, str, dict[str, Any]]] = []
+        self.batch: list[tuple[str, int, str, dict[str, Any]]] = []
         self.last = time.monotonic()
+        self.pending: Any = None
+        self.sent = 0
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        self.batch.append((self.prompt_id, kind, data))
+        self.batch.append((self.prompt_id, self.sent, kind, data))
+        self.sent += 1
         # Progress may come many times a second; everything else (a node starts, the run ends) goes at once.
         if kind != "progress" or time.monotonic() - self.last >= FLUSH_SECONDS:
             self.flush()
@@ -143,8 +176,15 @@ class _EventSender:
     def flush(self) -> None:
         if self.batch:
             batch, self.batch = self.batch, []
-            self.queue.put_nowait_batch(batch)
+            self.pending = self.sink.put.remote(batch)
         self.last = time.monotonic()
+
+    def delivered(self) -> None:
+        """Wait until the last batch is in the sink (the run's outcome must not overtake its events)."""
+        if self.pending is not None:
+            import ray
+
+            ray.get(self.pending)
 
 
 def local_errors(outcome: Outcome) -> Exception | None:
