@@ -42,8 +42,27 @@ class Preview:
     tagged: bytes
 
 
-# A frame: a JSON text message (str), a binary message (bytes), or a Preview.
-Frame = str | bytes | Preview
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """A progress_state message, encoded only when written: a later one for the same prompt in the same write
+    supersedes it (the frontend applies only the latest state per animation frame anyway), so a run of many
+    quick nodes costs one small object per node instead of an encoded message each."""
+
+    prompt_id: str
+    node: str
+    value: float = 0
+    max: float = 1
+
+    def encode(self) -> str:
+        from nodegraph.engine import events
+        from nodegraph.server.protocol import encode
+
+        state = events.node_progress(self.prompt_id, self.node, "running", self.value, self.max)
+        return encode(*events.progress_state(self.prompt_id, {self.node: state}))
+
+
+# A frame: a JSON text message (str), a binary message (bytes), a Preview or a NodeState.
+Frame = str | bytes | Preview | NodeState
 
 
 def ws_frame(opcode: int, payload: bytes) -> bytes:
@@ -139,12 +158,16 @@ class ClientHub:
             return
         previews = buffered <= self.max_buffer_bytes // 4  # else skip them: the next one will do
         tagged = connection.wants_tagged_previews
+        latest = _latest_states(frames)
         chunks = []
-        for frame in frames:
+        for index, frame in enumerate(frames):
             if isinstance(frame, str):
                 chunks.append(ws_frame(_TEXT, frame.encode()))
             elif isinstance(frame, bytes):
                 chunks.append(ws_frame(_BINARY, frame))
+            elif isinstance(frame, NodeState):
+                if index in latest:
+                    chunks.append(ws_frame(_TEXT, frame.encode().encode()))
             elif previews:
                 chunks.append(ws_frame(_BINARY, frame.tagged if tagged else frame.plain))
         transport.write(b"".join(chunks))
@@ -176,3 +199,15 @@ class ClientHub:
         )
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+
+def _latest_states(frames: list[Frame]) -> set[int]:
+    """Indexes of the NodeState frames not superseded by a later one of the same prompt in `frames`."""
+    latest: set[int] = set()
+    seen: set[str] = set()
+    for index in range(len(frames) - 1, -1, -1):
+        frame = frames[index]
+        if isinstance(frame, NodeState) and frame.prompt_id not in seen:
+            seen.add(frame.prompt_id)
+            latest.add(index)
+    return latest

@@ -25,7 +25,7 @@ from typing import Any
 from nodegraph.engine import events
 from nodegraph.engine.api import Engine
 from nodegraph.errors import Interrupted, NodeExecutionError, WorkflowError
-from nodegraph.server.clients import Frame, Preview
+from nodegraph.server.clients import Frame, NodeState, Preview
 from nodegraph.server.history import HistoryStore
 from nodegraph.server.protocol import (
     MAX_REPORTED,
@@ -178,8 +178,7 @@ class EventRelay:
                 self.final = encode(kind, data)
                 return
             self._running = node
-            state = events.progress_state(self.prompt_id, {node: events.node_progress(self.prompt_id, node, "running")})
-            self._put([encode(kind, data), encode(*state)])
+            self._put([encode(kind, data), NodeState(self.prompt_id, node)])
             return
         if kind == events.EXECUTED:
             self.outputs[str(data.get("node"))] = data.get("output")
@@ -198,9 +197,7 @@ class EventRelay:
         if preview is not None:
             data = {key: value for key, value in data.items() if key != "preview"}
         node, value, maximum = data.get("node"), data.get("value", 0), data.get("max", 1)
-        entry = events.node_progress(self.prompt_id, node, "running", value, maximum)
-        state = events.progress_state(self.prompt_id, {node: entry})
-        frames: list[Frame] = [encode(events.PROGRESS, data), encode(*state)]
+        frames: list[Frame] = [encode(events.PROGRESS, data), NodeState(self.prompt_id, node, value, maximum)]
         if preview is not None and self.preview_every > 0:
             last = self._last_preview.get(node)
             if last is None or value - last >= self.preview_every:

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from nodegraph.server.clients import NodeState, _latest_states
+
 from test_server_support import (
     ADD_WORKFLOW,
     TIMEOUT,
@@ -123,7 +125,8 @@ def test_an_invalid_workflow_is_answered_with_prompt_error_and_not_queued(serve:
     assert data["node_errors"]["1"]["class_type"] == "Add"
     [problem] = data["node_errors"]["1"]["errors"]
     assert problem["type"] == "invalid_input_type"  # ComfyUI's name; nodegraph's code beside it
-    assert problem["extra_info"] == {"input_name": "a", "nodegraph_type": "wrong_type"} and "seven" in problem["message"]
+    assert problem["extra_info"] == {"input_name": "a", "nodegraph_type": "wrong_type"}
+    assert "seven" in problem["message"]
     assert data["node_errors"]["2"]["errors"][0]["type"] == "invalid_prompt"
     assert {issue["node"] for issue in data["error"]["extra_info"]["errors"]} == {"1", "2"}
     assert queue["queue_pending"] == [] and queue["queue_running"] == []
@@ -176,23 +179,30 @@ def test_a_client_that_asks_for_it_gets_previews_that_name_their_node(serve: Ser
             assert picture.format == "PNG"
 
 
-def test_progress_state_follows_the_running_node(serve: ServeFactory) -> None:
+def test_progress_state_follows_the_running_node(serve: ServeFactory, gate: threading.Semaphore) -> None:
     server = serve()
     with Client(server) as client:
-        prompt_id = client.run(steps_workflow(3, tag="state"))[-1]["data"]["prompt_id"]
+        prompt_id = client.submit(steps_workflow(3, gated=True, tag="state"))
+        for step in range(1, 4):  # one step at a time, so each state is the latest when it is written
+            gate.release()
+            while client.next_message("progress")["data"]["value"] != step:
+                pass
+        client.until_done(prompt_id)
     states = client.progress_states
-    assert all(state["prompt_id"] == prompt_id for state in states)
+    assert states and all(state["prompt_id"] == prompt_id for state in states)
     running = [(node, entry["value"], entry["max"]) for state in states for node, entry in state["nodes"].items()]
-    assert ("1", 3, 3) in running and all(entry["state"] == "running" for s in states for entry in s["nodes"].values())
+    # Steps 1 and 2 were each the latest state when written (the node then waited for the gate); step 3 may
+    # share a write with the Preview node's start, and only the latest state of a write is sent.
+    assert ("1", 1, 3) in running and ("1", 2, 3) in running and running[-1] in [("1", 3, 3), ("2", 0, 1)]
+    assert all(entry["state"] == "running" for state in states for entry in state["nodes"].values())
     first = next(state["nodes"]["1"] for state in states if "1" in state["nodes"])
     assert {"node_id", "display_node_id", "real_node_id", "parent_node_id"} <= set(first)
 
 
-def test_previews_can_be_switched_off(serve: ServeFactory) -> None:
-    server = serve(preview_every=0)
-    with Client(server) as client:
-        frames = client.run(steps_workflow(3, tag="no-previews"))
-    assert "binary" not in types_of(frames) and types_of(frames).count("progress") == 3
+def test_a_superseded_progress_state_is_not_sent() -> None:
+    # Written in one go, only the last state of a prompt goes out (the frontend keeps only the latest).
+    frames = [NodeState("p", "1"), "text", NodeState("q", "9"), NodeState("p", "2", 1, 4), b"binary"]
+    assert _latest_states(frames) == {2, 3}
 
 
 def test_interrupt_stops_a_progress_loop_within_one_step(serve: ServeFactory, gate: threading.Semaphore) -> None:

@@ -1,8 +1,8 @@
 """Shared pieces of the server tests (no tests here): test-only nodes, a server fixture, a client.
 
 Servers run in-process on a free port (BackgroundServer); clients are real websockets clients
-(the synchronous API, so tests read top to bottom) and plain HTTP (urllib, see `http`). Every receive has a timeout, so a bug fails a
-test instead of hanging it.
+(the synchronous API, so tests read top to bottom) and plain HTTP (urllib, see `http`). Every receive
+has a timeout, so a bug fails a test instead of hanging it.
 """
 
 from __future__ import annotations
@@ -178,6 +178,8 @@ class Client:
         message = json.loads(raw)
         if message["type"] == "status":
             self.statuses.append(message)
+        elif message["type"] == "progress_state":
+            self.progress_states.append(message["data"])
         return message
 
     def next_message(self, *types: str, timeout: float = TIMEOUT) -> dict[str, Any]:
@@ -216,7 +218,6 @@ class Client:
             if isinstance(message, dict) and message["type"] == "status":
                 continue
             if isinstance(message, dict) and message["type"] == "progress_state":
-                self.progress_states.append(message["data"])
                 continue
             frames.append(message)
             if (
