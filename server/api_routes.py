@@ -71,7 +71,6 @@ class ApiRoutes:
             ("GET", "/system_stats", self.get_system_stats),
             ("GET", "/features", self.get_features),
             ("GET", "/embeddings", self.get_empty_list),
-            ("GET", "/extensions", self.get_empty_list),
             ("GET", "/models", self.get_model_folders),
             ("GET", "/models/{folder}", self.get_models),
         ]

@@ -11,6 +11,8 @@
   (server/ui_workflow.py) from the API-format files, so they open as laid-out graphs. They are read-only:
   saving one writes the user's own copy, which then takes its place.
 - Endpoints the frontend polls for cloud or manager features it cannot use here get empty answers.
+- One extension of the frontend (server/web/nodegraph.js, listed by /extensions): a first visit opens
+  dalle2_text2img instead of ComfyUI's stock default graph, whose nodes nodegraph does not have.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("nodegraph.server")
 
 BUNDLED = "nodegraph"  # the workflow browser folder holding the project's workflows
+EXTENSION_FILES = frozenset({"nodegraph.js"})  # server/web/: nodegraph's extension of the frontend
 MAX_USER_FILE = 64 * 1024 * 1024
 _PAGE_POLICY = (
     "default-src 'self'; script-src 'self' 'unsafe-inline' 'wasm-unsafe-eval'; style-src 'self' 'unsafe-inline'; "
@@ -99,6 +102,7 @@ class FrontendRoutes:
             ("POST", "/userdata/{file}", self.post_userdata),
             ("DELETE", "/userdata/{file}", self.delete_userdata),
             ("POST", "/userdata/{file}/move/{dest}", self.move_userdata),
+            ("GET", "/extensions", self.extensions),
             ("GET", "/i18n", self.empty_object),
             ("GET", "/workflow_templates", self.empty_object),
             ("GET", "/global_subgraphs", self.empty_object),
@@ -111,6 +115,7 @@ class FrontendRoutes:
         """The page and its assets (after every other route, as a catch-all)."""
         app.router.add_get("/", self.index)
         app.router.add_get("/index.html", self.index)
+        app.router.add_get("/extensions/nodegraph/{name}", self.extension_file)
         app.router.add_get("/user.css", self.empty_css)
         app.router.add_get("/api/userdata/user.css", self.empty_css)
         if self.root is not None:
@@ -146,6 +151,17 @@ class FrontendRoutes:
         # Built assets carry a content hash in their names: they may be cached; the rest is revalidated.
         cache = "public, max-age=31536000, immutable" if relative.startswith("assets/") else "no-cache"
         return web.FileResponse(path, headers={"Cache-Control": cache})
+
+    async def extensions(self, request: web.Request) -> web.Response:
+        """The frontend imports these scripts at start (nodegraph's own: server/web/)."""
+        return json_reply(["/extensions/nodegraph/nodegraph.js"] if self.root is not None else [])
+
+    async def extension_file(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in EXTENSION_FILES:
+            raise HttpError(404, "not_found", f"no such extension file: {name[:80]!r}")
+        body = (Path(__file__).parent / "web" / name).read_bytes()
+        return web.Response(body=body, content_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
     async def empty_css(self, request: web.Request) -> web.Response:
         return web.Response(text="", content_type="text/css")

@@ -159,6 +159,9 @@ def fast(gui: Gui) -> None:
 def test_the_gui_starts_and_shows_nodegraphs_nodes_as_comfyui_nodes(gui: Gui, server: BackgroundServer) -> None:
     status, headers, _ = http("GET", server.url("/"))
     assert "connect-src 'self'" in headers["Content-Security-Policy"]  # the page may talk to this server only
+    # A first visit starts on nodegraph's main workflow (nodegraph's extension), not ComfyUI's stock graph.
+    gui.page.wait_for_function("() => app.graph._nodes.some((node) => node.type === 'Decoder')")
+    gui.shot("00-first-visit")
     gui.open_workflow("dalle2_text2img")
     gui.shot("01-dalle2-opened")
     nodes = gui.page.evaluate("""() => app.graph._nodes.map(n => ({title: n.title, type: n.type,

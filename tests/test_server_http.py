@@ -354,7 +354,11 @@ def test_system_routes(shared: BackgroundServer) -> None:
     assert {"os", "ram_total", "ram_free", "python_version", "comfyui_version"} <= set(stats["system"])
     assert stats["devices"][0]["type"] == "cpu"
     assert http("GET", shared.url("/features"))[2]["supports_preview_metadata"] is True
-    assert http("GET", shared.url("/embeddings"))[2] == [] and http("GET", shared.url("/api/extensions"))[2] == []
+    assert http("GET", shared.url("/embeddings"))[2] == []
+    [extension] = http("GET", shared.url("/api/extensions"))[2]
+    status, headers, body = http("GET", shared.url(extension))
+    assert status == 200 and headers["Content-Type"].startswith("text/javascript") and b"registerExtension" in body
+    assert http("GET", shared.url("/extensions/nodegraph/other.js"))[0] == 404
     assert http("GET", shared.url("/models"))[2] == ["nodegraph"]
     assert "clip.safetensors" in http("GET", shared.url("/models/nodegraph"))[2]
     assert http("GET", shared.url("/models/checkpoints"))[0] == 404
