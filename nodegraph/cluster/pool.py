@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodegraph.cluster.worker import END, EngineWorker, EventSink, Job, Outcome
+from nodegraph.cluster.worker import END, EngineWorker, EventSink, Job, Outcome, unpack_preview
 from nodegraph.errors import NodegraphError
 
 logger = logging.getLogger("nodegraph.cluster")
@@ -53,7 +53,7 @@ class _Listener:
                 self.ended.set()
             elif self.callback is not None:
                 try:
-                    self.callback(kind, data)
+                    self.callback(kind, unpack_preview(data))
                 except Exception:
                     logger.exception("an event listener failed on %s", kind)
 
