@@ -130,8 +130,23 @@ PRODUCERS: dict[str, dict[str, Any]] = {
     "p_clipguid": {"class_type": "CLIPGuidance", "inputs": {"text": ["p_text", 0], "clip": ["p_clip", 0],
                                                             "mode": "x0", "cutn": 1}},
     "p_float": {"class_type": "Float", "inputs": {"value": 1.0}},
+    # Released checkpoints (tests/fixtures_released.py), sampled at small sizes so that every case runs quickly.
+    "p_glide": {"class_type": "GLIDELoader", "inputs": {"options": "image_size=16"}},
+    "p_glide_up": {"class_type": "GLIDEUpsamplerLoader", "inputs": {"options": "image_size=16"}},
+    "p_glide_inp": {"class_type": "GLIDEInpaintLoader", "inputs": {"options": "image_size=16"}},
+    "p_glide_inp_up": {"class_type": "GLIDEInpaintUpsamplerLoader", "inputs": {"options": "image_size=16"}},
+    "p_adm": {"class_type": "ADMLoader", "inputs": {"options": "image_size=16"}},
+    "p_adm_clf": {"class_type": "ADMClassifierLoader", "inputs": {"options": "image_size=16"}},
+    "p_karlo_prior": {"class_type": "KarloPriorLoader", "inputs": {}},
+    "p_karlo_dec": {"class_type": "KarloDecoderLoader", "inputs": {"options": "image_size=16"}},
+    "p_karlo_sr": {"class_type": "KarloSuperResLoader", "inputs": {"options": "image_size=16"}},
+    "p_karlo_embed": {"class_type": "KarloImageEmbed", "inputs": {"clip": ["p_clip", 0], "images": ["p_image", 0]}},
 }
 SOURCE = {"CLIP": "p_clip", "PRIOR": "p_prior", "DECODER": "p_dec", "INPAINT_MODEL": "p_inp", "UPSAMPLER": "p_ups",
           "CLASSIFIER": "p_cls", "NOISED_CLIP": "p_nclip", "IMAGE": "p_image", "MASK": "p_mask",
           "TEXT_EMBED": "p_text", "IMAGE_EMBED": "p_embed", "NOISE": "p_noise", "LATENT": "p_latent",
-          "GUIDANCE": "p_guid", "CLASSIFIER_GUIDANCE": "p_cguid", "CLIP_GUIDANCE": "p_clipguid", "*": "p_float"}
+          "GUIDANCE": "p_guid", "CLASSIFIER_GUIDANCE": "p_cguid", "CLIP_GUIDANCE": "p_clipguid", "*": "p_float",
+          "GLIDE_MODEL": "p_glide", "GLIDE_UPSAMPLER": "p_glide_up", "GLIDE_INPAINT_MODEL": "p_glide_inp",
+          "GLIDE_INPAINT_UPSAMPLER": "p_glide_inp_up", "ADM_MODEL": "p_adm", "ADM_CLASSIFIER": "p_adm_clf",
+          "KARLO_PRIOR": "p_karlo_prior", "KARLO_DECODER": "p_karlo_dec", "KARLO_SR": "p_karlo_sr",
+          "KARLO_IMAGE_EMBED": "p_karlo_embed"}

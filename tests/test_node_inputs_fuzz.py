@@ -15,6 +15,7 @@ from nodegraph.engine.sockets import CONSTANT_TYPES
 from nodegraph.errors import NodeExecutionError, WorkflowError
 
 from fixtures_models import CAPTION, PRODUCERS, SOURCE, build_tiny_models
+from fixtures_released import build_released_models
 
 # Optional links a node needs to get as far as using its constants.
 NEEDED = {"Decoder": ("noise",), "CLIPGuidance": ("clip", "noised_clip"), "GuidanceCombine": ("text_1",),
@@ -54,6 +55,8 @@ def workflow(registry: Registry, class_type: str, input_name: str, value: Any) -
             inputs[name] = [SOURCE[input_spec.type], 0]
         elif name == "steps" and name != input_name:
             inputs[name] = 2  # keep the many sampling cases fast
+        elif name == "respacing" and input_name != name and spec.category == "sampling/released":
+            inputs[name] = "2"  # the released families' nets are slower: their steps bound is checked, 2 run
     inputs[input_name] = value
     graph = {**PRODUCERS, "node": {"class_type": class_type, "inputs": inputs}}
     for index, _ in enumerate(spec.outputs):
@@ -64,6 +67,7 @@ def workflow(registry: Registry, class_type: str, input_name: str, value: Any) -
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     models = build_tiny_models(tmp_path_factory.mktemp("models"))
+    build_released_models(models["clip"].parent)  # the released families' files, in the same models directory
     root = tmp_path_factory.mktemp("fuzz")
     (root / "input").mkdir()
     with pytest.MonkeyPatch.context() as patch:

@@ -72,8 +72,11 @@ class Engine:
         plugins: bool = True,
         deterministic: bool = True,
         plan_memo_size: int = 32,
+        offload_device: str | None = "cpu",
     ) -> None:
-        """`cache_budgets` maps "cpu", "cuda" (each CUDA device) or "cuda:N" to bytes of tensors kept."""
+        """`cache_budgets` maps "cpu", "cuda" (each CUDA device) or "cuda:N" to bytes of tensors kept.
+        `offload_device`: where models go when their device's budget is full (None: drop them instead);
+        `engine.cache.residency.stats` counts the moves (engine/memory.py)."""
         self._requested_device = device
         self._deterministic = deterministic
         # "cpu" cannot fail, so it is resolved (and torch imported) only when a run needs it: validating a
@@ -82,7 +85,7 @@ class Engine:
         self.input_dir = Path(input_dir if input_dir is not None else Path.cwd()).absolute()
         self.output_dir = Path(output_dir if output_dir is not None else "out").absolute()
         self.registry = registry if registry is not None else Registry.discover(plugins=plugins)
-        self.cache = OutputCache(cache_budgets, max_cache_entries)
+        self.cache = OutputCache(cache_budgets, max_cache_entries, offload_device)
         self._plans = PlanMemo(plan_memo_size)
         self._run_lock = threading.Lock()  # one run at a time: the cache is shared
         self._active_flag: threading.Event | None = None

@@ -2,7 +2,10 @@
 
 Only tensor bytes count (found inside tuples, lists, dicts, dataclasses, plain objects and
 nn.Module parameters/buffers); a budget is kept per device ("cpu", "cuda:0", ...), and an entry
-holding tensors on several devices is charged to each. Entries are never moved between devices.
+holding tensors on several devices is charged to each. Tensors are never moved between devices; models
+(movable values, see engine/memory.py) are: when a budget other than the offload device's is full, an
+entry holding models is offloaded (its models moved to "cpu") rather than dropped, and models are moved
+back before a node that needs them runs (`prepare_inputs`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nodegraph.engine.lazy import lazy_import
+from nodegraph.engine.memory import Residency, is_movable
 
 torch = lazy_import("torch")  # only values that hold tensors need it
 
@@ -26,7 +30,7 @@ _MAX_DEPTH = 8  # objects nest models in wrappers; deeper than this is not worth
 
 
 class CacheEntry:
-    __slots__ = ("outputs", "ui", "files", "nbytes")
+    __slots__ = ("outputs", "ui", "files", "nbytes", "movables")
 
     def __init__(
         self,
@@ -39,6 +43,7 @@ class CacheEntry:
         self.ui = ui
         self.files = files
         self.nbytes = nbytes  # device key -> bytes
+        self.movables: tuple[Any, ...] = ()  # the models among the outputs (filled by the memory manager)
 
 
 def tensor_bytes(value: Any) -> dict[str, int]:
@@ -51,9 +56,11 @@ def tensor_bytes(value: Any) -> dict[str, int]:
         else:
             return totals  # the common case of scalar outputs, without the walk's bookkeeping
     seen: set[int] = set()
-    stack: list[tuple[Any, int]] = [(value, 0)]
+    # (value, depth, the device its tensors are charged to: None = their own; a model that says where it
+    # lives (`.device`, engine/memory.py) is charged there as a whole)
+    stack: list[tuple[Any, int, str | None]] = [(value, 0, None)]
     while stack:
-        item, depth = stack.pop()
+        item, depth, charge = stack.pop()
         if isinstance(item, _SCALARS) or depth > _MAX_DEPTH:
             continue
         identity = id(item)
@@ -61,36 +68,39 @@ def tensor_bytes(value: Any) -> dict[str, int]:
             continue
         seen.add(identity)
         if isinstance(item, torch.Tensor):
-            _add_tensor(item, totals, seen)
+            _add_tensor(item, totals, seen, charge)
         elif isinstance(item, torch.nn.Module):
             for tensor in item.parameters():
-                _add_tensor(tensor, totals, seen)
+                _add_tensor(tensor, totals, seen, charge)
             for tensor in item.buffers():
-                _add_tensor(tensor, totals, seen)
+                _add_tensor(tensor, totals, seen, charge)
         elif isinstance(item, (tuple, list, set, frozenset)):
-            stack.extend((child, depth + 1) for child in item)
+            stack.extend((child, depth + 1, charge) for child in item)
         elif isinstance(item, Mapping):
-            stack.extend((child, depth + 1) for child in item.values())
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            stack.extend((getattr(item, f.name), depth + 1) for f in dataclasses.fields(item))
-        elif hasattr(item, "__dict__") and not isinstance(item, _OPAQUE):
-            stack.extend((child, depth + 1) for child in vars(item).values())
+            stack.extend((child, depth + 1, charge) for child in item.values())
+        else:
+            if charge is None and not isinstance(item, _OPAQUE) and is_movable(item):
+                charge = str(item.device)
+            if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                stack.extend((getattr(item, f.name), depth + 1, charge) for f in dataclasses.fields(item))
+            elif hasattr(item, "__dict__") and not isinstance(item, _OPAQUE):
+                stack.extend((child, depth + 1, charge) for child in vars(item).values())
     return totals
 
 
-def _add_tensor(tensor: torch.Tensor, totals: dict[str, int], seen: set[int]) -> None:
+def _add_tensor(tensor: torch.Tensor, totals: dict[str, int], seen: set[int], charge: str | None = None) -> None:
     if tensor.is_meta:
         return
+    device = charge or str(tensor.device)
     try:
         storage = tensor.untyped_storage()
     except (RuntimeError, NotImplementedError):  # sparse and other storage-less layouts
-        totals[str(tensor.device)] = totals.get(str(tensor.device), 0) + tensor.nbytes
+        totals[device] = totals.get(device, 0) + tensor.nbytes
         return
     key = storage.data_ptr()
     if key and -key in seen:  # negative: kept apart from the id()s stored in the same set
         return
     seen.add(-key)
-    device = str(tensor.device)
     totals[device] = totals.get(device, 0) + storage.nbytes()
 
 
@@ -107,14 +117,19 @@ def default_budget(device: str) -> int:
 
 
 class OutputCache:
-    """LRU over entries; `budgets` maps "cpu", "cuda" (every CUDA device) or "cuda:N" to bytes."""
+    """LRU over entries; `budgets` maps "cpu", "cuda" (every CUDA device) or "cuda:N" to bytes.
 
-    def __init__(self, budgets: Mapping[str, int] | None = None, max_entries: int = 100_000) -> None:
+    `offload_device` ("cpu"; None: never offload) is where models go when their device's budget is full;
+    `residency` is the memory manager that moves them and counts the moves (`residency.stats`)."""
+
+    def __init__(self, budgets: Mapping[str, int] | None = None, max_entries: int = 100_000,
+                 offload_device: str | None = "cpu") -> None:
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._budgets_given = dict(budgets or {})
         self._budgets: dict[str, int] = {}
         self.used: dict[str, int] = {}
         self.max_entries = max_entries
+        self.residency = Residency(self, offload_device) if offload_device is not None else None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -148,8 +163,10 @@ class OutputCache:
         self._entries[signature] = entry
         for device, size in entry.nbytes.items():
             self.used[device] = self.used.get(device, 0) + size
-        for device in entry.nbytes:
-            self._evict_until_within(device, keep=signature)
+        if self.residency is not None:
+            self.residency.register(signature, entry)
+        for device in list(entry.nbytes):
+            self._evict_until_within(device, keep={signature})
         while len(self._entries) > self.max_entries:
             self._release(self._entries.popitem(last=False)[1])
         return True
@@ -160,8 +177,39 @@ class OutputCache:
             self._release(entry)
 
     def clear(self) -> None:
+        if self.residency is not None:
+            for entry in self._entries.values():
+                self.residency.forget(entry)
         self._entries.clear()
         self.used.clear()
+
+    # ------------------------------------------------------------------------ the memory manager's hooks
+    def manages(self, device: Any) -> bool:
+        """Whether models are moved for runs on `device` (there is an offload device, and it is another)."""
+        return self.residency is not None and self.residency.manages(device)
+
+    def prepare_inputs(self, values: list[Any], device: Any, keep: set[str]) -> None:
+        """Before a node runs on `device`: its input models that were offloaded come back (room is made by
+        offloading or dropping least-recently-used entries, never those in `keep`)."""
+        if self.residency is not None:
+            self.residency.prepare(values, device, keep)
+
+    def make_room(self, device: str, nbytes: int, keep: set[str]) -> None:
+        """Offload or drop least-recently-used entries until `nbytes` more fit in the device's budget."""
+        self._evict_until_within(device, keep, extra=nbytes)
+
+    def measure(self, value: Any) -> dict[str, int]:
+        return tensor_bytes(value)
+
+    def remeasure(self, signature: str) -> None:
+        """Charge an entry again after its models moved."""
+        entry = self._entries.get(signature)
+        if entry is None:
+            return
+        self._release(entry, forget=False)
+        entry.nbytes = tensor_bytes(entry.outputs if entry.ui is None else (entry.outputs, entry.ui))
+        for device, size in entry.nbytes.items():
+            self.used[device] = self.used.get(device, 0) + size
 
     def budget(self, device: str) -> int:
         budget = self._budgets.get(device)
@@ -173,20 +221,33 @@ class OutputCache:
             self._budgets[device] = budget
         return budget
 
-    def _evict_until_within(self, device: str, keep: str) -> None:
-        budget = self.budget(device)
+    def _evict_until_within(self, device: str, keep: set[str], extra: int = 0) -> None:
+        budget = self.budget(device) - extra
         if self.used.get(device, 0) <= budget:
             return
+        residency = self.residency
+        offloaded = False
         for signature in list(self._entries):
             if self.used.get(device, 0) <= budget:
                 break
-            if signature == keep:
+            if signature in keep:
                 continue
-            entry = self._entries[signature]
-            if entry.nbytes.get(device):
-                del self._entries[signature]
-                self._release(entry)
+            entry = self._entries.get(signature)
+            if entry is None or not entry.nbytes.get(device):
+                continue
+            if residency is not None and entry.movables and residency.offload(entry, device):
+                offloaded = True  # its models moved (and it was re-measured); what remains here is dropped below
+                if not entry.nbytes.get(device):
+                    continue
+            del self._entries[signature]
+            self._release(entry)
+            if residency is not None:
+                residency.stats.drops += 1
+        if offloaded and residency is not None:
+            self._evict_until_within(residency.offload_device, keep)
 
-    def _release(self, entry: CacheEntry) -> None:
+    def _release(self, entry: CacheEntry, forget: bool = True) -> None:
         for device, size in entry.nbytes.items():
             self.used[device] -= size
+        if forget and self.residency is not None:
+            self.residency.forget(entry)

@@ -79,6 +79,7 @@ def execute(plan: Plan, signatures: dict[str, str], cache: OutputCache, state: R
 
     executed: list[str] = []
     produced: dict[str, CacheEntry] = {}  # this run's results by signature: identical nodes run once
+    manage_models = cache.manages(state.device)  # models offloaded to make room come back before use
     current: tuple[str, str] | None = None
     finished = False
     try:
@@ -93,6 +94,10 @@ def execute(plan: Plan, signatures: dict[str, str], cache: OutputCache, state: R
             signature = signatures[node_id]
             entry = produced.get(signature)
             if entry is None:
+                if manage_models and node.links:
+                    sources = [source for source, _, _ in node.links.values()]
+                    cache.prepare_inputs([values[source] for source in sources], state.device,
+                                         {signatures[source] for source in sources})
                 entry = _run_node(node_id, node, values, state, emit, executed)
                 cache.put(signature, entry)
                 produced[signature] = entry

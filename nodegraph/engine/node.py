@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -44,6 +45,36 @@ class _NoDefault:
 NO_DEFAULT: Any = _NoDefault()
 
 
+class DynamicChoices(Sequence):
+    """Choices that depend on the machine, e.g. the model files found in a folder: a validation that only
+    looked at the node declaration would go stale when a file is added or removed.
+
+    Listing (`list(choices)`, the catalogue, ComfyUI's combo) calls `options()` each time; membership, which
+    validation checks, is `accepts(value)`: the values that may be looked up at all (a well-formed file
+    name), since whether that file exists is checked by the node's `fingerprint` when the workflow is
+    validated and before every run, where the error can say what to do ("put FILE in DIR").
+    """
+
+    def __init__(self, options: Callable[[], Sequence[Any]], accepts: Callable[[Any], bool]) -> None:
+        self.options = options
+        self.accepts = accepts
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return tuple(self.options())[index]
+
+    def __len__(self) -> int:
+        return len(tuple(self.options()))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(tuple(self.options()))
+
+    def __contains__(self, value: object) -> bool:
+        return self.accepts(value)
+
+    def __repr__(self) -> str:
+        return f"DynamicChoices({getattr(self.options, '__qualname__', self.options)!r})"
+
+
 def _declared(type_: str) -> str:
     """A bare name of a built-in socket type becomes its declaration (value class, conventions)."""
     if isinstance(type_, sockets.SocketType):
@@ -60,7 +91,7 @@ class In:
     min: float | None = None
     max: float | None = None
     step: float | None = None
-    choices: tuple[Any, ...] | None = None
+    choices: tuple[Any, ...] | DynamicChoices | None = None
     optional: bool = False
     description: str = ""
     multiline: bool = False
@@ -84,6 +115,8 @@ class In:
         if self.max is not None and value > self.max:
             return "out_of_range", f", above the maximum {self.max}"
         if self.choices is not None and value not in self.choices:
+            if isinstance(self.choices, DynamicChoices):
+                return "not_in_choices", ", which is not a name these choices can take"
             return "not_in_choices", f"; choose one of {', '.join(repr(choice) for choice in self.choices)}"
         return None
 
@@ -225,7 +258,7 @@ def _check_input(where: str, name: str, spec: In) -> None:
     for bound in (spec.min, spec.max, spec.step):
         if bound is not None and (isinstance(bound, bool) or not math.isfinite(bound)):
             raise NodeDefinitionError(f"{where}: input {name!r}: bounds must be finite numbers")
-    if spec.choices is not None:
+    if spec.choices is not None and not isinstance(spec.choices, DynamicChoices):  # those are listed when asked
         if not isinstance(spec.choices, tuple) or not spec.choices:
             raise NodeDefinitionError(f"{where}: input {name!r}: choices must be a non-empty tuple")
         for choice in spec.choices:

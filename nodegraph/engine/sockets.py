@@ -108,12 +108,44 @@ CLASSIFIER = SocketType("CLASSIFIER", "nodegraph.models.classifier:NoisyClassifi
 NOISED_CLIP = SocketType("NOISED_CLIP", "nodegraph.models.noised_clip:NoisedImageTower",
                          "noise-aware CLIP image tower on (x_t, t)")
 
+# Released checkpoints (nodegraph.models.real): one socket per role, so a graph that feeds GLIDE's upsampler
+# where its base model belongs is refused when it is validated.
+_REAL = "nodegraph.models.real:RealModel"
+GLIDE_MODEL = SocketType("GLIDE_MODEL", _REAL, "GLIDE's 64x64 text-conditional UNet (base.pt) with its caption "
+                         "tokenizer", kind="glide_base")
+GLIDE_UPSAMPLER = SocketType("GLIDE_UPSAMPLER", _REAL, "GLIDE's text-conditional 64->256 upsampler (upsample.pt) with "
+                             "its caption tokenizer", kind="glide_upsample")
+GLIDE_INPAINT_MODEL = SocketType("GLIDE_INPAINT_MODEL", _REAL, "GLIDE's 64x64 inpainting UNet (base_inpaint.pt): "
+                                 "also sees the known pixels and the mask", kind="glide_inpaint")
+GLIDE_INPAINT_UPSAMPLER = SocketType("GLIDE_INPAINT_UPSAMPLER", _REAL, "GLIDE's 64->256 inpainting upsampler "
+                                     "(upsample_inpaint.pt)", kind="glide_upsample_inpaint")
+ADM_MODEL = SocketType("ADM_MODEL", _REAL, "a guided-diffusion UNet, unconditional or class-conditional "
+                       "(*_diffusion.pt, lsun_*.pt)", kind="adm")
+ADM_CLASSIFIER = SocketType("ADM_CLASSIFIER", _REAL, "a guided-diffusion noisy classifier on (x_t, t) "
+                            "(*_classifier.pt)", kind="adm_classifier")
+KARLO_PRIOR = SocketType("KARLO_PRIOR", _REAL, "Karlo's diffusion prior with its CLIP statistics: CLIP ViT-L/14 "
+                         "text -> KARLO_IMAGE_EMBED", kind="karlo_prior")
+KARLO_DECODER = SocketType("KARLO_DECODER", _REAL, "Karlo's 64x64 decoder: KARLO_IMAGE_EMBED and CLIP text -> "
+                           "images", kind="karlo_decoder")
+KARLO_SR = SocketType("KARLO_SR", _REAL, "Karlo's 64->256 super-resolution pair (first steps, last step)",
+                      kind="karlo_sr")
+KARLO_IMAGE_EMBED = SocketType("KARLO_IMAGE_EMBED", "torch:Tensor", "CLIP ViT-L/14 image embeddings [B, 768] at the "
+                               "scale the image tower outputs them (not unit-norm): what Karlo's prior samples and "
+                               "its decoder reads")
+GENERATOR = SocketType("GENERATOR", "nodegraph.models.stylegan:GanModel", "a StyleGAN2 generator (frozen, eval mode) "
+                       "with the centre of its W; loaded, or adapted by StyleGAN-NADA")
+W_LATENT = SocketType("W_LATENT", "nodegraph.models.stylegan:StyleLatent", "StyleGAN W+ codes [B, n_latent, "
+                      "style_dim] and the noise maps they render with (none = the generator's fixed maps), from "
+                      "sampling, GAN inversion or StyleCLIP; any generator of the same layout renders them")
+
 CONSTANT_TYPES = frozenset({INT, FLOAT, STRING, BOOLEAN})
 BUILTIN: dict[str, SocketType] = {
     sock: sock
     for sock in (INT, FLOAT, STRING, BOOLEAN, ANY, IMAGE, MASK, TEXT_EMBED, IMAGE_EMBED, LATENT, NOISE, GUIDANCE,
                  CLASSIFIER_GUIDANCE, CLIP_GUIDANCE, CLIP, PRIOR, DECODER, INPAINT_MODEL, UPSAMPLER, CLASSIFIER,
-                 NOISED_CLIP)
+                 NOISED_CLIP, GLIDE_MODEL, GLIDE_UPSAMPLER, GLIDE_INPAINT_MODEL, GLIDE_INPAINT_UPSAMPLER, ADM_MODEL,
+                 ADM_CLASSIFIER, KARLO_PRIOR, KARLO_DECODER, KARLO_SR, KARLO_IMAGE_EMBED,
+                 GENERATOR, W_LATENT)
 }
 
 # Documented coercions applied when a value crosses a link: (source type, input type) -> converter.

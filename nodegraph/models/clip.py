@@ -125,7 +125,9 @@ class ClipModel:
         return self.model.encode_image(self.preprocess(images))
 
 
-def _create(name: str, quick_gelu: bool = False) -> torch.nn.Module:
+def create_model(name: str, quick_gelu: bool = False) -> torch.nn.Module:
+    """A randomly initialised open_clip model of a registered config, to load weights into (`quick_gelu` for
+    OpenAI's weights, which were trained with it)."""
     # open_clip warns "No pretrained weights loaded ... initialized randomly" on the root logger, which
     # reads as an error to a user whose weights are loaded right after; silence just that call.
     root = logging.getLogger()
@@ -140,7 +142,7 @@ def _create(name: str, quick_gelu: bool = False) -> torch.nn.Module:
 def build_clip(model_name: str = BUNDLED_CLIP) -> ClipModel:
     """A randomly initialised CLIP of a registered open_clip config."""
     register_configs()
-    return ClipModel(_create(model_name), model_name)
+    return ClipModel(create_model(model_name), model_name)
 
 
 def load_clip(path: str | Path, model_name: str | None = None, quick_gelu: bool = False) -> ClipModel:
@@ -155,6 +157,6 @@ def load_clip(path: str | Path, model_name: str | None = None, quick_gelu: bool 
     name = model_name or str(read_metadata(path).get("model_name", BUNDLED_CLIP))
     if name not in open_clip.list_models():
         raise CheckpointError(f"unknown CLIP config {name!r}; known: {', '.join(open_clip.list_models()[:8])}, ...")
-    model = _create(name, quick_gelu)
+    model = create_model(name, quick_gelu)
     load_into(model, path, what=f"CLIP checkpoint {path}")
     return ClipModel(model, name)

@@ -94,8 +94,25 @@ class RealModel:
     diffusion: DiffusionSettings | None
     path: Path
     preset: str | None = None  # the released configuration the file matched, if any
+    tokenizer: Any = None  # GLIDE's caption tokenizer, attached by whoever loads a GLIDE UNet with its vocabulary
+
+    @property
+    def kind(self) -> str:
+        """What the model is for, as socket types name it: the family, refined where one family has several
+        roles ("glide_base", "glide_upsample", "glide_inpaint", "glide_upsample_inpaint", "adm_super_res")."""
+        if self.family == "glide":
+            return f"glide_{self.variant}"
+        if self.family == "adm" and self.variant == "super_res":
+            return "adm_super_res"
+        return self.family
+
+    @property
+    def device(self) -> torch.device:
+        first = next(iter(self.net.parameters()), None) if isinstance(self.net, nn.Module) else None
+        return first.device if first is not None else torch.device("cpu")
 
     def to(self, device: torch.device | str) -> RealModel:
+        """Move the network in place (its dtype stays)."""
         self.net.to(device)
         return self
 
@@ -1040,7 +1057,7 @@ def load_openai_clip(
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
     from open_clip.tokenizer import SimpleTokenizer
 
-    from nodegraph.models.clip import ClipModel, _create
+    from nodegraph.models.clip import ClipModel, create_model
 
     path = Path(path)
     state = dict(read_weights(path) if state is None else state)
@@ -1051,7 +1068,7 @@ def load_openai_clip(
     if name is not None:
         if name not in open_clip.list_models():
             raise CheckpointError(f"unknown open_clip config {name!r}", input="config")
-        model = _create(name, quick_gelu)
+        model = create_model(name, quick_gelu)
     else:
         model = CLIP(cfg["embed_dim"], vision_cfg=CLIPVisionCfg(**cfg["vision_cfg"]),
                      text_cfg=CLIPTextCfg(**cfg["text_cfg"]), quick_gelu=quick_gelu)
