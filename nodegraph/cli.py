@@ -20,6 +20,9 @@ EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from nodegraph.threads import prepare_openmp
+
+    prepare_openmp()  # before any command imports torch: OpenMP reads its wait policy once (nodegraph.threads)
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -114,6 +117,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         base = _parse_param_args(args.param)
         runs, problems = _read_params_file(args.params_file, base) if args.params_file else ([(None, base)], [])
         engine = _engine(args)
+        policy = _thread_policy(args)
         prepared = _prepare_runs(engine, workflow, runs, base, args.params_file, problems)
     except WorkflowError as exc:
         _report_invalid(exc.errors, as_json=args.json)
@@ -130,7 +134,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for index, ((line, params), ready) in enumerate(zip(runs, prepared, strict=True)):
             label = f"run {index + 1}/{len(runs)} " if len(runs) > 1 else ""
             summary, code = _run_once(engine, ready, params, line, label, show_bars and produce is None, args,
-                                      produce[index] if produce is not None else None)
+                                      produce[index] if produce is not None else None, policy)
             summaries.append(summary)
             codes.append(code)
     except KeyboardInterrupt:
@@ -161,14 +165,19 @@ def _run_once(
     show_bars: bool,
     args: Any,
     produce: Any = None,
+    policy: Any = None,
 ) -> tuple[dict[str, Any], int]:
     from nodegraph.cli_progress import ProgressBars
     from nodegraph.errors import Interrupted, NodeExecutionError, NodegraphError, WorkflowError
 
     bars = ProgressBars(sys.stderr, label) if show_bars else None
     where = f"{args.params_file} line {line}: " if line is not None else ""
+    on_event = bars
+    if policy is not None:  # threads for this run from the CPUs free now, re-decided on its progress events
+        policy.start()
+        on_event = policy.watch(bars)
     try:
-        result = produce() if produce is not None else engine.run(prepared, on_event=bars)
+        result = produce() if produce is not None else engine.run(prepared, on_event=on_event)
     except NodeExecutionError as exc:
         code = EXIT_INVALID if exc.is_input_error else EXIT_NODE_FAILED
         print(f"nodegraph: {where}{exc}", file=sys.stderr)
@@ -206,6 +215,15 @@ def _run_once(
     if not args.json:
         _print_result(result, engine, sys.stdout)
     return summary, EXIT_OK
+
+
+def _thread_policy(args: argparse.Namespace) -> Any:
+    """Local runs size torch's thread pool by nodegraph.threads (NODEGRAPH_THREADS); Ray workers set their own."""
+    if args.backend == "ray":
+        return None
+    from nodegraph.threads import ThreadPolicy
+
+    return ThreadPolicy()
 
 
 def _engine(args: argparse.Namespace) -> Any:

@@ -1,0 +1,219 @@
+"""Sizing torch's thread pool so that a busy machine slows a run down in proportion, not by 10-30x.
+
+Every op of these small networks is split across the intra-op (OpenMP) threads and ends at a barrier. With
+OpenMP's default waits, a thread that reaches the barrier first spins, holding its CPU, while the thread it
+waits for may have been preempted by another process: on the 2-core machine beside one busy process, two
+threads took a median 2.9 s and at worst 27.9 s for 50 decoder steps that one thread does in 1.2 s (0.8 s
+on two idle cores); with other sessions' work on both cores, 20 steps took 23 s with two threads against
+2.3 s with one (bench/threads.py). Two remedies, both measured there:
+
+- passive waits (OMP_WAIT_POLICY=PASSIVE): a waiting thread sleeps and gives its CPU back. Beside a busy
+  process two such threads were the fastest setting measured (2.1 s against 4.5 s for one thread), since each
+  thread also gets its own share of a contended CPU. OpenMP reads the setting once, when torch loads it, so
+  `prepare_openmp` sets it, unless the user set a wait policy, before the CLI imports torch;
+- where waits spin (torch was imported before the policy could act: a library caller), the pool gets only the
+  CPUs that are free: those this process may run on (`os.sched_getaffinity`, capped by a cgroup CPU quota)
+  less what other processes used over a recent window (`/proc/stat`'s per-CPU busy time minus this process's
+  own CPU time), decided when a run starts (after a 50 ms look) and again at most every half second while it
+  runs (`check`, from a progress callback, without waiting).
+
+The setting is the environment variable NODEGRAPH_THREADS:
+- "auto" (the default): as above, never more than torch's own default (the physical cores);
+- N: always N threads;
+- "torch": leave torch and OpenMP alone (also the default when OMP_NUM_THREADS is set: the user chose).
+
+Torch's inter-op pool (used only by torch.jit.fork, not by eager ops) is kept to one thread so that the two
+pools never compete for the same cores. The CLI (`run`, `serve`) applies the policy; `ThreadPolicy` is for
+other long-lived callers (a server's worker, a bench).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nodegraph.errors import ConfigError
+
+ENV = "NODEGRAPH_THREADS"
+LOOK_S = 0.05  # the first look at the machine when a run starts
+CHECK_EVERY_S = 0.5  # re-decisions while running; also the window they average over
+FREE_FRACTION = 0.75  # a CPU counts as free when at least this much of it was idle
+
+
+def current_setting() -> str:
+    """NODEGRAPH_THREADS, or its default ("torch" when the user set OMP_NUM_THREADS, else "auto")."""
+    return os.environ.get(ENV) or ("torch" if os.environ.get("OMP_NUM_THREADS") else "auto")
+
+
+def prepare_openmp() -> bool:
+    """Ask OpenMP for passive waits before torch loads it, unless the user chose a wait policy or the setting
+    is "torch"; True when it did. Does nothing once torch is imported (OpenMP has read its settings then)."""
+    chosen = os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT")
+    if chosen or "torch" in sys.modules or current_setting() == "torch":
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
+
+
+def passive_waits() -> bool:
+    """Whether OpenMP's waiting threads sleep (as the environment says: it is read when torch loads)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity set, capped by a cgroup v2 CPU quota (containers)."""
+    cpus = len(_affinity())
+    quota = _cgroup_quota()
+    return max(1, min(cpus, math.floor(quota)) if quota else cpus)
+
+
+def _affinity() -> set[int]:
+    try:
+        return os.sched_getaffinity(0)
+    except (AttributeError, OSError):  # not Linux
+        return set(range(os.cpu_count() or 1))
+
+
+def _cgroup_quota() -> float | None:
+    """CPUs allowed by /sys/fs/cgroup/cpu.max ("max 100000" = no limit); None when there is no quota."""
+    try:
+        limit, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _busy_seconds(cpus: set[int]) -> float | None:
+    """CPU-seconds the CPUs in `cpus` have spent not idle since boot (steal counts as busy); None off Linux."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    ticks = 0
+    for line in lines:
+        name, *values = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            v = [int(x) for x in values[:8]]  # user nice system idle iowait irq softirq steal
+            ticks += sum(v) - v[3] - v[4]
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float  # time.monotonic()
+    busy: float  # CPU-seconds the usable CPUs were busy since boot
+    own: float  # CPU-seconds this process has used
+
+
+def sample(cpus: set[int] | None = None) -> Sample | None:
+    """The counters `others_busy` compares (None where /proc/stat cannot be read)."""
+    busy = _busy_seconds(cpus if cpus is not None else _affinity())
+    return None if busy is None else Sample(time.monotonic(), busy, _own_cpu_seconds())
+
+
+def others_busy(before: Sample, after: Sample) -> float:
+    """CPUs' worth of work other processes did on the usable CPUs between two samples."""
+    elapsed = max(after.at - before.at, 1e-3)
+    return max(0.0, (after.busy - before.busy) - (after.own - before.own)) / elapsed
+
+
+def look(seconds: float = LOOK_S) -> float | None:
+    """`others_busy` over the next `seconds` (waiting meanwhile); None off Linux."""
+    before = sample()
+    time.sleep(seconds)
+    after = sample()
+    return None if before is None or after is None else others_busy(before, after)
+
+
+def threads_for(busy: float, cpus: int, ceiling: int) -> int:
+    """Threads to use when other processes keep `busy` CPUs busy on average: the free ones, at least 1."""
+    free = math.floor(cpus - busy + (1.0 - FREE_FRACTION))
+    return max(1, min(free, cpus, ceiling))
+
+
+@dataclass
+class ThreadPolicy:
+    """The policy for one process; `start` before each run, `check` as often as convenient while it runs."""
+
+    setting: str = field(default_factory=current_setting)
+    passive: bool = field(default_factory=passive_waits)  # OpenMP's waits: passive -> every usable CPU
+    threads: int | None = None  # the count last set
+    others_busy: float | None = None  # what the last decision saw (CPUs' worth of other processes' work)
+    _ceiling: int = 0
+    _cpus: set[int] = field(default_factory=set)
+    _last: Sample | None = None
+
+    def __post_init__(self) -> None:
+        if self.setting not in ("auto", "torch") and not (self.setting.isdigit() and int(self.setting) > 0):
+            raise ConfigError(f"{ENV} must be 'auto', 'torch' or a positive number of threads, not {self.setting!r}")
+
+    def start(self) -> int | None:
+        """Decide for a run about to start (auto with spinning waits: after a LOOK_S look); the count set."""
+        import torch
+
+        if not self._ceiling:
+            self._ceiling = torch.get_num_threads()  # torch's default: the physical cores
+            self._cpus = _affinity()
+            _single_interop_thread(torch)
+        if self.setting == "torch":
+            return None
+        if self.setting != "auto":
+            return self._set(int(self.setting))
+        if self.passive:
+            return self._set(min(usable_cpus(), self._ceiling))
+        self._last = sample(self._cpus)
+        time.sleep(LOOK_S)
+        return self._decide()
+
+    def check(self) -> int | None:
+        """Re-decide if CHECK_EVERY_S has passed since the last decision (no waiting); the count in force."""
+        if self.setting != "auto" or self._last is None or time.monotonic() - self._last.at < CHECK_EVERY_S:
+            return self.threads
+        return self._decide()
+
+    def watch(self, on_event=None):
+        """An engine on_event callback that re-decides on progress events, then passes events on."""
+
+        def callback(kind: str, data: dict) -> None:
+            if kind == "progress":
+                self.check()
+            if on_event is not None:
+                on_event(kind, data)
+
+        return callback
+
+    def _decide(self) -> int:
+        now = sample(self._cpus)
+        if now is None or self._last is None:  # no /proc/stat: all usable CPUs
+            return self._set(min(usable_cpus(), self._ceiling))
+        self.others_busy = others_busy(self._last, now)
+        self._last = now
+        return self._set(threads_for(self.others_busy, usable_cpus(), self._ceiling))
+
+    def _set(self, n: int) -> int:
+        if n != self.threads:
+            import torch
+
+            torch.set_num_threads(n)
+            self.threads = n
+        return n
+
+
+def _single_interop_thread(torch) -> None:
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # only possible before the pool first runs; then it is already what it will be
+        pass
+
+
+__all__ = ["ENV", "Sample", "ThreadPolicy", "current_setting", "look", "others_busy", "passive_waits",
+           "prepare_openmp", "sample", "threads_for", "usable_cpus"]
