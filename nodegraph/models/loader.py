@@ -30,7 +30,8 @@ def load(family: str, name: str = "", device: torch.device | str = "cpu", **clip
 
 
 def load_file(family: str, path: Path, device: torch.device | str = "cpu", **clip_options) -> object:
-    """A checkpoint file of a family: ClipModel, DiffusionModel or an nn.Module (classifier, noised CLIP)."""
+    """A checkpoint file of a family: ClipModel, DiffusionModel, GanModel (stylegan) or an nn.Module (classifier,
+    noised CLIP)."""
     if family == "clip":
         clip: ClipModel = load_clip(path, **clip_options)
         return clip.to(device)
@@ -45,6 +46,10 @@ def load_file(family: str, path: Path, device: torch.device | str = "cpu", **cli
         from nodegraph.models.noised_clip import NoisedClipConfig, NoisedImageTower
 
         return _load_module(path, family, NoisedClipConfig, NoisedImageTower, device)
+    if family == "stylegan":  # the bundled generator, or a StyleGAN2 checkpoint in rosinality's layout
+        from nodegraph.models.stylegan_checkpoint import load_generator
+
+        return load_generator(path, device)
     raise CheckpointError(f"unknown model family {family!r}; known: {', '.join(weights.DEFAULT_FILES)}")
 
 

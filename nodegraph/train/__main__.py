@@ -17,7 +17,7 @@ import torch
 from nodegraph.errors import CheckpointError
 from nodegraph.train.common import TrainConfig
 
-MODELS = ("clip", "prior", "decoder", "upsampler", "inpaint", "classifier", "noised_clip")
+MODELS = ("clip", "prior", "decoder", "upsampler", "inpaint", "classifier", "noised_clip", "stylegan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ckpt-every", type=int)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when available); decoder only so far")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu, cuda or auto (cuda when available); decoder and stylegan only")
     ap.add_argument("--time-limit", type=float, default=0.0, metavar="MINUTES",
                     help="end this invocation (final checkpoint, eval, export) within MINUTES of wall time")
     ap.add_argument("--run-dir", default="", help="default: runs/MODEL")

@@ -96,6 +96,9 @@ class RunState:
     opt: torch.optim.Optimizer
     step: int
     gen: torch.Generator
+    # what else the run trains (a GAN's discriminator and its optimiser), by name: saved in last.pt and,
+    # for modules, in the weight pair, and restored with the rest; empty for single-network models
+    companions: dict[str, nn.Module | torch.optim.Optimizer] = field(default_factory=dict)
 
 
 def _atomic_save(obj: object, path: Path) -> None:
@@ -116,6 +119,7 @@ def save_state(state: RunState, cfg: TrainConfig) -> None:
             "gen": state.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "config": asdict(cfg),
+            **({"companions": {k: v.state_dict() for k, v in state.companions.items()}} if state.companions else {}),
         },
         cfg.dir() / "last.pt",
     )
@@ -131,31 +135,39 @@ def save_weight_pair(state: RunState, cfg: TrainConfig) -> None:
     raw and EMA both, with `--set init=runs/MODEL/weights.safetensors` (the optimiser restarts)."""
     tensors = {**{f"raw.{k}": v for k, v in state.model.state_dict().items()},
                **{f"ema.{k}": v for k, v in state.ema.model.state_dict().items()}}
+    for name, companion in state.companions.items():
+        if isinstance(companion, nn.Module):
+            tensors.update({f"{name}.{k}": v for k, v in companion.state_dict().items()})
     tmp = cfg.dir() / (WEIGHT_PAIR + ".tmp")
     save_safetensors(tensors, tmp, {"ema_updates": json.dumps(state.ema.updates), "step": json.dumps(state.step)},
                      dtype=torch.float16)
     os.replace(tmp, cfg.dir() / WEIGHT_PAIR)
 
 
-def start_or_resume(model: nn.Module, cfg: TrainConfig, params: list | None = None) -> RunState:
+def start_or_resume(model: nn.Module, cfg: TrainConfig, params: list | None = None,
+                    betas: tuple[float, float] = (0.9, 0.999),
+                    companions: dict[str, nn.Module | torch.optim.Optimizer] | None = None) -> RunState:
     """Fresh state seeded from cfg.seed, or the run's last checkpoint if one exists.
 
     A fresh run with ``--set init=PATH`` starts from exported weights (fine-tuning, e.g. from the
     committed model of an earlier session), the EMA from the same weights; from a run's weight pair
     (`save_weight_pair`) the raw weights and the EMA, with its update count, each continue.
+    `companions` (built by the caller, already on the device) are restored from the checkpoint too, and
+    companion modules from a weight pair that holds them.
     """
     torch.manual_seed(cfg.seed)
     ckpt = cfg.dir() / "last.pt"
     ema_init: tuple[dict, int] | None = None
+    companions = companions or {}
     if not ckpt.exists() and cfg.extra.get("init"):
-        ema_init = init_from(model, Path(cfg.extra["init"]))
+        ema_init = init_from(model, Path(cfg.extra["init"]), companions)
         print(f"[{cfg.name}] initialised from {cfg.extra['init']}")
     model.to(cfg.device)  # before the optimiser and EMA are built, so their state lives beside the weights
     opt = torch.optim.AdamW(
-        params if params is not None else model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        params if params is not None else model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas
     )
     gen = torch.Generator().manual_seed(cfg.seed)
-    state = RunState(model, EMA(model, cfg.ema_decay), opt, 0, gen)
+    state = RunState(model, EMA(model, cfg.ema_decay), opt, 0, gen, companions)
     if ema_init is not None:
         state.ema.model.load_state_dict(ema_init[0])
         state.ema.updates = ema_init[1]
@@ -168,13 +180,17 @@ def start_or_resume(model: nn.Module, cfg: TrainConfig, params: list | None = No
         state.step = data["step"]
         gen.set_state(data["gen"])
         torch.set_rng_state(data["torch_rng"])
+        for name, companion in companions.items():
+            companion.load_state_dict(data["companions"][name])
         print(f"[{cfg.name}] resumed at step {state.step} from {ckpt}")
     return state
 
 
-def init_from(model: nn.Module, path: Path) -> tuple[dict, int] | None:
+def init_from(model: nn.Module, path: Path,
+              companions: dict[str, nn.Module | torch.optim.Optimizer] | None = None) -> tuple[dict, int] | None:
     """Load exported weights (e.g. the committed model of an earlier session) into the model; for a weight
-    pair, load its raw half and return the EMA half and update count for the caller's EMA."""
+    pair, load its raw half (and any companion module it holds) and return the EMA half and update count
+    for the caller's EMA."""
     from nodegraph.models.checkpoint import check_compatible, load_state_dict, read_metadata
 
     state = load_state_dict(path, dtype=torch.float32)
@@ -187,6 +203,11 @@ def init_from(model: nn.Module, path: Path) -> tuple[dict, int] | None:
     check_compatible(model, raw, f"init={path} (raw half)")
     check_compatible(model, ema, f"init={path} (EMA half)")
     model.load_state_dict(raw)
+    for name, companion in (companions or {}).items():
+        part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(f"{name}.")}
+        if part and isinstance(companion, nn.Module):
+            check_compatible(companion, part, f"init={path} ({name})")
+            companion.load_state_dict(part)
     return ema, int(read_metadata(path).get("ema_updates", 0))
 
 

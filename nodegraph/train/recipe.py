@@ -18,7 +18,7 @@ from torch import nn
 from nodegraph.models import loader
 from nodegraph.models.clip import ClipModel
 from nodegraph.models.unet import count_params
-from nodegraph.train.common import RunState, TrainConfig, export_if_best, start_or_resume, train_loop
+from nodegraph.train.common import RunState, TrainConfig, export_if_best, lr_at, start_or_resume, train_loop
 from nodegraph.world.dataset import PoolSpec, ScenePool
 
 Loss = Callable[[nn.Module, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
@@ -34,6 +34,21 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class Adversary:
+    """A second network trained against the trainee's (a GAN's discriminator), with its own optimiser.
+
+    Before every step of `net` the skeleton calls `step(net, gen, step_index, lr)`, which updates the
+    adversary (lr follows the run's schedule) and returns statistics to log; the network and optimiser are
+    saved in the run's checkpoint beside `net`'s and restored with them, so a resumed run equals one that
+    never stopped.
+    """
+
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    step: Callable[[nn.Module, torch.Generator, int, float], dict[str, float]]
+
+
+@dataclass(frozen=True)
 class Trainee:
     """A model ready to train: `loss` draws its batch with the run's generator, so a resumed run continues
     the same data stream."""
@@ -42,6 +57,8 @@ class Trainee:
     loss: Loss
     evaluate: Callable[[nn.Module], Evaluation]
     metadata: dict[str, object]  # exported with the weights: kind, config, metric, ...
+    adversary: Adversary | None = None
+    betas: tuple[float, float] = (0.9, 0.999)  # of the trainee's AdamW (GANs want a short memory: (0, 0.99))
 
 
 @dataclass(frozen=True)
@@ -71,10 +88,16 @@ def run(recipe: Recipe, cfg: TrainConfig) -> RunState:
     pool = scene_pool(recipe, cfg)
     trainee = recipe.build(Setup(cfg, pool, clip))
     print(f"[{cfg.name}] {count_params(trainee.net) / 1e6:.2f}M parameters")
-    state = start_or_resume(trainee.net, cfg)
+    adversary = trainee.adversary
+    companions = {"adversary": adversary.net, "adversary_opt": adversary.opt} if adversary is not None else None
+    state = start_or_resume(trainee.net, cfg, betas=trainee.betas, companions=companions)
 
-    def step(model: nn.Module, _: int) -> tuple[torch.Tensor, dict[str, float]]:
-        return trainee.loss(model, state.gen)
+    def step(model: nn.Module, i: int) -> tuple[torch.Tensor, dict[str, float]]:
+        if adversary is None:
+            return trainee.loss(model, state.gen)
+        adversary_stats = adversary.step(model, state.gen, i, lr_at(i, cfg))
+        loss, stats = trainee.loss(model, state.gen)
+        return loss, {**adversary_stats, **stats}
 
     return train_loop(cfg, state, step, lambda st: evaluate_and_export(recipe.family, trainee, st, cfg))
 
