@@ -60,8 +60,17 @@ class SamplerSettings:
 
 
 def _net_fn(model: DiffusionModel) -> G.CondModel:
-    net = model.net
-    return lambda x, t, cond: net(x, t, **cond)
+    net, dtype = model.net, model.weight_dtype
+    if dtype == torch.float32:
+        return lambda x, t, cond: net(x, t, **cond)
+
+    # Reduced-precision weights (a loader's weight_dtype bf16): the network gets its inputs in its own dtype and
+    # its output comes back as fp32, so the sampler's x_t and update arithmetic stay fp32.
+    def reduced(x: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
+        return net(x.to(dtype), t, **cast).float()
+
+    return reduced
 
 
 def _context_length(guidance: Guidance) -> int:
