@@ -8,6 +8,11 @@ exports into it.
 A checkpoint is named relative to the models directory; an empty name means the family's default file.
 Names that leave the directory (absolute paths, `..`, symlinks pointing out) are refused, so a workflow
 from an untrusted client cannot make the engine read arbitrary files.
+
+Released checkpoints (GLIDE, guided-diffusion, Karlo, OpenAI CLIP) are the user's files, found by kind in the
+models folders (`find_model`, `list_models`, `RELEASED`): the user models directory's checkpoints/,
+upscale_models/, clip/, classifiers/ and tokenizers/, then the folders extra_model_paths.yaml adds (the
+second half of this module; docs/real_checkpoints.md describes the convention).
 """
 
 from __future__ import annotations
