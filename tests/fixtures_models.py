@@ -19,6 +19,7 @@ from nodegraph.models.clip import build_clip
 from nodegraph.models.diffusion_model import DiffusionSpec
 from nodegraph.models.noised_clip import NoisedClipConfig, NoisedImageTower
 from nodegraph.models.prior import PriorConfig, PriorTransformer
+from nodegraph.models.stylegan import Generator, StyleGANConfig
 from nodegraph.models.unet import UNet, UNetConfig
 from nodegraph.train.common import export
 
@@ -62,9 +63,18 @@ def write_decoder(path: Path, seed: int, clip_dim: int = 128, text_dim: int = 12
     return path
 
 
+def tiny_stylegan(seed: int = 0, cfg: StyleGANConfig | None = None) -> Generator:
+    """A small StyleGAN2 generator whose zero-initialised parts (noise strengths, biases) are perturbed, as
+    a trained one's are; seeded without touching the tests' global RNG."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = Generator(cfg or StyleGANConfig(size=16, style_dim=8, n_mlp=2, channels=(16, 12, 8)))
+    return perturb(net, seed, std=0.1).eval()
+
+
 def build_tiny_models(directory: Path) -> dict[str, Path]:
-    """Write clip, prior, decoder, inpaint, upsampler, classifier and noised_clip checkpoints under the
-    default file names; returns family -> path."""
+    """Write clip, prior, decoder, inpaint, upsampler, classifier, noised_clip and stylegan checkpoints under
+    the default file names; returns family -> path."""
     with torch.random.fork_rng():  # seeded weights without touching the tests' global RNG
         torch.manual_seed(0)
         return _build(directory)
@@ -105,6 +115,8 @@ def _build(directory: Path) -> dict[str, Path]:
     ncfg = NoisedClipConfig(image_size=DECODER_SIZE, patch_size=8, width=32, layers=1, heads=2, embed_dim=d)
     write("noised_clip", NoisedImageTower(ncfg), {"config": ncfg.to_dict(), "diffusion": UNET_SPEC.__dict__,
                                                   "clip_model_name": clip.model_name})
+    scfg = StyleGANConfig(size=16, style_dim=16, n_mlp=1, channels=(16, 8, 8))
+    write("stylegan", tiny_stylegan(5, scfg), {"config": scfg.to_dict()})
     return paths
 
 
@@ -130,6 +142,9 @@ PRODUCERS: dict[str, dict[str, Any]] = {
     "p_clipguid": {"class_type": "CLIPGuidance", "inputs": {"text": ["p_text", 0], "clip": ["p_clip", 0],
                                                             "mode": "x0", "cutn": 1}},
     "p_float": {"class_type": "Float", "inputs": {"value": 1.0}},
+    "p_gan": {"class_type": "StyleGANLoader", "inputs": {}},
+    "p_wlatent": {"class_type": "StyleGANSample", "inputs": {"generator": ["p_gan", 0], "noise": ["p_noise", 0]}},
+    "p_objective": {"class_type": "CLIPObjective", "inputs": {"clip": ["p_clip", 0], "views": 1}},
     # Released checkpoints (tests/fixtures_released.py), sampled at small sizes so that every case runs quickly.
     "p_glide": {"class_type": "GLIDELoader", "inputs": {"options": "image_size=16"}},
     "p_glide_up": {"class_type": "GLIDEUpsamplerLoader", "inputs": {"options": "image_size=16"}},
@@ -149,4 +164,5 @@ SOURCE = {"CLIP": "p_clip", "PRIOR": "p_prior", "DECODER": "p_dec", "INPAINT_MOD
           "GLIDE_MODEL": "p_glide", "GLIDE_UPSAMPLER": "p_glide_up", "GLIDE_INPAINT_MODEL": "p_glide_inp",
           "GLIDE_INPAINT_UPSAMPLER": "p_glide_inp_up", "ADM_MODEL": "p_adm", "ADM_CLASSIFIER": "p_adm_clf",
           "KARLO_PRIOR": "p_karlo_prior", "KARLO_DECODER": "p_karlo_dec", "KARLO_SR": "p_karlo_sr",
-          "KARLO_IMAGE_EMBED": "p_karlo_embed"}
+          "KARLO_IMAGE_EMBED": "p_karlo_embed", "GENERATOR": "p_gan", "W_LATENT": "p_wlatent",
+          "CLIP_OBJECTIVE": "p_objective"}

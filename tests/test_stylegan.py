@@ -17,18 +17,13 @@ from nodegraph.models.stylegan_checkpoint import infer_config, load_generator
 from nodegraph.models.stylegan_disc import Discriminator, DiscriminatorConfig
 from nodegraph.train.common import export
 
+from fixtures_models import tiny_stylegan
+
 TINY = StyleGANConfig(size=16, style_dim=8, n_mlp=2, channels=(16, 12, 8))
 
 
 def tiny_generator(seed: int = 0, cfg: StyleGANConfig = TINY) -> Generator:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        net = Generator(cfg)
-        with torch.no_grad():  # trained generators have non-zero noise strengths and biases
-            for p in net.parameters():
-                if p.abs().sum() == 0:
-                    p.copy_(torch.randn(p.shape) * 0.1)
-    return net.eval()
+    return tiny_stylegan(seed, cfg)
 
 
 def test_generator_layout_follows_the_reference():

@@ -137,6 +137,9 @@ GENERATOR = SocketType("GENERATOR", "nodegraph.models.stylegan:GanModel", "a Sty
 W_LATENT = SocketType("W_LATENT", "nodegraph.models.stylegan:StyleLatent", "StyleGAN W+ codes [B, n_latent, "
                       "style_dim] and the noise maps they render with (none = the generator's fixed maps), from "
                       "sampling, GAN inversion or StyleCLIP; any generator of the same layout renders them")
+CLIP_OBJECTIVE = SocketType("CLIP_OBJECTIVE", "nodegraph.generate.clip_objective:ClipObjective", "the image-text "
+                            "loss CLIP-driven editors minimise: CLIP (and the noised CLIP tower) over augmented "
+                            "views, so specks and tints cannot lower it")
 
 CONSTANT_TYPES = frozenset({INT, FLOAT, STRING, BOOLEAN})
 BUILTIN: dict[str, SocketType] = {
@@ -145,7 +148,7 @@ BUILTIN: dict[str, SocketType] = {
                  CLASSIFIER_GUIDANCE, CLIP_GUIDANCE, CLIP, PRIOR, DECODER, INPAINT_MODEL, UPSAMPLER, CLASSIFIER,
                  NOISED_CLIP, GLIDE_MODEL, GLIDE_UPSAMPLER, GLIDE_INPAINT_MODEL, GLIDE_INPAINT_UPSAMPLER, ADM_MODEL,
                  ADM_CLASSIFIER, KARLO_PRIOR, KARLO_DECODER, KARLO_SR, KARLO_IMAGE_EMBED,
-                 GENERATOR, W_LATENT)
+                 GENERATOR, W_LATENT, CLIP_OBJECTIVE)
 }
 
 # Documented coercions applied when a value crosses a link: (source type, input type) -> converter.

@@ -1,0 +1,154 @@
+"""GAN inversion, the CLIP objective, StyleCLIP latent optimisation and StyleGAN-NADA on tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodegraph.errors import InputValueError
+from nodegraph.generate import gan_sampling, nada, styleclip
+from nodegraph.generate.clip_objective import PLAIN, ClipObjective, ObjectiveSettings, objective_for
+from nodegraph.generate.gan_inversion import InversionSettings, invert, noise_regularization, psnr, ramped_lr
+from nodegraph.models.clip import build_clip
+from nodegraph.models.noised_clip import NoisedClipConfig, NoisedImageTower
+from nodegraph.models.stylegan import GanModel, StyleGANConfig, StyleLatent
+
+from fixtures_models import tiny_stylegan as tiny_generator
+
+CFG = StyleGANConfig(size=16, style_dim=8, n_mlp=2, channels=(16, 12, 8))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: a second thread buys nothing and, on a busy machine, costs a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def gan() -> GanModel:
+    net = tiny_generator(0, CFG)
+    return GanModel(net, net.mean_latent(256, torch.Generator().manual_seed(0)), origin="tiny")
+
+
+@pytest.fixture(scope="module")
+def clip():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_clip()
+    model.model.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def noised():
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        tower = NoisedImageTower(NoisedClipConfig(width=32, layers=1, heads=2, embed_dim=128))
+    return tower.requires_grad_(False)
+
+
+def test_ramped_lr_warms_up_and_ends_at_zero():
+    assert ramped_lr(0.0, 0.1) == 0.0 and ramped_lr(0.5, 0.1) == pytest.approx(0.1) and ramped_lr(1.0, 0.1) == 0.0
+
+
+def test_noise_regularization_is_small_for_white_noise_and_large_for_smooth_maps():
+    gen = torch.Generator().manual_seed(0)
+    white = [torch.randn(1, 1, 32, 32, generator=gen)]
+    smooth = [torch.ones(1, 1, 32, 32)]
+    assert noise_regularization(white) < 1e-2 < noise_regularization(smooth)
+
+
+def test_inversion_reconstructs_an_image_the_generator_can_draw(gan):
+    target = gan_sampling.sample_latents(gan, seed=3, batch=2)
+    images = gan.render(target)
+    start = gan.render(StyleLatent(gan.w_avg.view(1, 1, -1).expand(2, gan.n_latent, -1)))
+    steps: list[int] = []
+    latent, recon = invert(gan, images, InversionSettings(steps=40, lr=0.1), generator=torch.Generator().manual_seed(0),
+                           callback=lambda step, total, preview: steps.append(step))
+    assert steps == list(range(1, 41)) and latent.w.shape == (2, gan.n_latent, 8)
+    assert (psnr(recon, images) > psnr(start, images) + 3).all()
+    torch.testing.assert_close(gan.render(latent), recon)  # the latent carries its optimised noise maps
+    w_only, _ = invert(gan, images, InversionSettings(space="w", steps=5), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(w_only.w[:, 0], w_only.w[:, -1])  # one code for every layer
+    with pytest.raises(InputValueError, match="space"):
+        invert(gan, images, InversionSettings(space="z"))
+
+
+def test_objective_views_are_seeded_and_plain_is_one_view(clip, noised):
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    robust = ClipObjective(clip, noised, ObjectiveSettings(views=4))
+    a = robust.text_loss(images, "a red circle", torch.Generator().manual_seed(0))
+    b = robust.text_loss(images, "a red circle", torch.Generator().manual_seed(0))
+    c = robust.text_loss(images, "a red circle", torch.Generator().manual_seed(1))
+    assert a.shape == (3,) and torch.equal(a, b) and not torch.equal(a, c)
+    plain = ClipObjective.plain(clip)
+    assert plain.settings == PLAIN and "plain" in plain.describe()
+    expected = 1 - (torch.nn.functional.normalize(clip.encode_image(images), dim=-1)
+                    * plain.text_embeddings("a red circle")).sum(-1)
+    torch.testing.assert_close(plain.text_loss(images, "a red circle"), expected)
+    # the noised tower only joins when given and weighted
+    assert objective_for(clip, None).noised is None and objective_for(clip, noised).noised is noised
+    assert objective_for(clip, noised, views=1, augment=False).settings.shift == 0
+
+
+def test_directional_loss_pairs_views_and_prefers_the_text_direction(clip, noised):
+    obj = ClipObjective(clip, noised, ObjectiveSettings(views=4))
+    src = torch.rand(2, 3, 32, 32) * 2 - 1
+    edit = src.clone().requires_grad_(True)
+    loss = obj.directional_loss(src, edit + 0.3, "a red circle", "a blue circle", torch.Generator().manual_seed(0))
+    loss.sum().backward()
+    assert loss.shape == (2,) and edit.grad is not None and edit.grad.abs().sum() > 0
+    with pytest.raises(InputValueError):
+        obj.directional_loss(src, src[:1], "a", "b")
+
+
+def test_styleclip_lowers_the_clip_loss_and_lambda_keeps_the_latent_near_its_start(gan, clip):
+    obj = ClipObjective(clip, None, ObjectiveSettings(views=2, noised_weight=0.0))
+    start = gan_sampling.sample_latents(gan, seed=1, batch=2)
+    text = "a large blue square in the center on a red background"
+    before = obj.text_loss(gan.render(start), text, torch.Generator().manual_seed(5)).mean()
+    seen = []
+    free, images = styleclip.edit(gan, start, obj, text, styleclip.StyleCLIPSettings(steps=12, lr=0.2, l2_lambda=0.0),
+                                  generator=torch.Generator().manual_seed(0), callback=lambda s, t, p: seen.append(s))
+    after = obj.text_loss(images, text, torch.Generator().manual_seed(5)).mean()
+    assert seen[-1] == 12 and after < before
+    tied, _ = styleclip.edit(gan, start, obj, text, styleclip.StyleCLIPSettings(steps=12, lr=0.2, l2_lambda=10.0),
+                             generator=torch.Generator().manual_seed(0))
+    assert (tied.w - start.w).norm() < (free.w - start.w).norm()
+    assert free.noise is start.noise  # the source's noise maps are kept
+    with pytest.raises(InputValueError, match="latent"):
+        styleclip.edit(gan, StyleLatent(torch.zeros(1, 3, 8)), obj, text)
+
+
+def test_nada_trains_a_copy_on_the_chosen_layers_only(gan, clip):
+    obj = ClipObjective(clip, None, ObjectiveSettings(views=2, noised_weight=0.0))
+    before = {k: v.clone() for k, v in gan.net.state_dict().items()}
+    settings = nada.NadaSettings(steps=3, layers=1, batch=2, lr=0.05)
+    gen = torch.Generator().manual_seed(0)
+    adapted = nada.adapt(gan, obj, "a red circle", "a blue circle", settings, generator=gen)
+    after = gan.net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the input generator is untouched
+    new = adapted.net.state_dict()
+    changed = {k.split(".")[0] + ("." + k.split(".")[1] if k.startswith("convs.") else "")
+               for k in new if not torch.equal(new[k], before[k])}
+    assert changed and len(changed) <= 3  # at most one styled conv per step
+    assert not any(k.startswith(("style.", "to_rgb")) for k in new if not torch.equal(new[k], before[k]))
+    assert isinstance(adapted, GanModel) and torch.equal(adapted.w_avg, gan.w_avg) and "NADA" in adapted.origin
+    assert not any(p.requires_grad for p in adapted.net.parameters())
+    assert nada.styled_convs(gan.net)[-1] is None and len(nada.styled_convs(gan.net)) == gan.n_latent
+
+
+def test_latents_render_only_on_generators_of_their_layout(gan):
+    other = GanModel(tiny_generator(1, StyleGANConfig(size=8, style_dim=8, n_mlp=1, channels=(8, 8))),
+                     torch.zeros(8))
+    latent = gan_sampling.sample_latents(gan, seed=0, batch=1)
+    assert gan_sampling.render(gan, latent).shape == (1, 3, 16, 16)
+    with pytest.raises(InputValueError, match="latent"):
+        gan_sampling.render(other, latent)
+    # a seed gives the same latent every time, drawn on the CPU
+    again = gan_sampling.sample_latents(gan, seed=0, batch=1)
+    assert torch.equal(latent.w, again.w) and all(torch.equal(a, b) for a, b in zip(latent.noise, again.noise,
+                                                                                        strict=True))

@@ -1,0 +1,149 @@
+"""The GAN nodes on tiny models, their interrupt latency, and the two GAN workflows on the bundled models."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+import torch
+
+from nodegraph.engine.api import Engine
+from nodegraph.errors import Interrupted, NodeExecutionError, WorkflowError
+from nodegraph.models.stylegan import GanModel, StyleLatent
+
+from conftest import REPO
+from fixtures_models import PRODUCERS, build_tiny_models
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    models = build_tiny_models(tmp_path_factory.mktemp("models"))
+    root = tmp_path_factory.mktemp("gan")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NODEGRAPH_MODELS", str(models["clip"].parent))
+        yield Engine("cpu", input_dir=root, output_dir=root / "out", plugins=False)
+    torch.set_num_threads(threads)
+
+
+def _run(engine: Engine, nodes: dict[str, Any], on_event=None):
+    return engine.run({**PRODUCERS, **nodes}, on_event=on_event)
+
+
+def test_invert_edit_adapt_and_render_chain(engine):
+    nodes = {
+        "invert": {"class_type": "GANInvert", "inputs": {"generator": ["p_gan", 0], "images": ["p_image", 0],
+                                                          "classifier": ["p_cls", 0], "steps": 4}},
+        "edit": {"class_type": "StyleCLIP", "inputs": {"generator": ["p_gan", 0], "latent": ["invert", 0],
+                                                        "objective": ["p_objective", 0], "text": ["p_text", 0],
+                                                        "steps": 3}},
+        "nada": {"class_type": "StyleGANNADA", "inputs": {"generator": ["p_gan", 0], "objective": ["p_objective", 0],
+                                                           "source": ["p_text", 0], "target": ["p_text", 0],
+                                                           "steps": 2, "batch": 2, "layers": 1}},
+        "render": {"class_type": "StyleGANRender", "inputs": {"generator": ["nada", 0], "latent": ["edit", 0]}},
+        "o_invert": {"class_type": "Preview", "inputs": {"value": ["invert", 1]}},
+        "o_latent": {"class_type": "Preview", "inputs": {"value": ["edit", 0]}},
+        "o_gen": {"class_type": "Preview", "inputs": {"value": ["nada", 0]}},
+        "o_render": {"class_type": "Preview", "inputs": {"value": ["render", 0]}},
+    }
+    progress: dict[str, int] = {}
+    executed: dict[str, Any] = {}
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress":
+            progress[data["node"]] = progress.get(data["node"], 0) + 1
+        if kind == "executed":
+            executed[data["node"]] = data["output"]
+
+    result = _run(engine, nodes, on_event)
+    assert progress == {"invert": 4, "edit": 3, "nada": 2}
+    recon = result.outputs["o_invert"]["value"]
+    assert recon.shape == (1, 3, 16, 16) and recon.abs().max() <= 1
+    assert isinstance(result.outputs["o_latent"]["value"], StyleLatent)
+    assert isinstance(result.outputs["o_gen"]["value"], GanModel)
+    assert result.outputs["o_render"]["value"].shape == (1, 3, 16, 16)
+    assert len(executed["invert"]["psnr"]) == 1  # the reconstruction's PSNR, in the node's executed event
+    # the adapted generator is cached like a model: a second run trains nothing again
+    again = _run(engine, nodes)
+    assert "nada" not in again.executed
+
+
+def test_sampled_latents_are_seeded_and_render_the_images_sampled(engine):
+    nodes = {"sample": {"class_type": "StyleGANSample", "inputs": {"generator": ["p_gan", 0], "noise": ["noise", 0]}},
+             "noise": {"class_type": "Noise", "inputs": {"seed": 4, "batch_size": 3}},
+             "render": {"class_type": "StyleGANRender", "inputs": {"generator": ["p_gan", 0], "latent": ["sample", 0]}},
+             "o1": {"class_type": "Preview", "inputs": {"value": ["sample", 1]}},
+             "o2": {"class_type": "Preview", "inputs": {"value": ["render", 0]}}}
+    out = _run(engine, nodes).outputs
+    assert out["o1"]["value"].shape == (3, 3, 16, 16)
+    torch.testing.assert_close(out["o1"]["value"], out["o2"]["value"])
+
+
+def test_a_latent_from_another_architecture_and_a_missing_file_are_input_errors(engine):
+    from nodegraph import weights
+    from nodegraph.models.stylegan import Generator, StyleGANConfig
+    from nodegraph.train.common import export
+
+    other = Generator(StyleGANConfig(size=8, style_dim=16, n_mlp=1, channels=(8, 8)))
+    export(other, weights.models_dir() / "other.safetensors", {"kind": "stylegan", "config": other.cfg.to_dict()})
+    graph = {"other": {"class_type": "StyleGANLoader", "inputs": {"checkpoint": "other.safetensors"}},
+             "render": {"class_type": "StyleGANRender",
+                        "inputs": {"generator": ["other", 0], "latent": ["p_wlatent", 0]}},
+             "o": {"class_type": "Preview", "inputs": {"value": ["render", 0]}}}
+    with pytest.raises(NodeExecutionError) as err:
+        _run(engine, graph)
+    assert err.value.is_input_error and err.value.input == "latent" and err.value.node_id == "render"
+    with pytest.raises(WorkflowError, match="missing.pt"):
+        _run(engine, {**graph, "other": {"class_type": "StyleGANLoader", "inputs": {"checkpoint": "missing.pt"}}})
+
+
+LONG_NODES: dict[str, dict[str, Any]] = {
+    "GANInvert": {"generator": ["p_gan", 0], "images": ["p_image", 0], "steps": 12},
+    "StyleCLIP": {"generator": ["p_gan", 0], "latent": ["p_wlatent", 0], "objective": ["p_objective", 0],
+                  "text": ["p_text", 0], "steps": 12},
+    "StyleGANNADA": {"generator": ["p_gan", 0], "objective": ["p_objective", 0], "source": ["p_text", 0],
+                     "target": ["p_text", 0], "steps": 12, "batch": 1},
+}
+
+
+@pytest.mark.parametrize("class_type", list(LONG_NODES))
+def test_interrupt_stops_a_long_gan_node_within_one_step(engine, class_type):
+    graph = {"node": {"class_type": class_type, "inputs": LONG_NODES[class_type]},
+             "out": {"class_type": "Preview", "inputs": {"value": ["node", 0]}}}
+    progress: list[float] = []
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress" and data["node"] == "node":
+            progress.append(time.perf_counter())
+            if len(progress) == 3:
+                engine.interrupt()
+
+    with pytest.raises(Interrupted):
+        _run(engine, graph, on_event)
+    assert len(progress) == 3, f"{class_type}: {len(progress) - 3} more step(s) ran after the interrupt"
+
+
+WORKFLOW_FAST = {
+    "styleclip_edit": {"steps": 3, "invert_steps": 4, "views": 2},
+    "stylegan_nada": {"steps": 2, "invert_steps": 4, "views": 2, "batch_size": 2},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(WORKFLOW_FAST))
+def test_gan_workflow_runs_on_the_bundled_models(tmp_path, name):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine = Engine("cpu", input_dir=tmp_path, output_dir=tmp_path, plugins=False)
+        path = REPO / "workflows" / f"{name}.json"
+        assert set(WORKFLOW_FAST[name]) <= set(json.loads(path.read_text())["params"])
+        started = time.perf_counter()
+        result = engine.run(str(path), params=WORKFLOW_FAST[name])
+        assert time.perf_counter() - started < 120
+    finally:
+        torch.set_num_threads(threads)
+    assert result.files and 0.0 <= result.outputs["score"]["attribute_accuracy"] <= 1.0
