@@ -3,19 +3,21 @@
 Every op of these small networks is split across the intra-op (OpenMP) threads and ends at a barrier. With
 OpenMP's default waits, a thread that reaches the barrier first spins, holding its CPU, while the thread it
 waits for may have been preempted by another process: on the 2-core machine beside one busy process, two
-threads took a median 2.9 s and at worst 27.9 s for 50 decoder steps that one thread does in 1.2 s (0.8 s
-on two idle cores); with other sessions' work on both cores, 20 steps took 23 s with two threads against
-2.3 s with one (bench/threads.py). Two remedies, both measured there:
+threads took a median 2.9 s and at worst 27.9 s for 50 decoder steps that one thread does in 1.2 s (0.8 s on
+two idle cores). bench/threads.py, with other sessions keeping both cores busy, 50 steps, median (worst):
+2 threads 36 s (134 s), 44 s (103 s) beside a spinning process; 1 thread 3.3 s (11.8 s), 7.6 s (16.3 s).
+Two remedies, both measured there:
 
-- passive waits (OMP_WAIT_POLICY=PASSIVE): a waiting thread sleeps and gives its CPU back. Beside a busy
-  process two such threads were the fastest setting measured (2.1 s against 4.5 s for one thread), since each
+- passive waits (OMP_WAIT_POLICY=PASSIVE): a waiting thread sleeps and gives its CPU back. Two such threads
+  took 3.4 s (6.8 s), and 3.7 s (5.8 s) beside the spinner, the best of every setting tried, since each
   thread also gets its own share of a contended CPU. OpenMP reads the setting once, when torch loads it, so
-  `prepare_openmp` sets it, unless the user set a wait policy, before the CLI imports torch;
+  `prepare_openmp` sets it, unless the user chose a wait policy, before the CLI imports torch;
 - where waits spin (torch was imported before the policy could act: a library caller), the pool gets only the
   CPUs that are free: those this process may run on (`os.sched_getaffinity`, capped by a cgroup CPU quota)
   less what other processes used over a recent window (`/proc/stat`'s per-CPU busy time minus this process's
   own CPU time), decided when a run starts (after a 50 ms look) and again at most every half second while it
-  runs (`check`, from a progress callback, without waiting).
+  runs (`check`, from a progress callback, without waiting). That avoids the collapse (3.9 s, 7.2 s) but
+  cannot use a CPU that is only partly busy.
 
 The setting is the environment variable NODEGRAPH_THREADS:
 - "auto" (the default): as above, never more than torch's own default (the physical cores);
@@ -23,8 +25,9 @@ The setting is the environment variable NODEGRAPH_THREADS:
 - "torch": leave torch and OpenMP alone (also the default when OMP_NUM_THREADS is set: the user chose).
 
 Torch's inter-op pool (used only by torch.jit.fork, not by eager ops) is kept to one thread so that the two
-pools never compete for the same cores. The CLI (`run`, `serve`) applies the policy; `ThreadPolicy` is for
-other long-lived callers (a server's worker, a bench).
+pools never compete for the same cores. The CLI asks for passive waits for every command (so `serve` has them)
+and sizes the pool before each `run`; `ThreadPolicy` is for other long-lived callers (a server's worker, a
+bench).
 """
 
 from __future__ import annotations
