@@ -3,9 +3,11 @@
     python bench/quality.py              # everything (tens of minutes on the 2-core CPU)
     python bench/quality.py --quick      # smaller prompt sets, same sections
     python bench/quality.py --only clip,pipeline,speed
+    python bench/quality.py --only speed --threads 1   # torch threads: N, or auto (the CLI's policy; default)
 
 Sections: clip (retrieval), pipeline (DALL·E 2 / GLIDE / unconditional accuracy), upsampler, inpaint,
-classifier, noised_clip, speed (in-process pipeline time, CLI peak RSS), cfg (guidance sweep: accuracy
+classifier, noised_clip, speed (the main job's warm time per model beside its FLOP floor measured in the same
+run, fp32 and bf16 weights, bf16's scorer result; CLI time and peak RSS), cfg (guidance sweep: accuracy
 against diversity), variations, text_diff, inversion (PSNR over steps, edits), guided (CLIP- and
 classifier-guided against unguided), cache (seed change in dalle2_text2img).
 """
@@ -13,8 +15,11 @@ classifier-guided against unguided), cache (seed change in dalle2_text2img).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,20 +80,28 @@ def chunks(n: int, size: int):
 
 
 def dalle2(m: Models, caps: list[str], seed: int, *, prior_scale=2.0, scale=3.0, prior_steps=25, steps=50,
-           up_steps=20, upsample_out=True, chunk=50, sampler="ddim") -> torch.Tensor:
-    """Text -> prior -> decoder (image embedding + text, CFG) -> upsampler, in chunks of prompts."""
+           up_steps=20, upsample_out=True, chunk=50, sampler="ddim", stage=None) -> torch.Tensor:
+    """Text -> prior -> decoder (image embedding + text, CFG) -> upsampler, in chunks of prompts.
+
+    `stage(name)` (optional) gives a context manager each model's part runs in (the speed section times and
+    counts FLOPs per model through it)."""
+    stage = stage or (lambda name: contextlib.nullcontext())
     outs = []
     for sl in chunks(len(caps), chunk):
-        text = m.clip.encode_text(caps[sl])
+        with stage("clip"):
+            text = m.clip.encode_text(caps[sl])
         g = torch.Generator().manual_seed(seed + sl.start)
         n = len(caps[sl])
-        emb = sample_prior(m.prior, Condition(text=text), prior_scale, SamplerSettings(steps=prior_steps), n,
-                           generator=g, best_of=2)
-        img = run_denoiser(m.decoder, noise(n, (3, 32, 32), seed + sl.start),
-                           Guidance.cfg(Condition(text=text, image_embed=emb), scale),
-                           SamplerSettings(sampler=sampler, steps=steps), generator=g).clamp(-1, 1)
+        with stage("prior"):
+            emb = sample_prior(m.prior, Condition(text=text), prior_scale, SamplerSettings(steps=prior_steps), n,
+                               generator=g, best_of=2)
+        with stage("decoder"):
+            img = run_denoiser(m.decoder, noise(n, (3, 32, 32), seed + sl.start),
+                               Guidance.cfg(Condition(text=text, image_embed=emb), scale),
+                               SamplerSettings(sampler=sampler, steps=steps), generator=g).clamp(-1, 1)
         if upsample_out:
-            img = upsample(m.upsampler, img, SamplerSettings(steps=up_steps), generator=g)
+            with stage("upsampler"):
+                img = upsample(m.upsampler, img, SamplerSettings(steps=up_steps), generator=g)
         outs.append(img)
     return torch.cat(outs)
 
@@ -206,14 +219,15 @@ def sec_noised_clip(m: Models, q: bool) -> None:
           [[t, v] for t, v in r.items()])
 
 
+JOB_CAPTION = "a large red circle on the left on a blue background"
+JOB_PRIOR_STEPS = 25  # dalle2()'s defaults: the main job (workflows/dalle2_text2img.json)
+STAGES = ("clip", "prior", "decoder", "upsampler")
+
+
 def sec_speed(m: Models, q: bool) -> None:
-    cap = ["a large red circle on the left on a blue background"]
+    cap = [JOB_CAPTION]
+    threads = _job_threads()
     dalle2(m, cap, 0, prior_steps=2, steps=2, up_steps=2)  # warm-up
-    times = []
-    for i in range(3):
-        t0 = time.perf_counter()
-        dalle2(m, cap, i)
-        times.append(time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "nodegraph", "run", str(REPO / "workflows" / "dalle2_text2img.json"),
@@ -222,11 +236,198 @@ def sec_speed(m: Models, q: bool) -> None:
         wall = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     ok = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
+    half = BF16Models(m)
+    dalle2(half, cap, 0, prior_steps=2, steps=2, up_steps=2)
+    runs = _interleaved_job_times({"fp32": m, "bf16": half}, 3 if q else 5, threads)
+    dense, executed = job_flops(m)
+    _floor_table(runs, dense, executed)
     table("Speed and memory: text -> 64x64 (25 prior, 50 decoder steps with CFG, 20 upsampler steps)",
           ["measure", "value"],
-          [["in-process pipeline, median of 3 (s)", sorted(times)[1]],
+          [["in-process pipeline fp32, median (s)", statistics.median(r["fp32"]["total"] for r in runs)],
+           ["in-process pipeline bf16 weights, median (s)", statistics.median(r["bf16"]["total"] for r in runs)],
            ["CLI run incl. start-up (s)", f"{wall:.1f} ({ok})"],
-           ["CLI peak RSS (MB)", f"{rss:.0f}"], ["torch threads", torch.get_num_threads()]])
+           ["CLI peak RSS (MB)", f"{rss:.0f}"], ["torch threads", threads.describe()]])
+    _bf16_quality_table(m, half, 16 if q else 48)
+
+
+class BF16Models:
+    """The bundled models with the diffusion networks' weights in bf16, as a loader's dtype "bf16" gives them."""
+
+    def __init__(self, m: Models) -> None:
+        self._m, self._cache = m, {}
+
+    def __getattr__(self, family: str):
+        if family.startswith("_"):
+            raise AttributeError(family)
+        if family not in self._cache:
+            model = getattr(self._m, family)
+            cast = family in loader.DIFFUSION_FAMILIES
+            self._cache[family] = model.with_weight_dtype("bf16") if cast else model
+        return self._cache[family]
+
+
+class _JobThreads:
+    """The bench's --threads: a fixed count, or "auto" (nodegraph.threads' policy, decided before each job as the
+    CLI does)."""
+
+    def __init__(self, setting: str) -> None:
+        from nodegraph.threads import ThreadPolicy
+
+        self.policy = ThreadPolicy(setting)
+        self.used: list[int] = []
+
+    def start(self) -> None:
+        n = self.policy.start()
+        self.used.append(n or torch.get_num_threads())
+
+    def describe(self) -> str:
+        used = ", ".join(f"{n}x{self.used.count(n)}" for n in sorted(set(self.used))) or str(torch.get_num_threads())
+        return f"{self.policy.setting} (jobs ran with {used})"
+
+
+_THREADS: list[_JobThreads] = []  # set by main() from --threads
+
+
+def _job_threads() -> _JobThreads:
+    return _THREADS[0]
+
+
+def _interleaved_job_times(variants: dict, repeats: int, threads: _JobThreads) -> list[dict]:
+    """Per repeat: the fp32 matmul/conv peak, then the main job once per variant, each model's part timed."""
+    runs = []
+    for i in range(repeats):
+        threads.start()
+        run = dict(zip(("peak", "peak_cpu"), peak_gflops(), strict=True))
+        for name, models in variants.items():
+            wall, cpu = dict.fromkeys(STAGES, 0.0), dict.fromkeys(STAGES, 0.0)
+
+            @contextlib.contextmanager
+            def timed(stage, wall=wall, cpu=cpu):
+                t0, c0 = time.perf_counter(), time.process_time()
+                yield
+                wall[stage] += time.perf_counter() - t0
+                cpu[stage] += time.process_time() - c0
+
+            dalle2(models, [JOB_CAPTION], i, stage=timed)
+            run[name] = {**wall, "total": sum(wall.values())}
+            run[name + " cpu"] = {**cpu, "total": sum(cpu.values())}
+        runs.append(run)
+    return runs
+
+
+def peak_gflops(reps: int = 8) -> tuple[float, float]:
+    """The best fp32 rate at the current thread count over a 512^3 matmul and 3x3 convolutions of the job's
+    sizes (channels-last, as the loader lays the UNets out): the peak the floor divides by, in GFLOP per
+    second of wall time and per CPU-second (the latter is what preemption by other processes cannot inflate)."""
+    best, best_cpu = 0.0, 0.0
+    for fn, flops in _peak_kernels():
+        fn()
+        wall, cpu = [], []
+        for _ in range(reps):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        best, best_cpu = max(best, flops / min(wall) / 1e9), max(best_cpu, flops / max(min(cpu), 1e-9) / 1e9)
+    return best, best_cpu
+
+
+def _peak_kernels() -> list:
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(512, 512, generator=g), torch.randn(512, 512, generator=g)
+    kernels = [(lambda: a @ b, 2 * 512**3)]
+    for batch, ch, size in ((2, 96, 16), (2, 48, 32), (1, 64, 32)):
+        x = torch.randn(batch, ch, size, size, generator=g).to(memory_format=torch.channels_last)
+        w = torch.randn(ch, ch, 3, 3, generator=g).to(memory_format=torch.channels_last)
+        kernels.append((lambda x=x, w=w: F.conv2d(x, w, padding=1), 2 * batch * ch * ch * 9 * size * size))
+    return kernels
+
+
+def _flop_counter():
+    """torch's FLOP counter, also counting the fused CPU attention kernel (it counts only the GPU ones)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def sdpa(q, k, v, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(q, k, v)
+
+    return FlopCounterMode(display=False,
+                           custom_mapping={torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa})
+
+
+def job_flops(m: Models) -> tuple[dict, dict]:
+    """Per model, the FLOPs of one main job: as full forward passes x steps (the floor's count), and as executed.
+
+    They differ for the prior only: sampling computes its causal text prefix once per text and then 3 of the 36
+    rows per step; its full count is one full causal pass (training's path, under grad mode) x steps."""
+    executed = dict.fromkeys(STAGES, 0)
+
+    @contextlib.contextmanager
+    def count(stage):
+        with _flop_counter() as fc:
+            yield
+        executed[stage] += fc.get_total_flops()
+
+    dalle2(m, [JOB_CAPTION], 0, stage=count)
+    dense = {**executed, "prior": _prior_full_pass_flops(m) * JOB_PRIOR_STEPS}
+    return dense, executed
+
+
+def _prior_full_pass_flops(m: Models) -> int:
+    from nodegraph.generate.conditions import prior_inputs
+
+    c = m.prior.net.cfg
+    batch = 4  # best_of 2 x (conditional, null)
+    inputs = prior_inputs(m.clip.encode_text([JOB_CAPTION]), batch, c.context_length, c.text_width, c.clip_dim, "cpu")
+    with torch.enable_grad(), _flop_counter() as fc:
+        m.prior.net(torch.zeros(batch, c.clip_dim), torch.zeros(batch, dtype=torch.long), **inputs)
+    return fc.get_total_flops()
+
+
+def _floor_table(runs: list[dict], dense: dict, executed: dict) -> None:
+    """Per model: FLOPs, the floor (FLOPs over the peak measured beside each repeat), fp32 and bf16 times and their
+    ratios to the fp32 floor; "CPU" ratios use CPU time on both sides, which other processes cannot inflate."""
+    peaks = [r["peak"] for r in runs]
+    rows = []
+    for stage in (*STAGES, "total"):
+        flops = sum(dense.values()) if stage == "total" else dense[stage]
+        done = sum(executed.values()) if stage == "total" else executed[stage]
+        floor = statistics.median(_floors(runs, flops, "peak"))
+        row = [stage, f"{flops / 1e9:.1f}", f"{done / 1e9:.1f}", f"{floor:.3f}"]
+        for variant in ("fp32", "bf16"):
+            t = [r[variant][stage] for r in runs]
+            row += [f"{statistics.median(t):.3f}", f"{min(t):.3f}", _ratio(runs, variant, stage, flops, "peak"),
+                    _ratio(runs, variant + " cpu", stage, flops, "peak_cpu")]
+        rows.append(row)
+    load = os.getloadavg()[0]
+    table(f"Main job warm against its fp32 FLOP floor ({len(runs)} interleaved repeats; peak fp32 "
+          f"{statistics.median(peaks):.0f} GFLOP/s median, {min(peaks):.0f}-{max(peaks):.0f}, measured before each "
+          f"repeat, {statistics.median(r['peak_cpu'] for r in runs):.0f} per CPU-second; 1-min load average {load:.1f} "
+          f"on {os.cpu_count()} CPUs)",
+          ["model", "GFLOP (forwards x steps)", "GFLOP executed", "floor (s)", "fp32 median (s)", "fp32 min (s)",
+           "fp32 / floor", "fp32 / floor, CPU", "bf16 median (s)", "bf16 min (s)", "bf16 / fp32 floor",
+           "bf16 / floor, CPU"], rows)
+
+
+def _floors(runs: list[dict], flops: float, peak: str) -> list[float]:
+    return [flops / (r[peak] * 1e9) for r in runs]  # each repeat against the peak measured beside it
+
+
+def _ratio(runs: list[dict], variant: str, stage: str, flops: float, peak: str) -> str:
+    ratios = [r[variant][stage] / f for r, f in zip(runs, _floors(runs, flops, peak), strict=True) if f]
+    return f"{statistics.median(ratios):.2f}x" if ratios else "-"
+
+
+def _bf16_quality_table(m: Models, half: BF16Models, n: int) -> None:
+    _, caps = prompts(n, False)
+    full = dalle2(m, caps, 0)
+    low = dalle2(half, caps, 0)
+    rows = []
+    for name, images in (("fp32", full), ("bf16 weights (prior, decoder, upsampler)", low)):
+        r = score_batch(images, caps)
+        rows.append([name, n, r.attribute_accuracy, r.exact_rate, _per(r)])
+    rows.append(["bf16 vs fp32 images", n, f"PSNR {psnr(low, full):.1f} dB", "", ""])
+    table("bf16 weights against fp32 on the DALL·E 2 pipeline (one-shape canonical prompts, same seeds)",
+          ["weights", "n", "attribute acc", "exact", "per attribute"], rows)
 
 
 def distinct(images: torch.Tensor, seeds: int) -> float:
@@ -491,13 +692,24 @@ SECTIONS = {
 }
 
 
+def _openmp_as_the_cli(threads: str) -> None:
+    """The CLI asks OpenMP for passive waits before torch loads it (nodegraph.threads); this module has imported
+    torch already, so with --threads auto it starts over once in the environment the CLI gives itself."""
+    if threads == "auto" and not (os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT")):
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller prompt sets")
     ap.add_argument("--only", default="", help="comma-separated sections: " + ",".join(SECTIONS))
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="auto", help="torch threads: N, or auto (nodegraph.threads' policy, "
+                    "as the CLI runs; the speed section re-decides before each job)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    _openmp_as_the_cli(args.threads)
+    _THREADS.append(_JobThreads(args.threads))
+    _THREADS[0].start()
     names = [s for s in args.only.split(",") if s] or list(SECTIONS)
     unknown = [s for s in names if s not in SECTIONS]
     if unknown:
