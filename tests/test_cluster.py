@@ -120,8 +120,8 @@ def test_a_batch_on_the_cluster_writes_the_same_files_as_a_local_batch(cluster: 
 
     monkeypatch.setenv("NODEGRAPH_MODELS", cluster.pool._options["runtime_env"]["env_vars"]["NODEGRAPH_MODELS"])
     workflow = tmp_path / "wf.json"
-    workflow.write_text(json.dumps({"nodes": decode_graph(), "params": {"seed": {"node": "p_noise", "input": "seed"},
-                                                                        "caption": {"node": "p_text", "input": "text"}}}))
+    params = {"seed": {"node": "p_noise", "input": "seed"}, "caption": {"node": "p_text", "input": "text"}}
+    workflow.write_text(json.dumps({"nodes": decode_graph(), "params": params}))
     runs = tmp_path / "runs.jsonl"
     runs.write_text("".join(json.dumps({"seed": s, "caption": CAPTION}) + "\n" for s in range(5)))
     local, remote = tmp_path / "local", tmp_path / "remote"

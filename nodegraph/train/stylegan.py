@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
 
 from nodegraph.models.stylegan import Generator, StyleGANConfig
 from nodegraph.models.stylegan_disc import Discriminator, DiscriminatorConfig
@@ -30,7 +32,7 @@ DEFAULTS = dict(
     steps=30_000, batch_size=16, lr=2e-3, warmup=100, eval_every=500, ckpt_every=100, ema_decay=0.999,
     grad_clip=100.0,  # only a guard against blow-ups: equalised-lr gradients are large by construction
     extra=dict(pool=60_000, style_dim=128, n_mlp=4, g_channels="128,128,64,32", d_channels="32,64,128,128",
-               r1=0.5, r1_every=16, p_mix=0.5, eval_n=512),
+               r1=0.5, r1_every=16, p_mix=0.5, eval_n=512, projected=1),
 )
 EVAL_SEED = 30_000
 SIZE = 32
@@ -96,11 +98,72 @@ def quality(images: torch.Tensor) -> dict[str, float]:
     return {"valid": valid, "coverage": 1 - sum(tv.values()) / len(tv), "tv": tv}
 
 
+class FeatureHead(nn.Module):
+    """A small patch discriminator on one frozen feature map: stride-2 convs down to 4x4, then a logit map."""
+
+    def __init__(self, channels: int, size: int, width: int = 64):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = channels
+        while size > 4:
+            layers += [spectral_norm(nn.Conv2d(c, width, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+            c, size = width, size // 2
+        layers.append(spectral_norm(nn.Conv2d(c, 1, 3, padding=1)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten(1).mean(1)
+
+
+class ProjectedCritic(nn.Module):
+    """The StyleGAN2 discriminator plus small discriminators on the frozen feature maps of the bundled noisy
+    classifier at t = 0 (Projected GAN, Sauer et al. 2021): pretrained features tell a blob from a shape and
+    a tint from a palette colour from the first step, which a discriminator learning its own features from
+    scratch needs far more images than a CPU budget gives to learn. The logit is the sum of the pixel
+    discriminator's and the mean of the feature heads'. The classifier stays frozen (its weights are
+    buffers of no optimiser)."""
+
+    def __init__(self, d: Discriminator, classifier: nn.Module):
+        super().__init__()
+        from nodegraph.generate.gan_inversion import classifier_features
+
+        self.d = d
+        self.classifier = classifier.eval().requires_grad_(False)
+        self._features = classifier_features(self.classifier)
+        with torch.no_grad():
+            maps = self._features(torch.zeros(1, 3, SIZE, SIZE))[1:]  # the three resolution blocks
+        self.heads = nn.ModuleList(FeatureHead(m.shape[1], m.shape[-1]) for m in maps)
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if not name.startswith("classifier.")]
+
+    def train(self, mode: bool = True) -> ProjectedCritic:
+        super().train(mode)
+        self.classifier.eval()  # GroupNorm only, but keep the frozen network's mode fixed
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True) -> ProjectedCritic:
+        for p in self.trainable():
+            p.requires_grad_(requires_grad)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self._features(x)[1:]
+        heads = torch.stack([head(m) for head, m in zip(self.heads, maps, strict=True)]).mean(0)
+        return self.d(x).view(-1) + heads
+
+
 def build(setup: Setup) -> Trainee:
     cfg, pool, ex = setup.cfg, setup.pool, setup.cfg.extra
     g = Generator(generator_config(ex))
-    d = Discriminator(DiscriminatorConfig(size=SIZE, channels=widths(ex["d_channels"]))).to(cfg.device)
-    d_opt = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
+    d: nn.Module = Discriminator(DiscriminatorConfig(size=SIZE, channels=widths(ex["d_channels"])))
+    if ex["projected"]:
+        from nodegraph.train.recipe import load_start
+
+        d = ProjectedCritic(d, load_start("classifier", ex.get("classifier")))
+    d = d.to(cfg.device)
+    trainable = d.trainable() if isinstance(d, ProjectedCritic) else list(d.parameters())
+    d_opt = torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.0, 0.99))
     b, p_mix = cfg.batch_size, ex["p_mix"]
     pending: dict[str, torch.Tensor] = {}
 
@@ -140,7 +203,9 @@ def build(setup: Setup) -> Trainee:
         tv = q.pop("tv")
         return Evaluation(q["valid"] * q["coverage"], q, {"quality": {**q, "tv": tv}})
 
-    meta = {"kind": "stylegan", "config": g.cfg.to_dict(), "discriminator": d.cfg.to_dict(),
+    d_cfg = (d.d if isinstance(d, ProjectedCritic) else d).cfg.to_dict()
+    d_cfg["projected"] = bool(ex["projected"])
+    meta = {"kind": "stylegan", "config": g.cfg.to_dict(), "discriminator": d_cfg,
             "metric": "valid-scene rate x attribute coverage of 512 samples (truncation 1)"}
     return Trainee(g, g_loss, evaluate, meta, adversary=Adversary(d, d_opt, d_step), betas=(0.0, 0.99))
 
