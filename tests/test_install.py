@@ -61,3 +61,39 @@ def test_wheel_installed_in_a_fresh_venv_runs_the_main_job_from_an_unrelated_dir
          "steps=3", "--param", "upsample_steps=2", cwd=elsewhere, env=env)
     [png] = (elsewhere / "out").glob("*.png")
     assert Image.open(png).size == (64, 64)
+
+
+def _pins() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep, f"constraints.txt: {line!r} is not NAME==VERSION"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_every_declared_dependency_is_pinned_and_installed_at_its_pin() -> None:
+    """The README's install and .ci/run take constraints.txt: a dependency added to pyproject.toml without a
+    pin would float to whatever the registry serves on the day (one test broke that way on torch 2.14)."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]]
+    pins = _pins()
+    unpinned = [r.name for r in declared if canonicalize_name(r.name) not in pins]
+    assert not unpinned, f"add pins for {unpinned} to constraints.txt (pip freeze of a venv the tests passed in)"
+    for requirement in declared:
+        pinned = pins[canonicalize_name(requirement.name)]
+        assert requirement.specifier.contains(pinned, prereleases=True), (requirement, pinned)
+        if os.environ.get("NODEGRAPH_UNPINNED"):  # .ci/latest: the newest releases on purpose
+            continue
+        installed = version(requirement.name).split("+")[0]
+        assert installed == pinned, f"{requirement.name} {installed} is installed, constraints.txt pins {pinned}"
