@@ -153,10 +153,17 @@ class ClipObjective:
                          generator: torch.Generator | None = None) -> Tensor:
         """Per pair [B]: 1 - cos(E(image) - E(source image), T(target) - T(source)), each pair seen through the
         same views, averaged over views and the ensemble."""
+        direction = F.normalize(self.text_embeddings(target_text) - self.text_embeddings(source_text), dim=-1)
+        return self.image_direction_loss(source_images, images, direction, generator)
+
+    def image_direction_loss(self, source_images: Tensor, images: Tensor, direction: Tensor,
+                             generator: torch.Generator | None = None) -> Tensor:
+        """`directional_loss` against a given unit text direction [B or 1, D] (DiffusionCLIP averages it over
+        caption templates)."""
         if source_images.shape != images.shape:
             raise InputValueError("images", f"source images {tuple(source_images.shape)} and edited images "
                                   f"{tuple(images.shape)} must pair up one to one")
-        direction = F.normalize(self.text_embeddings(target_text) - self.text_embeddings(source_text), dim=-1)
+        direction = F.normalize(direction.to(self.device).float(), dim=-1)
         draw = self._draw(images.shape[0], images.shape[-1], generator)
         total = 0.0
         for (w, src), (_, edit) in zip(self._embed(source_images, draw), self._embed(images, draw), strict=True):
