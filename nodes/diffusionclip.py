@@ -1,0 +1,163 @@
+"""DiffusionCLIP nodes: fine-tune a decoder toward a target caption, then edit any image with it.
+
+Thin adapters over `nodegraph.generate.diffusionclip`. The fine-tuned decoder is an ordinary DECODER output,
+so the engine caches it like a loaded model: editing new images with it trains nothing again. Fine-tuning
+reports every iteration with a preview, which is also where an interrupt takes effect.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nodegraph.engine.context import RunContext
+from nodegraph.engine.lazy import lazy_import
+from nodegraph.engine.node import In, Node, Out
+from nodegraph.engine.sockets import CLIP_OBJECTIVE, DECODER, IMAGE, TEXT_EMBED
+from nodegraph.errors import InputValueError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from nodegraph.generate.clip_objective import ClipObjective
+    from nodegraph.models.clip import TextEncoding
+    from nodegraph.models.diffusion_model import DiffusionModel
+
+dclip = lazy_import("nodegraph.generate.diffusionclip")
+conditions = lazy_import("nodegraph.generate.conditions")
+
+_T0 = In("INT", default=400, min=1, max=100_000, description="the noise level images are inverted to and "
+         "regenerated from (of the decoder's T = 1000): lower keeps more of the image")
+_INVERT_STEPS = In("INT", default=20, min=1, max=1000, description="DDIM inversion steps from the image to t0")
+_GENERATE_STEPS = In("INT", default=6, min=1, max=1000, description="DDIM steps from t0 back to the image "
+                     "(use the fine-tuning's)")
+_SEED = In("INT", default=0, min=0, max=2**63 - 1, description="seed of every random draw (batches, views, noise)")
+_CAPTION = In(TEXT_EMBED, optional=True, description="the images' caption, when the decoder was fine-tuned "
+              "conditioned on it; unconnected = the decoder's unconditional mode")
+
+
+def _condition(caption: TextEncoding | None):
+    return None if caption is None else conditions.Condition(text=caption)
+
+
+def _progress(ctx: RunContext):
+    def callback(step: int, total: int, preview: Tensor) -> None:
+        ctx.progress(step, total, preview=preview)
+
+    return callback
+
+
+class DiffusionCLIPFinetune(Node):
+    """DiffusionCLIP: fine-tunes a copy of the decoder so that images regenerated from their DDIM inversions
+    at t0 change as the target caption differs from the source caption (directional CLIP loss over caption
+    templates, plus L1 to the source images). Output: the fine-tuned decoder, to edit any image with."""
+
+    category = "edit"
+    inputs = {
+        "decoder": In(DECODER),
+        "objective": In(CLIP_OBJECTIVE),
+        "images": In(IMAGE, description="source images to fine-tune on (resized to the decoder's size)"),
+        "source": In(TEXT_EMBED, description="caption of what the images show now"),
+        "target": In(TEXT_EMBED, description="caption of what they should show"),
+        "condition_on_caption": In("BOOLEAN", default=False, description="condition the decoder on the source "
+                                   "caption (edits then need the image's caption); off = unconditional mode"),
+        "variant": In("STRING", default="full", choices=("full", "efficient"), description="full: backprop "
+                      "through the whole generative chain; efficient: an update per step on its x̂0 (the "
+                      "paper's GPU-efficient variant)"),
+        "t0": _T0,
+        "invert_steps": _INVERT_STEPS,
+        "generate_steps": In("INT", default=6, min=1, max=1000, description="DDIM steps of the generative chain"),
+        "iterations": In("INT", default=20, min=1, max=10_000, description="fine-tuning iterations"),
+        "batch": In("INT", default=4, min=1, max=256, description="source images per iteration"),
+        "lr": In("FLOAT", default=1e-4, min=1e-7, max=0.1, description="Adam learning rate"),
+        "clip_weight": In("FLOAT", default=1.0, min=0.0, max=100.0, description="weight of the directional loss"),
+        "l1_weight": In("FLOAT", default=0.3, min=0.0, max=100.0, description="weight of |edit - source|"),
+        "grad_checkpoint": In("BOOLEAN", default=False, description="recompute activations in the backward pass "
+                              "(full variant: less memory, more time)"),
+        "seed": _SEED,
+    }
+    outputs = (Out(DECODER, "decoder"),)
+
+    def run(self, ctx: RunContext, decoder: DiffusionModel, objective: ClipObjective, images: Tensor,
+            source: TextEncoding, target: TextEncoding, condition_on_caption: bool, variant: str, t0: int,
+            invert_steps: int, generate_steps: int, iterations: int, batch: int, lr: float, clip_weight: float,
+            l1_weight: float, grad_checkpoint: bool, seed: int) -> tuple[DiffusionModel]:
+        settings = dclip.FinetuneSettings(t0=t0, invert_steps=invert_steps, generate_steps=generate_steps,
+                                          iterations=iterations, batch=batch, lr=lr, clip_weight=clip_weight,
+                                          l1_weight=l1_weight, variant=variant, grad_checkpoint=grad_checkpoint)
+        condition = _condition(source) if condition_on_caption else None
+        return (dclip.finetune(decoder, objective, images, source, target, settings, condition=condition,
+                               generator=ctx.generator(seed, "cpu"), callback=_progress(ctx)),)
+
+
+class DiffusionCLIPEdit(Node):
+    """Edits images with a DiffusionCLIP decoder: DDIM-inverts them to t0 with the original decoder (or, mode
+    'noise', noises them forward: the unseen-domain mode) and regenerates them with the fine-tuned one."""
+
+    category = "edit"
+    inputs = {
+        "original": In(DECODER, description="the decoder the fine-tuned one came from (inverts the images)"),
+        "decoder": In(DECODER, description="the fine-tuned decoder"),
+        "images": In(IMAGE, description="images to edit (resized to the decoder's size)"),
+        "t0": _T0,
+        "invert_steps": _INVERT_STEPS,
+        "generate_steps": _GENERATE_STEPS,
+        "mode": In("STRING", default="invert", choices=("invert", "noise"), description="invert: DDIM inversion "
+                   "(keeps the image); noise: stochastic forward to t0 (images unlike the training data)"),
+        "caption": _CAPTION,
+        "seed": _SEED,
+    }
+    outputs = (Out(IMAGE, "images"),)
+
+    def run(self, ctx: RunContext, original: DiffusionModel, decoder: DiffusionModel, images: Tensor, t0: int,
+            invert_steps: int, generate_steps: int, mode: str, caption, seed: int) -> tuple[Tensor]:
+        return (dclip.edit(original, decoder, images, t0=t0, invert_steps=invert_steps,
+                           generate_steps=generate_steps, condition=_condition(caption), mode=mode,
+                           generator=ctx.generator(seed, "cpu"), callback=_progress(ctx)),)
+
+
+def parse_schedule(text: str, n: int) -> list[tuple[float, float]] | None:
+    """'1.0-0.5, 0.5-0.0' -> [(1.0, 0.5), (0.5, 0.0)]: one span of noise levels (fractions of T) per model."""
+    if not text.strip():
+        return None
+    spans = []
+    for part in text.split(","):
+        try:
+            high, low = (float(v) for v in part.split("-"))
+        except ValueError:
+            raise InputValueError("schedule", f"{part.strip()!r} is not a span HIGH-LOW of noise levels "
+                                  "(fractions of T, e.g. 1.0-0.5)") from None
+        if not 0.0 <= low <= high <= 1.0:
+            raise InputValueError("schedule", f"span {part.strip()!r} must satisfy 0 <= LOW <= HIGH <= 1")
+        spans.append((high, low))
+    if len(spans) != n:
+        raise InputValueError("schedule", f"{len(spans)} spans for {n} connected decoders; give one per decoder")
+    return spans
+
+
+class DiffusionCLIPMultiEdit(Node):
+    """Multi-attribute DiffusionCLIP: at every step the noise predictions of several fine-tuned decoders are
+    mixed, each counting over its span of noise levels (all of them equally when no schedule is given)."""
+
+    category = "edit"
+    inputs = {
+        "original": In(DECODER, description="the decoder the fine-tuned ones came from (inverts the images)"),
+        "decoder_1": In(DECODER),
+        "decoder_2": In(DECODER),
+        "decoder_3": In(DECODER, optional=True),
+        "images": In(IMAGE, description="images to edit (resized to the decoder's size)"),
+        "schedule": In("STRING", default="", description="one span HIGH-LOW of noise levels (fractions of T) "
+                       "per decoder, comma-separated, e.g. '1.0-0.5, 0.5-0.0'; empty = all equally everywhere"),
+        "t0": _T0,
+        "invert_steps": _INVERT_STEPS,
+        "generate_steps": _GENERATE_STEPS,
+        "caption": _CAPTION,
+    }
+    outputs = (Out(IMAGE, "images"),)
+
+    def run(self, ctx: RunContext, original: DiffusionModel, decoder_1: DiffusionModel, decoder_2: DiffusionModel,
+            decoder_3, images: Tensor, schedule: str, t0: int, invert_steps: int, generate_steps: int,
+            caption) -> tuple[Tensor]:
+        models = [m for m in (decoder_1, decoder_2, decoder_3) if m is not None]
+        return (dclip.edit(original, models, images, t0=t0, invert_steps=invert_steps, generate_steps=generate_steps,
+                           condition=_condition(caption), schedule=parse_schedule(schedule, len(models)),
+                           callback=_progress(ctx)),)

@@ -1,0 +1,224 @@
+"""DiffusionCLIP: the library on tiny models, its nodes (cached fine-tuned decoder, interrupt, input errors), and
+the two workflows on the bundled models."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+
+from nodegraph.engine.api import Engine
+from nodegraph.errors import InputValueError, Interrupted, NodeExecutionError
+from nodegraph.generate import diffusionclip as D
+from nodegraph.generate.clip_objective import ClipObjective
+from nodegraph.models import loader
+from nodegraph.models.diffusion_model import DiffusionModel
+
+from conftest import REPO
+from fixtures_models import CAPTION, PRODUCERS, TIMESTEPS, build_tiny_models
+
+TARGET = "a large green circle on the left on a blue background"
+FAST = D.FinetuneSettings(t0=20, invert_steps=4, generate_steps=3, iterations=2, batch=2, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    models = build_tiny_models(tmp_path_factory.mktemp("models"))
+    root = tmp_path_factory.mktemp("dclip")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NODEGRAPH_MODELS", str(models["clip"].parent))
+        decoder = loader.load("decoder")
+        clip = loader.load("clip")
+        yield {"decoder": decoder, "objective": ClipObjective.plain(clip),
+               "engine": Engine("cpu", input_dir=root, output_dir=root / "out", plugins=False)}
+    torch.set_num_threads(threads)
+
+
+def _images(n: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _state(model: DiffusionModel) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.net.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------------ library
+@pytest.mark.parametrize("variant", D.VARIANTS)
+def test_finetuning_changes_a_copy_and_leaves_the_original_untouched(tiny, variant):
+    decoder = tiny["decoder"]
+    before = _state(decoder)
+    tuned = D.finetune(decoder, tiny["objective"], _images(), CAPTION, TARGET,
+                       D.FinetuneSettings(**{**FAST.__dict__, "variant": variant}),
+                       generator=torch.Generator().manual_seed(0))
+    after = decoder.net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(before[k], v) for k, v in tuned.net.state_dict().items())
+    assert not any(p.requires_grad for p in tuned.net.parameters())
+    assert tuned.kind == "decoder" and tuned.net is not decoder.net
+
+
+def test_the_efficient_variant_backpropagates_through_one_step_at_a_time(tiny):
+    """Every network call of the efficient variant gets a detached x_t (its graph holds that one call);
+    the full variant's calls after the first get x_t that carries the graph of the steps before."""
+    seen: dict[str, list[bool]] = {}
+    for variant in D.VARIANTS:
+        record: list[bool] = []
+        settings = D.FinetuneSettings(**{**FAST.__dict__, "variant": variant, "iterations": 1})
+        latents = D.invert(tiny["decoder"], _images(2), settings.t0, settings.invert_steps)
+        # a pre-hook on the original is deep-copied with it, so it sees the fine-tuned copy's calls
+        hook = tiny["decoder"].net.register_forward_pre_hook(lambda _, args, r=record: r.append(args[0].requires_grad))
+        try:
+            D.finetune(tiny["decoder"], tiny["objective"], _images(2), CAPTION, TARGET, settings, latents=latents,
+                       generator=torch.Generator().manual_seed(0))
+        finally:
+            hook.remove()
+        seen[variant] = record
+    assert seen["efficient"] == [False, False, False]
+    assert seen["full"] == [False, True, True]
+
+
+def test_edit_reuses_the_model_on_new_images_and_mixes_several(tiny):
+    decoder = tiny["decoder"]
+    tuned = D.finetune(decoder, tiny["objective"], _images(), CAPTION, TARGET, FAST,
+                       generator=torch.Generator().manual_seed(0))
+    new = _images(2, seed=5)
+    kwargs = {"t0": FAST.t0, "invert_steps": FAST.invert_steps, "generate_steps": FAST.generate_steps}
+    edited = D.edit(decoder, tuned, new, **kwargs)
+    assert edited.shape == new.shape and edited.abs().max() <= 1
+    # the original decoder regenerates (close to) the image; the fine-tuned one does not
+    same = D.edit(decoder, decoder, new, **kwargs)
+    assert (edited - same).abs().max() > 1e-4
+    # one model mixed with itself is that model; the schedule decides which model counts where
+    torch.testing.assert_close(D.edit(decoder, [tuned, tuned], new, **kwargs), edited)
+    only_first = D.edit(decoder, [tuned, decoder], new, schedule=[(1.0, 0.0), (0.0, 0.0)], **kwargs)
+    torch.testing.assert_close(only_first, edited)
+    # unseen-domain mode: a seeded stochastic start
+    a = D.edit(decoder, tuned, new, mode="noise", generator=torch.Generator().manual_seed(1), **kwargs)
+    b = D.edit(decoder, tuned, new, mode="noise", generator=torch.Generator().manual_seed(1), **kwargs)
+    torch.testing.assert_close(a, b)
+
+
+def test_schedule_weights_sum_to_one_per_step():
+    w = D.schedule_weights(2, [900, 600, 300], 1000, [(1.0, 0.5), (0.5, 0.0)])
+    assert w.tolist() == [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+    torch.testing.assert_close(D.schedule_weights(3, [10], 1000, None), torch.full((1, 3), 1 / 3))
+    with pytest.raises(InputValueError) as err:
+        D.schedule_weights(2, [10], 1000, [(1.0, 0.0)])
+    assert err.value.input == "schedule"
+
+
+@pytest.mark.parametrize(("change", "blamed"), [
+    ({"t0": TIMESTEPS}, "t0"), ({"t0": 0}, "t0"), ({"generate_steps": 0}, "generate_steps"),
+    ({"invert_steps": 0}, "invert_steps"), ({"generate_steps": 21}, "generate_steps"),
+    ({"iterations": 0}, "iterations"), ({"variant": "fast"}, "variant"), ({"templates": ("no slot",)}, "templates"),
+])
+def test_bad_settings_are_input_errors_naming_the_input(tiny, change, blamed):
+    with pytest.raises(InputValueError) as err:
+        D.finetune(tiny["decoder"], tiny["objective"], _images(1), CAPTION, TARGET,
+                   D.FinetuneSettings(**{**FAST.__dict__, **change}))
+    assert err.value.input == blamed
+
+
+def test_text_direction_averages_templates_and_pairs_captions(tiny):
+    obj = tiny["objective"]
+    one = D.text_direction(obj, CAPTION, TARGET)
+    assert one.shape == (1, obj.clip.embed_dim) and torch.allclose(one.norm(dim=-1), torch.ones(1))
+    per_image = D.text_direction(obj, [CAPTION, TARGET], [TARGET, CAPTION])
+    torch.testing.assert_close(per_image[0], -per_image[1])
+    with pytest.raises(InputValueError):
+        D.text_direction(obj, [CAPTION] * 2, [TARGET] * 3)
+
+
+# ------------------------------------------------------------------------------------------------ nodes
+NODES = {
+    "finetune": {"class_type": "DiffusionCLIPFinetune", "inputs": {
+        "decoder": ["p_dec", 0], "objective": ["p_objective", 0], "images": ["p_image", 0], "source": ["p_text", 0],
+        "target": ["p_text", 0], "t0": 20, "invert_steps": 4, "generate_steps": 3, "iterations": 2, "batch": 1}},
+    "edit": {"class_type": "DiffusionCLIPEdit", "inputs": {
+        "original": ["p_dec", 0], "decoder": ["finetune", 0], "images": ["p_image", 0], "t0": 20,
+        "invert_steps": 4, "generate_steps": 3}},
+    "multi": {"class_type": "DiffusionCLIPMultiEdit", "inputs": {
+        "original": ["p_dec", 0], "decoder_1": ["finetune", 0], "decoder_2": ["p_dec", 0], "images": ["p_image", 0],
+        "schedule": "1.0-0.5, 0.5-0.0", "t0": 20, "invert_steps": 4, "generate_steps": 3}},
+    "o_edit": {"class_type": "Preview", "inputs": {"value": ["edit", 0]}},
+    "o_multi": {"class_type": "Preview", "inputs": {"value": ["multi", 0]}},
+}
+
+
+def test_nodes_fine_tune_once_and_edit_new_images_from_the_cache(tiny):
+    engine = tiny["engine"]
+    progress: dict[str, int] = {}
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress":
+            progress[data["node"]] = progress.get(data["node"], 0) + 1
+
+    result = engine.run({**PRODUCERS, **NODES}, on_event=on_event)
+    assert progress == {"finetune": 2, "edit": 3, "multi": 3}
+    assert result.outputs["o_edit"]["value"].shape == (1, 3, 32, 32)
+    assert result.outputs["o_multi"]["value"].shape == (1, 3, 32, 32)
+    # another image: edited with the cached fine-tuned decoder, no fine-tuning again
+    other = {**PRODUCERS["p_image"], "inputs": {"caption": TARGET, "resolution": 32}}
+    nodes = {**NODES, "new_image": other}
+    nodes["edit"] = {**NODES["edit"], "inputs": {**NODES["edit"]["inputs"], "images": ["new_image", 0]}}
+    again = engine.run({**PRODUCERS, **nodes})
+    assert "edit" in again.executed and "finetune" not in again.executed
+
+
+def test_interrupt_stops_fine_tuning_within_one_iteration(tiny):
+    engine = tiny["engine"]
+    finetune = {**NODES["finetune"], "inputs": {**NODES["finetune"]["inputs"], "iterations": 12, "seed": 7}}
+    graph = {**PRODUCERS, "finetune": finetune, "out": {"class_type": "Preview", "inputs": {"value": ["finetune", 0]}}}
+    seen: list[int] = []
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress" and data["node"] == "finetune":
+            seen.append(data["value"])
+            if len(seen) == 3:
+                engine.interrupt()
+
+    with pytest.raises(Interrupted):
+        engine.run(graph, on_event=on_event)
+    assert seen == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("node", "inputs", "blamed"), [
+    ("finetune", {"t0": 60}, "t0"),
+    ("finetune", {"generate_steps": 30}, "generate_steps"),
+    ("multi", {"schedule": "1.0-0.5"}, "schedule"),
+    ("multi", {"schedule": "high-low, 0.5-0"}, "schedule"),
+])
+def test_node_input_errors_name_the_input(tiny, node, inputs, blamed):
+    nodes = {**NODES, node: {**NODES[node], "inputs": {**NODES[node]["inputs"], **inputs}}}
+    with pytest.raises(NodeExecutionError) as err:
+        tiny["engine"].run({**PRODUCERS, **nodes})
+    assert err.value.is_input_error and err.value.input == blamed and err.value.node_id == node
+
+
+# ------------------------------------------------------------------------------------------------ workflows
+WORKFLOW_FAST = {
+    "diffusionclip_edit": {"iterations": 2, "invert_steps": 4, "generate_steps": 2, "views": 1},
+    "diffusionclip_multi_attribute": {"iterations": 1, "iterations_kind": 1, "invert_steps": 4,
+                                      "generate_steps": 2, "views": 1},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(WORKFLOW_FAST))
+def test_diffusionclip_workflow_runs_on_the_bundled_models(tmp_path, name, monkeypatch):
+    # the module's fixture points NODEGRAPH_MODELS at tiny models while it lives: use the bundled weights
+    monkeypatch.delenv("NODEGRAPH_MODELS", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine = Engine("cpu", input_dir=tmp_path, output_dir=tmp_path, plugins=False)
+        path = REPO / "workflows" / f"{name}.json"
+        assert set(WORKFLOW_FAST[name]) <= set(json.loads(path.read_text())["params"])
+        result = engine.run(str(path), params=WORKFLOW_FAST[name])
+    finally:
+        torch.set_num_threads(threads)
+    assert result.files and 0.0 <= result.outputs["score"]["attribute_accuracy"] <= 1.0
