@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nodegraph.cluster.worker import END, EngineWorker, EventSink, Job, Outcome, unpack_preview
@@ -34,17 +34,20 @@ ModelKey = tuple[str, str]  # (loader class, its inputs as text)
 class _Listener:
     """A run's callback, with the events that arrived ahead of their turn (numbered by the worker)."""
 
-    __slots__ = ("callback", "ended", "next", "early")
+    __slots__ = ("callback", "ended", "attempt", "next", "early")
 
     def __init__(self, callback: EventCallback | None) -> None:
         self.callback = callback
         self.ended = threading.Event()
+        self.attempt = 1
         self.next = 0
         self.early: dict[int, tuple[str, dict[str, Any]]] = {}
 
-    def arrive(self, number: int, kind: str, data: dict[str, Any]) -> None:
-        if number < self.next:  # a requeued run numbers from 0 again: a new run of the same prompt
-            self.next, self.early = number, {}
+    def arrive(self, attempt: int, number: int, kind: str, data: dict[str, Any]) -> None:
+        if attempt < self.attempt:  # sent by a worker that died before the run started over elsewhere
+            return
+        if attempt > self.attempt:  # the run started over on another worker: it numbers from 0 again
+            self.attempt, self.next, self.early = attempt, 0, {}
         self.early[number] = (kind, data)
         while self.next in self.early:
             kind, data = self.early.pop(self.next)
@@ -123,16 +126,19 @@ class WorkerPool:
             ) -> Outcome:
         """Run a job on the best idle worker, blocking until it is over; WorkerDied after a second death."""
         self._listeners[job.prompt_id] = _Listener(on_event)
+        died: list[str] = []
         try:
             for attempt in (1, 2):
                 worker = self._acquire(job.prompt_id, models)
                 try:
-                    outcome = self._ray.get(worker.handle.run.remote(job, self._sink))
+                    outcome = self._ray.get(worker.handle.run.remote(replace(job, attempt=attempt), self._sink))
                 except self._ray.exceptions.RayActorError as exc:
                     self._lost(worker, exc)
+                    died.append(worker.name)
                     if attempt == 2:
-                        raise WorkerDied(f"run {job.prompt_id}: the workers running it died twice ({exc}); "
-                                         "it was not finished") from None
+                        # Short and plain: this is what a server's history and its client show.
+                        raise WorkerDied(f"the Ray workers running this prompt died ({' then '.join(died)}: "
+                                         f"{type(exc).__name__}); it was run twice and not finished") from None
                     self.requeued += 1
                     logger.warning("worker %s died running %s; running it again elsewhere", worker.name,
                                    job.prompt_id)
@@ -192,6 +198,19 @@ class WorkerPool:
                             for w in self._workers.values()],
             }
 
+    def clear_caches(self) -> None:
+        """Every worker forgets its cached outputs and models (each once its run in progress ends)."""
+        with self._lock:
+            workers = [w for w in self._workers.values() if w.alive]
+        calls = [w.handle.clear_cache.remote() for w in workers]
+        for worker, call in zip(workers, calls, strict=True):
+            try:
+                self._ray.get(call)
+            except self._ray.exceptions.RayActorError:
+                continue  # gone: it holds nothing any more
+            with self._lock:
+                worker.models.clear()  # placement must not count on models it no longer holds
+
     def worker_info(self) -> list[dict[str, Any]]:
         with self._lock:
             handles = [w.handle for w in self._workers.values()]
@@ -205,6 +224,7 @@ class WorkerPool:
             self._lock.notify_all()
         for worker in workers:
             self._ray.kill(worker.handle)
+        self._ray.kill(self._sink)  # the event thread's pending take fails, sees the pool closed and ends
 
     # ------------------------------------------------------------------ internals
 
@@ -262,10 +282,10 @@ class WorkerPool:
                     return
                 time.sleep(0.1)
                 continue
-            for prompt_id, number, kind, data in batch:
+            for prompt_id, attempt, number, kind, data in batch:
                 listener = self._listeners.get(prompt_id)
                 if listener is not None:
-                    listener.arrive(number, kind, data)
+                    listener.arrive(attempt, number, kind, data)
 
     def _monitor(self, every: float) -> None:
         """Replace idle workers that died (a machine went away) and, with workers="auto", grow with the cluster."""

@@ -37,6 +37,7 @@ class Job:
     params: dict[str, Any] = field(default_factory=dict)  # those param values, for the record (SaveImage's PNGs)
     extra_pnginfo: dict[str, Any] | None = None
     outputs: list[str] | None = None
+    attempt: int = 1  # 2 when the pool runs it again after its worker died: its events start over
 
 
 @dataclass
@@ -85,7 +86,7 @@ class EngineWorker:
 
     def run(self, job: Job, sink: Any) -> Outcome:
         flag = self._flags.setdefault(job.prompt_id, threading.Event())
-        sender = _EventSender(sink, job.prompt_id)
+        sender = _EventSender(sink, job.prompt_id, job.attempt)
         started = time.perf_counter()
         outcome = Outcome(job.prompt_id, "success", self.name)
         try:
@@ -157,12 +158,13 @@ class EventSink:
 
 class _EventSender:
     """The run's on_event: batches (kind, data) pairs to the driver's sink without waiting for them to arrive,
-    each tagged with its run and its number within the run (an async actor may take two batches out of order:
-    the driver puts them back in order by number)."""
+    each tagged with its run, the run's attempt and its number within the attempt (an async actor may take two
+    batches out of order: the driver puts them back in order by number, and drops a dead attempt's late ones)."""
 
-    def __init__(self, sink: Any, prompt_id: str) -> None:
+    def __init__(self, sink: Any, prompt_id: str, attempt: int = 1) -> None:
         self.sink = sink
         self.prompt_id = prompt_id
+        self.attempt = attempt
         self.batch: list[tuple[str, int, str, dict[str, Any]]] = []
         self.last = time.monotonic()
         self.pending: Any = None
@@ -177,7 +179,7 @@ class _EventSender:
                 data = {**data, "preview": _png(data["preview"])}
             else:
                 data = {key: value for key, value in data.items() if key != "preview"}
-        self.batch.append((self.prompt_id, self.sent, kind, data))
+        self.batch.append((self.prompt_id, self.attempt, self.sent, kind, data))
         self.sent += 1
         # Progress may come many times a second; everything else (a node starts, the run ends) goes at once.
         if kind != "progress" or time.monotonic() - self.last >= FLUSH_SECONDS:
