@@ -216,6 +216,9 @@ class ApiRoutes:
         return raw_json_reply(self.server.catalogue_bytes())
 
     async def get_system_stats(self, request: web.Request) -> web.Response:
+        if self.server.pool is not None:
+            pool = self.server.pool
+            return json_reply(self._system(_memory(), _cluster_devices(pool), pool.stats()))
         device = self.server.engine.device
         memory = _memory()
         devices = [
@@ -234,25 +237,32 @@ class ApiRoutes:
 
             free, total = torch.cuda.mem_get_info(device)
             devices[0].update(name=torch.cuda.get_device_name(device), vram_total=total, vram_free=free)
-        return json_reply(
-            {
-                "system": {
-                    "os": os.name,
-                    "ram_total": memory[0],
-                    "ram_free": memory[1],
-                    "comfyui_version": "nodegraph " + _version(),
-                    "required_frontend_version": self.server.frontend_version or "",
-                    "installed_templates_version": "",
-                    "required_templates_version": "",
-                    "python_version": sys.version,
-                    "pytorch_version": _torch_version(),
-                    "embedded_python": False,
-                    "argv": ["nodegraph", "serve"],
-                    "platform": platform.platform(),
-                },
-                "devices": devices,
-            }
-        )
+        return json_reply(self._system(memory, devices))
+
+    def _system(
+        self, memory: tuple[int, int], devices: list[dict[str, Any]], cluster: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """ComfyUI's /system_stats body; with the Ray backend, the pool's placements and workers under "cluster"."""
+        body: dict[str, Any] = {
+            "system": {
+                "os": os.name,
+                "ram_total": memory[0],
+                "ram_free": memory[1],
+                "comfyui_version": "nodegraph " + _version(),
+                "required_frontend_version": self.server.frontend_version or "",
+                "installed_templates_version": "",
+                "required_templates_version": "",
+                "python_version": sys.version,
+                "pytorch_version": _torch_version(),
+                "embedded_python": False,
+                "argv": ["nodegraph", "serve"],
+                "platform": platform.platform(),
+            },
+            "devices": devices,
+        }
+        if cluster is not None:
+            body["cluster"] = cluster
+        return body
 
     async def get_features(self, request: web.Request) -> web.Response:
         return json_reply(self.server.features())
@@ -275,6 +285,15 @@ class ApiRoutes:
 def _ids_body(body: Any) -> Any:
     # ComfyUI sends {"clear": true} and {"delete": [...]}; an empty POST means nothing to do.
     return body if body is not None else {}
+
+
+def _cluster_devices(pool: Any) -> list[dict[str, Any]]:
+    """One entry per Ray worker (ComfyUI's frontend lists devices); their memory is on other machines, so 0."""
+    return [
+        {"name": f"ray {worker['name']}", "type": "ray", "index": index, "vram_total": 0, "vram_free": 0,
+         "torch_vram_total": 0, "torch_vram_free": 0}
+        for index, worker in enumerate(pool.stats()["workers"])
+    ]
 
 
 def _memory() -> tuple[int, int]:

@@ -7,7 +7,9 @@
 
 Threads: the event loop serves every request and socket; the worker thread takes prompts from the queue
 and runs them on the shared Engine (one workflow at a time); small workflows are validated on the loop,
-large ones (or ones that read input files) on a validation thread so they never stall it.
+large ones (or ones that read input files) on a validation thread so they never stall it. With
+`--backend ray` the engine is a ClusterEngine and a PoolWorker runs as many prompts at once as its pool
+has workers (worker.py); the server shuts the pool down with itself.
 
 Routes (each also under /api/): api_routes.py (prompts, queue, history, jobs, nodes, system), file_routes.py
 (uploads, /view), frontend.py (the ComfyUI frontend, settings, user data), websocket.py (/ws). Every request
@@ -32,7 +34,7 @@ from nodegraph.engine import events
 from nodegraph.engine.api import Engine
 from nodegraph.engine.node import NodeSpec
 from nodegraph.engine.prepare import PreparedRun
-from nodegraph.errors import ValidationIssue, WorkflowError
+from nodegraph.errors import ConfigError, ValidationIssue, WorkflowError
 from nodegraph.server import jsonio, protocol
 from nodegraph.server.api_routes import ApiRoutes
 from nodegraph.server.clients import ClientHub, Frame
@@ -47,7 +49,7 @@ from nodegraph.server.queue import PromptQueue, QueuedPrompt, QueueFull
 from nodegraph.server.security import COOKIE, AccessPolicy, is_loopback
 from nodegraph.server.ui_workflow import to_ui
 from nodegraph.server.websocket import WebsocketEndpoint
-from nodegraph.server.worker import Outbox, PromptRunner, Worker, history_entry
+from nodegraph.server.worker import Outbox, PoolWorker, PromptRunner, Worker, history_entry
 
 logger = logging.getLogger("nodegraph.server")
 
@@ -79,10 +81,13 @@ class NodegraphServer:
         if problems:
             raise ValueError("; ".join(problems))
         self.config = config
+        self._owns_engine = engine is None  # an engine we built is ours to close (the Ray pool)
         if engine is None:
             config.input_dir.mkdir(parents=True, exist_ok=True)
-            engine = Engine(config.device, input_dir=config.input_dir, output_dir=config.output_dir)
+            engine = _engine(config)
         self.engine = engine
+        # The Ray backend's pool of workers (None with the local backend): it sets how many prompts run at once.
+        self.pool: Any = getattr(engine, "pool", None)
         self.output_dir: Path = engine.output_dir
         self.output_dir.mkdir(parents=True, exist_ok=True)
         state_dir = config.state_dir if config.state_dir is not None else self.output_dir / ".nodegraph"
@@ -102,7 +107,7 @@ class NodegraphServer:
         self._validator: ThreadPoolExecutor | None = None
         self._web: web.AppRunner | None = None
         self._port: int | None = None
-        self._worker: Worker | None = None
+        self._worker: Worker | PoolWorker | None = None
         self._outbox: Outbox | None = None
         self._closing = False
         self._closed = asyncio.Event()
@@ -145,7 +150,10 @@ class NodegraphServer:
         loop = asyncio.get_running_loop()
         self._validator = ThreadPoolExecutor(1, thread_name_prefix="nodegraph-validate")
         self._outbox = Outbox(loop, self._deliver)
-        self._worker = Worker(self.queue, self._runner, self._outbox, loop)
+        if self.pool is not None:
+            self._worker = PoolWorker(self.queue, self._runner, self._outbox, loop, lambda: self.pool.target)
+        else:
+            self._worker = Worker(self.queue, self._runner, self._outbox, loop)
         self._worker.start()
 
     def _application(self) -> web.Application:
@@ -212,10 +220,11 @@ class NodegraphServer:
         await self._closed.wait()
 
     async def shutdown(self, reason: str = SHUTDOWN_REASON, timeout: float | None = None) -> None:
-        """Interrupt the running prompt, keep the pending queue, close every client with 1001.
+        """Interrupt the running prompts, keep the pending queue, close every client with 1001.
 
-        Waits up to `timeout` (default: config.shutdown_timeout) for the interrupted run to stop, so its
-        client still receives execution_interrupted and its history entry is written.
+        Waits up to `timeout` (default: config.shutdown_timeout) for the interrupted runs to stop, so their
+        clients still receive execution_interrupted and their history entries are written. A Ray pool the
+        server started is shut down then.
         """
         if self._closing:
             await self._closed.wait()
@@ -225,16 +234,20 @@ class NodegraphServer:
         try:
             self.queue.close()
             running = self.queue.running
-            if running is not None:
-                logger.info("interrupting prompt %s for shutdown", running.prompt_id)
-                running.interrupt.set()
+            for item in running:
+                logger.info("interrupting prompt %s for shutdown", item.prompt_id)
+                item.interrupt.set()
             if self._worker is not None:
                 forced = asyncio.ensure_future(self._force.wait())
                 stopped = self._worker.stopped
                 await asyncio.wait({stopped, forced}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 forced.cancel()
-                if not stopped.done() and running is not None:
-                    logger.error("prompt %s did not stop in time; shutting down without it", running.prompt_id)
+                if not stopped.done():
+                    for item in self.queue.running:
+                        logger.error("prompt %s did not stop in time; shutting down without it", item.prompt_id)
+            if self._owns_engine and self.pool is not None:
+                # The workers go with the server (a run that ignored the interrupt ends as a failed run).
+                await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
             if self._outbox is not None:
                 self._outbox.flush()  # the interrupted run's last events, before the connections close
             await self.clients.drain(timeout=2.0)
@@ -360,21 +373,25 @@ class NodegraphServer:
             return None, [ValidationIssue(type="validation_failed", message=f"{type(exc).__name__}: {exc}")]
 
     def interrupt(self, prompt_id: str | None) -> dict[str, Any]:
-        """Stop the running prompt (only if it is `prompt_id`, when given): ComfyUI's POST /interrupt."""
+        """Stop the running prompt (only if it is `prompt_id`, when given): ComfyUI's POST /interrupt.
+
+        With several running (the Ray backend), an interrupt without an id stops every one of them.
+        """
         running = self.queue.running
-        reason = None
-        if running is None:
-            reason = "nothing is running"
-        elif prompt_id is not None and prompt_id != running.prompt_id:
-            if prompt_id in {item.prompt_id for item in self.queue.pending}:
+        chosen = [item for item in running if prompt_id is None or item.prompt_id == prompt_id]
+        if not chosen:
+            if not running:
+                reason = "nothing is running"
+            elif prompt_id in {item.prompt_id for item in self.queue.pending}:
                 reason = "that prompt is pending, not running; delete it from the queue instead"
             else:
                 reason = "that prompt is not running"
-        if reason is not None:
             return {"prompt_id": prompt_id, "interrupted": False, "reason": reason}
-        assert running is not None
-        running.interrupt.set()  # this prompt's own flag: it cannot stop the next one by accident
-        return {"prompt_id": running.prompt_id, "interrupted": True}
+        for item in chosen:
+            item.interrupt.set()  # this prompt's own flag: it cannot stop the next one by accident
+        if len(chosen) == 1:
+            return {"prompt_id": chosen[0].prompt_id, "interrupted": True}
+        return {"prompt_id": None, "interrupted": True, "prompt_ids": [item.prompt_id for item in chosen]}
 
     def change_queue(self, clear: bool, delete: list[str]) -> dict[str, Any]:
         removed = self.queue.clear() if clear else []
@@ -394,11 +411,11 @@ class NodegraphServer:
     def cancel(self, prompt_ids: list[str]) -> dict[str, Any]:
         """The jobs API's cancel: interrupt the running one, delete pending ones."""
         cancelled = []
-        running = self.queue.running
+        running = {item.prompt_id: item for item in self.queue.running}
         rest = []
         for prompt_id in prompt_ids:
-            if running is not None and running.prompt_id == prompt_id:
-                running.interrupt.set()
+            if prompt_id in running:
+                running[prompt_id].interrupt.set()
                 cancelled.append(prompt_id)
             else:
                 rest.append(prompt_id)
@@ -410,7 +427,7 @@ class NodegraphServer:
     def queue_snapshot(self) -> dict[str, Any]:
         running, pending = self.queue.snapshot()
         return {
-            "queue_running": [running.comfy_item()] if running is not None else [],
+            "queue_running": [item.comfy_item() for item in running],
             "queue_pending": [item.comfy_item() for item in pending],
         }
 
@@ -418,8 +435,8 @@ class NodegraphServer:
         """The frontend's job list: running, then pending in order, then finished ones newest first."""
         found: list[dict[str, Any]] = []
         running, pending = self.queue.snapshot()
-        if running is not None and "in_progress" in statuses:
-            found.append(_queued_job(running, "in_progress"))
+        if "in_progress" in statuses:
+            found.extend(_queued_job(item, "in_progress") for item in running)
         if "pending" in statuses:
             found.extend(_queued_job(item, "pending") for item in pending)
         wanted = {key for key, value in _JOB_STATUS.items() if value in statuses}
@@ -431,8 +448,8 @@ class NodegraphServer:
 
     def job_detail(self, job_id: str) -> dict[str, Any] | None:
         running, pending = self.queue.snapshot()
-        for item, status in [(running, "in_progress"), *((item, "pending") for item in pending)]:
-            if item is not None and item.prompt_id == job_id:
+        for item, status in [*((item, "in_progress") for item in running), *((item, "pending") for item in pending)]:
+            if item.prompt_id == job_id:
                 job = _queued_job(item, status)
                 job["workflow"] = {"prompt": item.prompt, "extra_data": item.public_extra_data()}
                 return job
@@ -507,6 +524,20 @@ class NodegraphServer:
     def ui_workflow(self, source: Path) -> dict[str, Any]:
         document = json.loads(source.read_text(encoding="utf-8"))
         return to_ui(document, self.engine.registry, name=source.stem)
+
+
+def _engine(config: ServerConfig) -> Any:
+    """The engine the config describes: a local Engine, or a ClusterEngine over a Ray pool (--backend ray)."""
+    if config.backend != "ray":
+        return Engine(config.device, input_dir=config.input_dir, output_dir=config.output_dir)
+    try:
+        import ray  # noqa: F401  (only to say clearly that it is missing)
+    except ImportError:
+        raise ConfigError("--backend ray needs Ray: pip install 'nodegraph[ray]'") from None
+    from nodegraph.cluster.engine import ClusterEngine
+
+    return ClusterEngine(input_dir=config.input_dir, output_dir=config.output_dir, workers=config.workers,
+                         address=config.ray_address, gpus_per_worker=config.gpus_per_worker, device=config.device)
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:

@@ -4,13 +4,14 @@ Persistence is a journal of one file per prompt, written on every change, so tha
 which the disk disagrees with the queue by more than the change being made:
 
     STATE/queue/NUMBER_ID.json     a pending prompt (written when it is queued, deleted when it is removed)
-    STATE/running/NUMBER_ID.json   the prompt running now (moved there when it starts, deleted once its
-                                   history entry is written)
+    STATE/running/NUMBER_ID.json   a prompt running now (moved there when it starts, deleted once its
+                                   history entry is written); one with the local backend, up to one per
+                                   worker with Ray
 
 On start (`recover`), a pending prompt whose history entry exists already ran and is dropped, the rest
 are queued again in order; a prompt left in running/ was cut off by a hard kill and is reported (the
 log says so, and the server writes it a history entry) but not run again. So nothing runs twice, a
-deleted prompt never comes back, and a hard kill loses at most the prompt that was running.
+deleted prompt never comes back, and a hard kill loses at most the prompts that were running.
 """
 
 from __future__ import annotations
@@ -115,11 +116,11 @@ class Recovered:
 
 
 class PromptQueue:
-    """Pending prompts ordered by (number, arrival) plus the running one, shared by the loop and the worker.
+    """Pending prompts ordered by (number, arrival) plus the running ones, shared by the loop and the workers.
 
-    The loop adds and removes pending prompts; the worker thread `take`s the next one as soon as it has
-    finished the last. Everything is under one lock. With a `directory`, every change is written there
-    (see the module docstring) before the call returns.
+    The loop adds and removes pending prompts; a worker thread `take`s the next one as soon as it can run
+    it (the local backend: one at a time; Ray: one per pool worker). Everything is under one lock. With a
+    `directory`, every change is written there (see the module docstring) before the call returns.
     """
 
     def __init__(self, max_pending: int, directory: Path | None = None) -> None:
@@ -128,15 +129,21 @@ class PromptQueue:
         self._pending: dict[str, QueuedPrompt] = {}
         self._order: list[tuple[float, int, str]] = []  # sorted (number, arrival, prompt_id)
         self._arrival = itertools.count()
-        self._running: QueuedPrompt | None = None
+        self._running: dict[str, QueuedPrompt] = {}  # in the order they started
         self._closed = False
         self._next_number = 0
         self._condition = threading.Condition()
 
     @property
-    def running(self) -> QueuedPrompt | None:
+    def running(self) -> list[QueuedPrompt]:
+        """The prompts running now, in the order they started."""
         with self._condition:
-            return self._running
+            return list(self._running.values())
+
+    @property
+    def closed(self) -> bool:
+        with self._condition:
+            return self._closed
 
     @property
     def pending(self) -> list[QueuedPrompt]:
@@ -147,16 +154,16 @@ class PromptQueue:
     def remaining(self) -> int:
         """Pending plus running: ComfyUI's exec_info.queue_remaining."""
         with self._condition:
-            return len(self._pending) + (self._running is not None)
+            return len(self._pending) + len(self._running)
 
-    def snapshot(self) -> tuple[QueuedPrompt | None, list[QueuedPrompt]]:
+    def snapshot(self) -> tuple[list[QueuedPrompt], list[QueuedPrompt]]:
         """(running, pending) seen at one instant."""
         with self._condition:
-            return self._running, [self._pending[key] for _, _, key in self._order]
+            return list(self._running.values()), [self._pending[key] for _, _, key in self._order]
 
     def knows(self, prompt_id: str) -> bool:
         with self._condition:
-            return prompt_id in self._pending or (self._running is not None and self._running.prompt_id == prompt_id)
+            return prompt_id in self._pending or prompt_id in self._running
 
     def is_full(self) -> bool:
         with self._condition:
@@ -199,7 +206,7 @@ class PromptQueue:
                 item = self._pending.pop(prompt_id, None)
                 if item is not None:
                     removed.append(item)
-                elif self._running is not None and self._running.prompt_id == prompt_id:
+                elif prompt_id in self._running:
                     refused[prompt_id] = "running; stop it with an interrupt"
                 elif not any(prompt_id == done.prompt_id for done in removed):
                     refused[prompt_id] = "not in the queue"
@@ -220,7 +227,7 @@ class PromptQueue:
         return removed
 
     def take(self) -> QueuedPrompt | None:
-        """(Worker thread) wait for the next prompt and mark it running; None once the queue is closed."""
+        """(A worker thread) wait for the next prompt and mark it running; None once the queue is closed."""
         with self._condition:
             while not self._closed and not self._order:
                 self._condition.wait()
@@ -228,7 +235,7 @@ class PromptQueue:
                 return None
             _, _, prompt_id = self._order.pop(0)
             item = self._pending.pop(prompt_id)
-            self._running = item
+            self._running[prompt_id] = item
             if item.file is not None and self.directory is not None:
                 running = self.directory / "running" / item.file.name
                 try:
@@ -238,12 +245,11 @@ class PromptQueue:
                     logger.error("could not move %s to %s: %s", item.file, running, exc)
             return item
 
-    def finish(self) -> None:
-        """(Worker thread) the running prompt is over (its history entry is written): forget its file."""
+    def finish(self, item: QueuedPrompt) -> None:
+        """(Its worker thread) a running prompt is over (its history entry is written): forget its file."""
         with self._condition:
-            if self._running is not None:
-                _unlink(self._running.file)
-            self._running = None
+            if self._running.pop(item.prompt_id, None) is not None:
+                _unlink(item.file)
 
     def finish_file(self, item: QueuedPrompt) -> None:
         """Forget the journal file of a prompt that will not run (one a hard kill cut off)."""

@@ -1,4 +1,4 @@
-"""Running prompts: the worker thread, the relay from engine events to wire frames, history entries.
+"""Running prompts: the worker threads, the relay from engine events to wire frames, history entries.
 
 The Engine runs one workflow at a time and blocks while it does, so runs happen on one daemon
 worker thread while the event loop keeps serving sockets. Engine events arrive on that thread; the
@@ -6,6 +6,10 @@ relay encodes them there (JSON, preview PNGs), so the loop only copies bytes to 
 them over in batches through an Outbox (one loop wake-up per batch, not per event). The run's last
 `executing` (node null) is held back until the history entry is stored and the queue updated, so a
 client that sees the run end can at once ask for its history (ComfyUI's documented client flow).
+
+With the Ray backend (a ClusterEngine, whose runs happen on a pool of worker processes) a PoolWorker
+takes prompts instead: as many run at once as the pool has workers, each on a thread of its own that
+waits for its remote run; their events arrive on the pool's event thread and go through the same relay.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nodegraph.cluster.pool import WorkerDied
 from nodegraph.engine import events
 from nodegraph.engine.api import Engine
 from nodegraph.errors import Interrupted, NodeExecutionError, WorkflowError
@@ -118,20 +123,95 @@ class Worker:
                 item = self.queue.take()
                 if item is None:
                     return
-                self.outbox.put(item.client_id, [], status=True)
-                try:
-                    final = self.runner.run(item, self.outbox).final
-                except Exception:  # PromptRunner.run reports every failure itself; this is a bug
-                    logger.exception("the worker failed on prompt %s", item.prompt_id)
-                    final = [_final_frame(item.prompt_id)]
-                self.queue.finish()
-                # After the history entry and the queue: whoever sees the run end can ask for either.
-                self.outbox.put(item.client_id, final, status=True)
+                _run_one(self.queue, self.runner, self.outbox, item)
         finally:
-            try:
-                self._loop.call_soon_threadsafe(_resolve, self.stopped)
-            except RuntimeError:
-                pass
+            _resolve_soon(self._loop, self.stopped)
+
+
+class PoolWorker:
+    """Runs prompts on a ClusterEngine: up to `capacity()` at once (the pool's worker count, read again
+    whenever a run ends and every half second, so workers added or removed while serving are followed).
+
+    A prompt is taken from the queue only when a pool worker is free for it, so the queue's pending
+    prompts stay deletable and `queue_running` lists only prompts that a worker runs (or is about to).
+    Each run gets a thread of its own, which waits for the remote run; `stopped` resolves once the queue
+    is closed and every run in progress has ended.
+    """
+
+    def __init__(
+        self,
+        queue: PromptQueue,
+        runner: PromptRunner,
+        outbox: Outbox,
+        loop: asyncio.AbstractEventLoop,
+        capacity: Callable[[], int],
+    ) -> None:
+        self.queue = queue
+        self.runner = runner
+        self.outbox = outbox
+        self.capacity = capacity
+        self._loop = loop
+        self.stopped: asyncio.Future[None] = loop.create_future()
+        self._runs = 0
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._main, name="nodegraph-dispatch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def runs(self) -> int:
+        """Runs in progress."""
+        with self._changed:
+            return self._runs
+
+    def _main(self) -> None:
+        try:
+            while True:
+                with self._changed:
+                    # The pool may grow meanwhile (add_workers, "auto"): look again every half second.
+                    while self._runs >= max(1, self.capacity()) and not self.queue.closed:
+                        self._changed.wait(0.5)
+                item = self.queue.take()
+                if item is None:
+                    break
+                with self._changed:
+                    self._runs += 1
+                thread = threading.Thread(target=self._run, args=(item,), name="nodegraph-run", daemon=True)
+                thread.start()
+            with self._changed:  # the queue is closed: wait for the runs in progress to end
+                while self._runs:
+                    self._changed.wait()
+        finally:
+            _resolve_soon(self._loop, self.stopped)
+
+    def _run(self, item: QueuedPrompt) -> None:
+        try:
+            _run_one(self.queue, self.runner, self.outbox, item)
+        finally:
+            with self._changed:
+                self._runs -= 1
+                self._changed.notify_all()
+
+
+def _run_one(queue: PromptQueue, runner: PromptRunner, outbox: Outbox, item: QueuedPrompt) -> None:
+    """Run a prompt taken from the queue: its events to its client, its history entry, then its end."""
+    outbox.put(item.client_id, [], status=True)
+    try:
+        final = runner.run(item, outbox).final
+    except Exception:  # PromptRunner.run reports every failure itself; this is a bug
+        logger.exception("the worker failed on prompt %s", item.prompt_id)
+        final = [_final_frame(item.prompt_id)]
+    queue.finish(item)
+    # After the history entry and the queue: whoever sees the run end can ask for either.
+    outbox.put(item.client_id, final, status=True)
+
+
+def _resolve_soon(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    try:
+        loop.call_soon_threadsafe(_resolve, future)
+    except RuntimeError:  # the loop is closed: nobody waits any more
+        pass
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -265,6 +345,9 @@ class PromptRunner:
             logger.info("prompt %s: %s", item.prompt_id, exc)
         except Interrupted:
             status = "interrupted"
+        except WorkerDied as exc:  # Ray: the workers running it died (it was requeued once already)
+            logger.warning("prompt %s: %s", item.prompt_id, exc)
+            self._report_error(relay, item, exc, node_id=None, trace=[])
         except WorkflowError as exc:  # found before the run started (e.g. an input file vanished)
             first = next((issue for issue in exc.errors if issue.node is not None), None)
             errors = [issue.model_dump() for issue in exc.errors[:MAX_REPORTED]]
