@@ -1,7 +1,8 @@
 """Scale-out on Ray: throughput and latency with 1, 2 and 4 CPU workers beside the local backend, the per-prompt
-overhead Ray adds, affinity with two alternating workflows, and recovery after a killed worker.
+overhead Ray adds (through the engine, and through the server: submit over the websocket to the run's last
+event), affinity with two alternating workflows, and recovery after a killed worker.
 
-    .venv/bin/python bench/scale_out.py [--prompts 12]
+    .venv/bin/python bench/scale_out.py [--prompts 12] [--server-only]
 
 Prompts are image workflows on the bundled models at few steps (decoder text-to-image 32 px, and the
 upsampler), submitted all at once from as many client threads as there are workers. On a machine with C cores,
@@ -17,6 +18,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 CAPTION = "a large red circle on the left on a blue background"
@@ -69,6 +71,7 @@ def pct(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=12)
+    parser.add_argument("--server-only", action="store_true", help="only the per-prompt overhead through the server")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import ray
@@ -79,6 +82,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     out = tempfile.mkdtemp(prefix="scale-out-")
+    if args.server_only:
+        _print_server_overhead(out, ray)
+        return
     prompts = [glide(i) if i % 2 == 0 else upsample(i) for i in range(args.prompts)]
     local = Engine("cpu", output_dir=out)
     for workflow in (glide(1000), upsample(1001)):
@@ -114,7 +120,42 @@ def main() -> None:
           "models")
     print(f"recovery after a killed worker: the run finished {recovery['run']:.2f} s after the kill (requeued); "
           f"a replacement worker answered after {recovery['replacement']:.2f} s")
+    _print_server_overhead(out, ray)
+
+
+def _print_server_overhead(out: str, ray: Any) -> None:
+    if not ray.is_initialized():
+        ray.init(num_cpus=max(3, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+    local, remote = _server_add(out, "local"), _server_add(out, "ray")
+    print(f"through the server (3-node Add workflow, websocket submit to last event, median of 20): local "
+          f"{local * 1000:.1f} ms, ray (1 worker) {remote * 1000:.1f} ms -> Ray adds {(remote - local) * 1000:.1f} ms")
     ray.shutdown()
+
+
+def _server_add(out: str, backend: str) -> float:
+    """Median seconds from a websocket `prompt` message to the run's final `executing` (node null)."""
+    import json
+
+    from websockets.sync.client import connect
+
+    from nodegraph.server.background import BackgroundServer
+    from nodegraph.server.config import ServerConfig
+
+    config = ServerConfig(port=0, backend=backend, workers=1, device="cpu", output_dir=Path(out, backend),
+                          input_dir=Path(out, "input"), ping_interval=None)
+    times = []
+    with BackgroundServer(config) as server, connect(server.ws_url(clientId="bench")) as ws:
+        for i in range(25):  # the first 5 warm the worker (imports, plan memo)
+            start = time.perf_counter()
+            ws.send(json.dumps({"type": "prompt", "data": {"prompt": {**ADD, "a": {
+                "class_type": "Float", "inputs": {"value": float(i)}}}}}))
+            while True:
+                message = json.loads(ws.recv(timeout=120))
+                if message["type"] == "executing" and message["data"]["node"] is None:
+                    break
+            if i >= 5:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _time(action: Any) -> float:
