@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from nodegraph.cluster import options as cluster_options
+from nodegraph.cluster.options import BackendOptions
+
 EXIT_OK = 0
 EXIT_NODE_FAILED = 1
 EXIT_INVALID = 2
@@ -57,13 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         help="where input files are read from (default: .)",
     )
     run.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda (default: auto)")
-    run.add_argument("--backend", choices=("local", "ray"), default="local",
-                     help="local (this process) or ray: spread the runs over a Ray cluster's workers")
-    run.add_argument("--address", default=None, metavar="auto|HOST:PORT",
-                     help="with --backend ray: the cluster to join (default: start a local one)")
-    run.add_argument("--workers", default="2", metavar="N|auto",
-                     help="with --backend ray: workers to start (auto: one per GPU, else per CPU; default 2)")
-    run.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="with --backend ray")
+    cluster_options.add_arguments(run, "this process")
     run.add_argument("--json", action="store_true", help="print a JSON summary (files written per run) on stdout")
     run.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failing nodes")
     run.set_defaults(handler=_cmd_run)
@@ -227,12 +224,14 @@ def _thread_policy(args: argparse.Namespace) -> Any:
 
 
 def _engine(args: argparse.Namespace) -> Any:
-    if args.backend == "ray":
-        from nodegraph.cluster.engine import ClusterEngine
+    backend = BackendOptions.from_args(args)
+    problems = backend.problems()
+    if problems:
+        from nodegraph.errors import ConfigError
 
-        workers = args.workers if args.workers == "auto" else int(args.workers)
-        return ClusterEngine(input_dir=args.input_dir, output_dir=args.out, workers=workers, address=args.address,
-                             gpus_per_worker=args.gpus_per_worker, device=args.device)
+        raise ConfigError("; ".join(problems))
+    if args.backend == "ray":
+        return backend.cluster_engine(args.input_dir, args.out, args.device)
     from nodegraph.engine.api import Engine
 
     return Engine(args.device, input_dir=args.input_dir, output_dir=args.out)

@@ -34,7 +34,7 @@ from nodegraph.engine import events
 from nodegraph.engine.api import Engine
 from nodegraph.engine.node import NodeSpec
 from nodegraph.engine.prepare import PreparedRun
-from nodegraph.errors import ConfigError, ValidationIssue, WorkflowError
+from nodegraph.errors import ValidationIssue, WorkflowError
 from nodegraph.server import jsonio, protocol
 from nodegraph.server.api_routes import ApiRoutes
 from nodegraph.server.clients import ClientHub, Frame
@@ -528,16 +528,9 @@ class NodegraphServer:
 
 def _engine(config: ServerConfig) -> Any:
     """The engine the config describes: a local Engine, or a ClusterEngine over a Ray pool (--backend ray)."""
-    if config.backend != "ray":
+    if config.cluster.backend != "ray":
         return Engine(config.device, input_dir=config.input_dir, output_dir=config.output_dir)
-    try:
-        import ray  # noqa: F401  (only to say clearly that it is missing)
-    except ImportError:
-        raise ConfigError("--backend ray needs Ray: pip install 'nodegraph[ray]'") from None
-    from nodegraph.cluster.engine import ClusterEngine
-
-    return ClusterEngine(input_dir=config.input_dir, output_dir=config.output_dir, workers=config.workers,
-                         address=config.ray_address, gpus_per_worker=config.gpus_per_worker, device=config.device)
+    return config.cluster.cluster_engine(config.input_dir, config.output_dir, config.device)
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:

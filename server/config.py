@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nodegraph.cluster import options as cluster_options
+from nodegraph.cluster.options import BackendOptions
 from nodegraph.server.security import is_loopback
 
 MIB = 1024 * 1024
@@ -38,10 +40,7 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()
     shutdown_timeout: float = 30.0
     ping_interval: float | None = 20.0
-    backend: str = "local"  # local (one Engine in this process) or ray (a pool of workers on a Ray cluster)
-    ray_address: str | None = None  # with ray: the cluster to join (auto, HOST:PORT); None starts a local one
-    workers: int | str = 2  # with ray: pool workers (prompts run at once), or "auto" (one per GPU, else per CPU)
-    gpus_per_worker: float = 0.0
+    cluster: BackendOptions = BackendOptions()  # --backend ray: prompts run at once on a pool of Ray workers
 
     def problems(self) -> list[str]:
         """What is wrong with these settings (empty when the server can start with them)."""
@@ -68,15 +67,7 @@ class ServerConfig:
                 found.append(f"{name} must be at least {least}, got {value}")
         if self.shutdown_timeout < 0:
             found.append("--shutdown-timeout cannot be negative")
-        if self.backend not in ("local", "ray"):
-            found.append(f"--backend must be local or ray, got {self.backend!r}")
-        if self.workers != "auto" and not (isinstance(self.workers, int) and self.workers >= 1):
-            found.append(f"--workers must be a positive number or auto, got {self.workers!r}")
-        if self.gpus_per_worker < 0:
-            found.append("--gpus-per-worker cannot be negative")
-        if self.backend == "local" and (self.ray_address is not None or self.gpus_per_worker):
-            found.append("--address and --gpus-per-worker need --backend ray")
-        return found
+        return found + self.cluster.problems()
 
     @property
     def hard_message_bytes(self) -> int:
@@ -177,40 +168,10 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long shutdown waits for an interrupted prompt to stop (default: 30)",
     )
-    parser.add_argument(
-        "--backend",
-        choices=("local", "ray"),
-        default=defaults.backend,
-        help="local (runs in this process, one at a time) or ray: a pool of workers on a Ray cluster, one prompt each",
-    )
-    parser.add_argument(
-        "--address",
-        dest="ray_address",
-        default=None,
-        metavar="auto|HOST:PORT",
-        help="with --backend ray: the cluster to join (default: start a local one)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=_workers,
-        default=defaults.workers,
-        metavar="N|auto",
-        help="with --backend ray: workers to start (auto: one per GPU, else per CPU; default 2)",
-    )
-    parser.add_argument(
-        "--gpus-per-worker", type=float, default=defaults.gpus_per_worker, metavar="G", help="with --backend ray"
-    )
+    cluster_options.add_arguments(parser, "runs in this process, one prompt at a time")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
-
-def _workers(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, argparse.Namespace]:
@@ -234,9 +195,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, argparse.Names
         history_size=args.history_size,
         allowed_origins=tuple(args.allow_origin),
         shutdown_timeout=args.shutdown_timeout,
-        backend=args.backend,
-        ray_address=args.ray_address,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
+        cluster=BackendOptions.from_args(args),
     )
     return config, args

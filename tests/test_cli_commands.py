@@ -298,3 +298,24 @@ def test_thousands_of_bad_params_give_a_bounded_report(cli_main: Any, tmp_path: 
     errors = json.loads(proc.stdout)["errors"]
     assert len(errors) == 101 and errors[-1]["type"] == "too_many_problems"
     assert len(proc.stdout) < 200_000
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        (["--gpus-per-worker", "1"], "--address and --gpus-per-worker need --backend ray"),
+        (["--address", "auto"], "--address and --gpus-per-worker need --backend ray"),
+        (["--backend", "ray", "--workers", "0"], "--workers must be a positive number or auto, got 0"),
+        (["--backend", "ray", "--gpus-per-worker", "-1"], "--gpus-per-worker cannot be negative"),
+    ],
+)
+def test_run_and_serve_refuse_the_same_backend_options(cli_main: Any, capsys: pytest.CaptureFixture[str],
+                                                        options: list[str], problem: str) -> None:
+    """Both commands take their backend options from one place: the same mistake, the same exit 2 and words,
+    before any workflow is run or port bound."""
+    from nodegraph.server.main import main as serve_main
+
+    ran = cli_main("run", ADD, *options)
+    assert ran.returncode == 2 and problem in ran.stderr
+    assert serve_main(["--port", "0", *options]) == 2
+    assert problem in capsys.readouterr().err

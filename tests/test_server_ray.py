@@ -11,6 +11,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from nodegraph.cluster.options import BackendOptions  # noqa: E402
 from nodegraph.server.background import BackgroundServer  # noqa: E402
 from nodegraph.server.config import ServerConfig  # noqa: E402
 
@@ -56,8 +57,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServe
         patch.setenv("NODEGRAPH_MODELS", str(models["clip"].parent))
         patch.setenv("OMP_NUM_THREADS", "1")
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-        config = ServerConfig(port=0, backend="ray", workers=2, device="cpu", output_dir=root / "output",
-                              input_dir=root / "input", state_dir=root / "state", ping_interval=None)
+        config = ServerConfig(port=0, cluster=BackendOptions("ray", workers=2), device="cpu",
+                              output_dir=root / "output", input_dir=root / "input", state_dir=root / "state",
+                              ping_interval=None)
         server = BackgroundServer(config)
         try:
             yield server.start(timeout=FIRST_RUN)
