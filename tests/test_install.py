@@ -97,3 +97,21 @@ def test_every_declared_dependency_is_pinned_and_installed_at_its_pin() -> None:
             continue
         installed = version(requirement.name).split("+")[0]
         assert installed == pinned, f"{requirement.name} {installed} is installed, constraints.txt pins {pinned}"
+
+
+def test_every_package_in_the_tree_is_listed_for_the_wheel() -> None:
+    """pyproject.toml names the packages by hand (nodes/ and server/ install under nodegraph.*); a new
+    subpackage left off the list imports in a checkout and is missing from the wheel a user installs."""
+    import tomllib
+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    roots = {folder: package for package, folder in setuptools["package-dir"].items()}
+    in_tree = set()
+    for folder, package in roots.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            inner = init.parent.relative_to(REPO / folder).parts
+            if not any(part.startswith((".", "__")) for part in inner):
+                in_tree.add(".".join((package, *inner)))
+    listed = set(setuptools["packages"])
+    assert not in_tree - listed, f"add {sorted(in_tree - listed)} to [tool.setuptools] packages in pyproject.toml"
+    assert not listed - in_tree, f"{sorted(listed - in_tree)} are listed in pyproject.toml but not in the tree"
