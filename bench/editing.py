@@ -179,6 +179,8 @@ class RowOutput:
     seconds: float  # spent on the edits themselves (inversion included), all of them
     setup_seconds: float = 0.0  # one-off work shared by every edit (a fine-tuning)
     psnr: torch.Tensor | None = None  # [N] reconstruction PSNR without an edit, where the method has one
+    categories: tuple[str, ...] = CATEGORIES  # the categories the row edits (the others are left out of its rows)
+    train_success: dict[str, float] | None = None  # per category, a fine-tuned method's success on its training images
 
 
 ROWS: dict[str, Callable[[Context], RowOutput]] = {}
@@ -277,6 +279,164 @@ def inpaint_row(ctx: Context) -> RowOutput:
     return RowOutput(images, time.perf_counter() - start)
 
 
+@row("CLIP-guided editing (SDEdit to 0.6 T, noised CLIP, scale 5000)")
+def clip_guided_row(ctx: Context) -> RowOutput:
+    """workflows/clip_guided_edit.json's defaults: forward-noise to t0 = 0.6 T, then the unconditional decoder
+    steered by the noised CLIP tower toward the target caption."""
+    from nodegraph.generate.conditions import ClipTerm, Guidance, NoiseSpec
+    from nodegraph.generate.sampling import SamplerSettings, decode, noised_latent
+
+    decoder = ctx.models.decoder
+    target = ctx.models.clip.encode_text([e.target_caption for e in ctx.edits]).embed
+    settings = SamplerSettings(steps=25 if ctx.quick else 50)
+    noise = NoiseSpec(ctx.seed, len(ctx.edits))
+    start = time.perf_counter()
+    latent = noised_latent(decoder, ctx.sources, 0.6, settings, noise)
+    guidance = Guidance(clip=ClipTerm("noised", ctx.models.noised_clip, target, 5000.0))
+    images = decode(decoder, guidance, settings, latent=latent, noise=noise)
+    return RowOutput(images, time.perf_counter() - start)
+
+
+# DiffusionCLIP: one decoder fine-tuned per attribute value the edits ask for ("colour -> blue", "kind ->
+# square", ...), on training renders of their own (DCLIP_TRAIN_SEED: none of the edits' scenes), then every edit
+# made by inverting its source to t0 and regenerating it with the model of its target value. Two-attribute edits
+# mix the colour and the kind model (multi-attribute editing). The fine-tunings are shared by every edit: the
+# set-up column, not s/edit.
+DCLIP_TRAIN_SEED = 92_000
+DCLIP_T0 = 400
+DCLIP_GENERATE_STEPS = 6
+DCLIP_ITERATIONS = {"full": 20, "efficient": 10}  # --quick; twice as many otherwise. efficient updates 6x per iteration
+DCLIP_L1 = 0.5
+DCLIP_VIEWS = 4  # views of the CLIP objective per image and step (the other rows' 8 would double the fine-tuning)
+
+
+def dclip_settings(variant: str, quick: bool):
+    from nodegraph.generate.diffusionclip import FinetuneSettings
+
+    # full: measured on colour -> blue (8 renders): lr 3e-4 wrecks the images (success 0.25, preserved 0.47),
+    # 3e-5 barely edits (0.5 / 0.375 held out); 1e-4 between. It updates once per iteration, so it gets twice the
+    # iterations at half the batch: the same network calls as the efficient variant
+    return FinetuneSettings(t0=DCLIP_T0, invert_steps=20, generate_steps=DCLIP_GENERATE_STEPS,
+                            iterations=DCLIP_ITERATIONS[variant] * (1 if quick else 2),
+                            batch=2 if variant == "full" else 4, lr=1e-4, l1_weight=DCLIP_L1, variant=variant)
+
+
+def _changes(edit: Edit) -> list[tuple[str, str]]:
+    """(attribute, value) per changed attribute: the fine-tuned models an edit needs."""
+    shape, target = edit.source.shapes[0], edit.target.shapes[0]
+    out = []
+    if shape.color != target.color:
+        out.append(("color", target.color))
+    if shape.kind != target.kind:
+        out.append(("kind", target.kind))
+    if edit.source.background != edit.target.background:
+        out.append(("background", edit.target.background))
+    return out
+
+
+def _changed(scene: Scene, attribute: str, value: str) -> Scene:
+    shape = scene.shapes[0]
+    if attribute == "background":
+        return Scene(value, scene.shapes)
+    return Scene(scene.background, (replace(shape, **{attribute: value}),))
+
+
+def dclip_training_scenes(attribute: str, value: str, n: int) -> list[Scene]:
+    """One-shape renders for which the change is a change and leaves a valid scene (shape colour != background),
+    from a seed of their own per model."""
+    def fits(scene: Scene) -> bool:
+        shape = scene.shapes[0]
+        if attribute == "color":
+            return shape.color != value and scene.background != value
+        if attribute == "kind":
+            return shape.kind != value
+        return scene.background != value and shape.color != value
+
+    values = KINDS if attribute == "kind" else COLORS
+    seed = DCLIP_TRAIN_SEED + 1000 * ("color", "kind", "background").index(attribute) + values.index(value)
+    return [s for s in random_scenes(4 * n, seed, p_two=0.0, jitter=True) if fits(s)][:n]
+
+
+def dclip_models(ctx: Context, variant: str) -> dict[tuple[str, str], tuple[object, float, float]]:
+    """(attribute, value) -> (fine-tuned decoder, fine-tuning seconds, success on its own training renders);
+    fine-tuned once per variant and shared by the rows that use it."""
+    from nodegraph.generate import diffusionclip as D
+
+    key = f"dclip_{variant}"
+    if key in ctx.shared:
+        return ctx.shared[key]
+    settings = dclip_settings(variant, ctx.quick)
+    decoder = ctx.models.decoder
+    objective = ClipObjective(ctx.models.clip, ctx.models.noised_clip, ObjectiveSettings(views=DCLIP_VIEWS))
+    models = {}
+    for attribute, value in sorted({c for e in ctx.edits for c in _changes(e)}):
+        scenes = dclip_training_scenes(attribute, value, 6 if ctx.quick else 8)
+        images = to_model_range(render(scenes, SIZE))
+        print(f"[editing]   {variant}: {attribute} -> {value} ({len(scenes)} training renders)", file=sys.stderr,
+              flush=True)
+        start = time.perf_counter()
+        tuned = D.finetune(decoder, objective, images, [caption(s) for s in scenes],
+                           [caption(_changed(s, attribute, value)) for s in scenes], settings,
+                           generator=torch.Generator().manual_seed(ctx.seed))
+        seconds = time.perf_counter() - start
+        own = D.edit(decoder, tuned, images, t0=settings.t0, invert_steps=settings.invert_steps,
+                     generate_steps=settings.generate_steps)
+        category = {"color": "colour", "kind": "kind", "background": "background"}[attribute]
+        train_edits = [Edit(category, s, _changed(s, attribute, value)) for s in scenes]
+        models[(attribute, value)] = (tuned, seconds, sum(_successes(train_edits, own)) / len(scenes))
+    ctx.shared[key] = models
+    return models
+
+
+def _dclip(ctx: Context, variant: str, schedule=None, only: tuple[str, ...] = ()) -> RowOutput:
+    from nodegraph.generate import diffusionclip as D
+    from nodegraph.generate.gan_inversion import psnr
+
+    models = dclip_models(ctx, variant)
+    settings = dclip_settings(variant, ctx.quick)
+    decoder = ctx.models.decoder
+    kwargs = {"t0": settings.t0, "invert_steps": settings.invert_steps, "generate_steps": settings.generate_steps}
+    images = ctx.sources.clone()
+    start = time.perf_counter()
+    groups: dict[tuple, list[int]] = {}
+    for i, e in enumerate(ctx.edits):
+        if not only or e.category in only:
+            groups.setdefault(tuple(_changes(e)), []).append(i)
+    for changes, idx in groups.items():  # one batch per model (or pair of models)
+        tuned = [models[c][0] for c in changes]
+        images[idx] = D.edit(decoder, tuned, ctx.sources[idx], schedule=schedule if len(tuned) > 1 else None,
+                             **kwargs)
+    seconds = time.perf_counter() - start
+    recon = D.edit(decoder, decoder, ctx.sources, **kwargs)
+    used = {c for changes in groups for c in changes}
+    # success of each edit's model on its own training renders, averaged like the held-out edits
+    train = {}
+    for category in ("colour", "kind", "background"):
+        own = [models[c][2] for e in ctx.edits if e.category == category and e.category in (only or CATEGORIES)
+               for c in _changes(e)]
+        if own:
+            train[category] = sum(own) / len(own)
+    return RowOutput(images, seconds, sum(models[c][1] for c in used), psnr(recon, ctx.sources),
+                     categories=only or CATEGORIES, train_success=train)
+
+
+@row("DiffusionCLIP full (backprop through 6 steps)")
+def dclip_full_row(ctx: Context) -> RowOutput:
+    return _dclip(ctx, "full")
+
+
+@row("DiffusionCLIP GPU-efficient (an update per step)")
+def dclip_efficient_row(ctx: Context) -> RowOutput:
+    return _dclip(ctx, "efficient")
+
+
+@row("DiffusionCLIP multi-attribute, scheduled (kind model above 0.2 T, colour model below)")
+def dclip_multi_row(ctx: Context) -> RowOutput:
+    """The GPU-efficient colour and kind models (their row mixes them equally at every step) with a time
+    schedule instead: the kind model while the layout forms, the colour model at the end."""
+    return _dclip(ctx, "efficient", schedule=[(1.0, 0.2), (0.2, 0.0)], only=("colour+kind",))
+
+
 # ------------------------------------------------------------------------------------------------ scoring
 def score_edits(edits: list[Edit], sources: torch.Tensor, images: torch.Tensor) -> dict[str, dict[str, float]]:
     """Per category: success, preserved, Δ outside (see the module docstring)."""
@@ -330,12 +490,21 @@ def editing_table(ctx: Context, names: list[str], out: Path) -> None:
     for name, result, report in results:
         psnr = "-" if result.psnr is None else f"{float(result.psnr.mean()):.1f}"
         for category, r in report.items():
+            if category not in result.categories:
+                continue
             rows.append([name, category, r["success"], r["preserved"], round(r["outside"], 1), psnr,
                          round(result.seconds / n, 2), round(result.setup_seconds, 1)])
     per = n // len(CATEGORIES)
     table(f"Edits on held-out images ({per} per category; success and preservation read by the scorer)",
           ["method", "edit", "success", "preserved", "Δ outside (0-255)", "inversion PSNR dB", "s/edit", "set-up s"],
           rows)
+    tuned = [(name, result, report) for name, result, report in results if result.train_success]
+    if tuned:
+        table("Fine-tuned once, then used on images it never saw: success on its training renders against the "
+              "held-out edits above", ["method", "edit", "success on training renders", "success held out",
+                                       "gap"],
+              [[name, category, train, report[category]["success"], round(train - report[category]["success"], 3)]
+               for name, result, report in tuned for category, train in result.train_success.items()])
 
 
 # ------------------------------------------------------------------------------------------------ objective
@@ -356,6 +525,8 @@ def objective_table(models: Models, quick: bool, seed: int) -> None:
         "noised CLIP alone (8 noised views)": ClipObjective(clip, noised, ObjectiveSettings(
             shift=0.0, zoom=0.0, pixel_noise=0.0, noised_weight=1.0)),
         "CLIP + noised CLIP, 8 augmented views (chosen)": ClipObjective(clip, noised, ObjectiveSettings()),
+        "... and views resampled down to 0.5 of the side (blur)": ClipObjective(clip, noised, ObjectiveSettings(
+            resample=0.5)),
     }
     rows = []
     for name, obj in variants.items():

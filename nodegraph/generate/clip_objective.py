@@ -46,6 +46,7 @@ class ObjectiveSettings:
     pixel_noise: float = 0.06  # std of Gaussian noise on every view (images in [-1, 1])
     noised_weight: float = 0.5  # share of the noised CLIP tower in the loss (0 = CLIP alone)
     max_t: int = 300  # noised-tower views are forward-noised to t ~ U[0, max_t]
+    resample: float = 0.0  # views re-rendered at a side down to (1 - resample) of the image's and back (blur)
 
 
 PLAIN = ObjectiveSettings(views=1, shift=0.0, zoom=0.0, pixel_noise=0.0, noised_weight=0.0)
@@ -108,6 +109,8 @@ class ClipObjective:
         theta[..., 1, 1] = scale
         theta[..., :, 2] = offset
         draw = {"theta": theta, "pixel": torch.randn(v, batch, 3, size, size, generator=generator) * s.pixel_noise}
+        if s.resample:  # drawn only when used, so the other settings keep their random stream
+            draw["side"] = (size * (1 - s.resample * torch.rand(v, generator=generator))).round().long()
         if self.noised is not None:
             draw["t"] = torch.randint(0, s.max_t + 1, (v, batch), generator=generator)
             draw["eps"] = torch.randn(v, batch, 3, size, size, generator=generator)
@@ -122,6 +125,16 @@ class ClipObjective:
             theta = draw["theta"].reshape(v * b, 2, 3).to(x)
             grid = F.affine_grid(theta, list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if s.resample:
+            size = x.shape[-1]
+            views = []
+            for view, side in zip(x.split(b), draw["side"].tolist(), strict=True):
+                if side < size:  # a lower-resolution copy, brought back: what survives is what is large
+                    view = F.interpolate(F.interpolate(view, size=(side, side), mode="bilinear", antialias=True,
+                                                       align_corners=False),
+                                         size=(size, size), mode="bilinear", align_corners=False)
+                views.append(view)
+            x = torch.cat(views)
         if s.pixel_noise:
             x = x + draw["pixel"].reshape(x.shape).to(x)
         return x
