@@ -63,3 +63,13 @@ def progress_callback(ctx: RunContext, preview: bool = True) -> Callable:
         ctx.progress(step, total, preview=x0.clamp(-1, 1) if preview else None)
 
     return callback
+
+
+def optimisation_callback(ctx: RunContext) -> Callable:
+    """Callback of the optimisation loops (inversion, StyleCLIP, NADA, DiffusionCLIP): one progress event per
+    step with the current images as the preview (also the interrupt point)."""
+
+    def callback(step: int, total: int, preview: Tensor) -> None:
+        ctx.progress(step, total, preview=preview)
+
+    return callback

@@ -14,6 +14,7 @@ from nodegraph.engine.lazy import lazy_import
 from nodegraph.engine.node import In, Node, Out
 from nodegraph.engine.sockets import CLIP_OBJECTIVE, DECODER, IMAGE, TEXT_EMBED
 from nodegraph.errors import InputValueError
+from nodegraph.nodes._common import optimisation_callback
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -37,13 +38,6 @@ _CAPTION = In(TEXT_EMBED, optional=True, description="the images' caption, when 
 
 def _condition(caption: TextEncoding | None):
     return None if caption is None else conditions.Condition(text=caption)
-
-
-def _progress(ctx: RunContext):
-    def callback(step: int, total: int, preview: Tensor) -> None:
-        ctx.progress(step, total, preview=preview)
-
-    return callback
 
 
 class DiffusionCLIPFinetune(Node):
@@ -86,7 +80,7 @@ class DiffusionCLIPFinetune(Node):
                                           l1_weight=l1_weight, variant=variant, grad_checkpoint=grad_checkpoint)
         condition = _condition(source) if condition_on_caption else None
         return (dclip.finetune(decoder, objective, images, source, target, settings, condition=condition,
-                               generator=ctx.generator(seed, "cpu"), callback=_progress(ctx)),)
+                               generator=ctx.generator(seed, "cpu"), callback=optimisation_callback(ctx)),)
 
 
 class DiffusionCLIPEdit(Node):
@@ -112,7 +106,7 @@ class DiffusionCLIPEdit(Node):
             invert_steps: int, generate_steps: int, mode: str, caption, seed: int) -> tuple[Tensor]:
         return (dclip.edit(original, decoder, images, t0=t0, invert_steps=invert_steps,
                            generate_steps=generate_steps, condition=_condition(caption), mode=mode,
-                           generator=ctx.generator(seed, "cpu"), callback=_progress(ctx)),)
+                           generator=ctx.generator(seed, "cpu"), callback=optimisation_callback(ctx)),)
 
 
 def parse_schedule(text: str, n: int) -> list[tuple[float, float]] | None:
@@ -160,4 +154,4 @@ class DiffusionCLIPMultiEdit(Node):
         models = [m for m in (decoder_1, decoder_2, decoder_3) if m is not None]
         return (dclip.edit(original, models, images, t0=t0, invert_steps=invert_steps, generate_steps=generate_steps,
                            condition=_condition(caption), schedule=parse_schedule(schedule, len(models)),
-                           callback=_progress(ctx)),)
+                           callback=optimisation_callback(ctx)),)

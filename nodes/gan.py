@@ -25,6 +25,7 @@ from nodegraph.engine.sockets import (
     TEXT_EMBED,
     W_LATENT,
 )
+from nodegraph.nodes._common import optimisation_callback
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -43,13 +44,6 @@ nada = lazy_import("nodegraph.generate.nada")
 gan_sampling = lazy_import("nodegraph.generate.gan_sampling")
 
 _SEED = In("INT", default=0, min=0, max=2**63 - 1, description="seed of every random draw (views, noise)")
-
-
-def _progress(ctx: RunContext):
-    def callback(step: int, total: int, preview: Tensor) -> None:
-        ctx.progress(step, total, preview=preview)
-
-    return callback
 
 
 class StyleGANLoader(Node):
@@ -127,7 +121,7 @@ class GANInvert(Node):
                                                noise_regularize=noise_regularize)
         features = inversion.classifier_features(classifier) if classifier is not None else None
         latent, recon = inversion.invert(generator, images, settings, features=features,
-                                         generator=ctx.generator(seed, "cpu"), callback=_progress(ctx))
+                                         generator=ctx.generator(seed, "cpu"), callback=optimisation_callback(ctx))
         ctx.record(psnr=[round(float(v), 2) for v in gan_sampling.reconstruction_psnr(generator, images, recon)])
         return latent, recon
 
@@ -176,7 +170,7 @@ class StyleCLIP(Node):
             text: TextEncoding, steps: int, lr: float, l2_lambda: float, seed: int) -> tuple[StyleLatent, Tensor]:
         settings = styleclip.StyleCLIPSettings(steps=steps, lr=lr, l2_lambda=l2_lambda)
         return styleclip.edit(generator, latent, objective, text, settings, generator=ctx.generator(seed, "cpu"),
-                              callback=_progress(ctx))
+                              callback=optimisation_callback(ctx))
 
 
 class StyleGANNADA(Node):
@@ -203,4 +197,4 @@ class StyleGANNADA(Node):
             target: TextEncoding, steps: int, lr: float, layers: int, batch: int, seed: int) -> tuple[GanModel]:
         settings = nada.NadaSettings(steps=steps, lr=lr, layers=layers, batch=batch)
         return (nada.adapt(generator, objective, source, target, settings, generator=ctx.generator(seed, "cpu"),
-                           callback=_progress(ctx)),)
+                           callback=optimisation_callback(ctx)),)

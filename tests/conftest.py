@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from nodegraph.engine.api import Engine
 
@@ -44,3 +45,17 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
         text=True,
         timeout=120,
     )
+
+
+def run_bundled_workflow(name: str, params: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run workflows/NAME.json on the bundled weights, on one CPU thread, with PARAMS (each one a param the
+    workflow declares): a module fixture may point NODEGRAPH_MODELS at tiny models, a user's run does not."""
+    monkeypatch.delenv("NODEGRAPH_MODELS", raising=False)
+    path = REPO / "workflows" / f"{name}.json"
+    assert set(params) <= set(json.loads(path.read_text())["params"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return Engine("cpu", input_dir=tmp_path, output_dir=tmp_path, plugins=False).run(str(path), params=params)
+    finally:
+        torch.set_num_threads(threads)

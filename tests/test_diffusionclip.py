@@ -3,7 +3,6 @@ the two workflows on the bundled models."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ from nodegraph.generate.clip_objective import ClipObjective
 from nodegraph.models import loader
 from nodegraph.models.diffusion_model import DiffusionModel
 
-from conftest import REPO
+from conftest import run_bundled_workflow
 from fixtures_models import CAPTION, PRODUCERS, TIMESTEPS, build_tiny_models
 
 TARGET = "a large green circle on the left on a blue background"
@@ -210,15 +209,5 @@ WORKFLOW_FAST = {
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(WORKFLOW_FAST))
 def test_diffusionclip_workflow_runs_on_the_bundled_models(tmp_path, name, monkeypatch):
-    # the module's fixture points NODEGRAPH_MODELS at tiny models while it lives: use the bundled weights
-    monkeypatch.delenv("NODEGRAPH_MODELS", raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        engine = Engine("cpu", input_dir=tmp_path, output_dir=tmp_path, plugins=False)
-        path = REPO / "workflows" / f"{name}.json"
-        assert set(WORKFLOW_FAST[name]) <= set(json.loads(path.read_text())["params"])
-        result = engine.run(str(path), params=WORKFLOW_FAST[name])
-    finally:
-        torch.set_num_threads(threads)
+    result = run_bundled_workflow(name, WORKFLOW_FAST[name], tmp_path, monkeypatch)
     assert result.files and 0.0 <= result.outputs["score"]["attribute_accuracy"] <= 1.0

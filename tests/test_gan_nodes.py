@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -13,7 +12,7 @@ from nodegraph.engine.api import Engine
 from nodegraph.errors import Interrupted, NodeExecutionError, WorkflowError
 from nodegraph.models.stylegan import GanModel, StyleLatent
 
-from conftest import REPO
+from conftest import run_bundled_workflow
 from fixtures_models import PRODUCERS, build_tiny_models
 
 
@@ -135,16 +134,5 @@ WORKFLOW_FAST = {
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(WORKFLOW_FAST))
 def test_gan_workflow_runs_on_the_bundled_models(tmp_path, name, monkeypatch):
-    # the module's engine fixture points NODEGRAPH_MODELS at tiny 16-px models while it lives: the workflows
-    # must run on the bundled weights, as a user's would
-    monkeypatch.delenv("NODEGRAPH_MODELS", raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        engine = Engine("cpu", input_dir=tmp_path, output_dir=tmp_path, plugins=False)
-        path = REPO / "workflows" / f"{name}.json"
-        assert set(WORKFLOW_FAST[name]) <= set(json.loads(path.read_text())["params"])
-        result = engine.run(str(path), params=WORKFLOW_FAST[name])
-    finally:
-        torch.set_num_threads(threads)
+    result = run_bundled_workflow(name, WORKFLOW_FAST[name], tmp_path, monkeypatch)
     assert result.files and 0.0 <= result.outputs["score"]["attribute_accuracy"] <= 1.0
