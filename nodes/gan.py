@@ -160,7 +160,7 @@ class StyleCLIP(Node):
         "text": In(TEXT_EMBED, description="the caption the edited image should show"),
         "steps": In("INT", default=100, min=1, max=1000, description="latent optimisation steps"),
         "lr": In("FLOAT", default=0.1, min=1e-4, max=1.0, description="peak learning rate"),
-        "l2_lambda": In("FLOAT", default=0.008, min=0.0, max=10.0,
+        "l2_lambda": In("FLOAT", default=0.0005, min=0.0, max=10.0,
                         description="weight of the distance to the start latent (larger keeps more)"),
         "seed": _SEED,
     }
