@@ -555,7 +555,7 @@ def objective_table(models: Models, quick: bool, seed: int) -> None:
     table(f"CLIP objective under a pixel-space attack ({len(edits)} held-out colour and kind edits, Adam on the "
           f"pixels, {steps} steps): loss against the scorer's reading",
           ["objective", "loss: source", "loss: optimised", "loss: true target render", "colour edits read",
-           "kind edits read", "fooled (loss <= target render's, edit not read)", "mean |Δ| (0-255)"], rows)
+           "kind edits read", "fooled (loss <= target render's, edit not read)", "mean abs. Δ (0-255)"], rows)
 
 
 def _successes(edits: list[Edit], images: torch.Tensor) -> list[bool]:
