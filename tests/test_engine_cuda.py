@@ -36,12 +36,12 @@ def workflow(seed: int) -> dict[str, object]:
 
 def test_cuda_outputs_stay_on_cuda_and_are_budgeted_per_device(tmp_path: Path) -> None:
     engine = Engine("cuda", output_dir=tmp_path, plugins=False, cache_budgets={"cuda": 2 * 8192})
-    engine.registry.register(Noise)
+    engine.registry.register(Noise, replace=True)
     first = engine.run(workflow(1)).outputs["p"]["value"]
     assert first.device.type == "cuda"
     assert set(engine.cache.used) == {f"cuda:{first.device.index}"}
     cpu = Engine("cpu", output_dir=tmp_path, plugins=False)
-    cpu.registry.register(Noise)
+    cpu.registry.register(Noise, replace=True)
     assert torch.equal(cpu.run(workflow(1)).outputs["p"]["value"], first.cpu())  # same seed, same noise
     for seed in (2, 3, 4):
         engine.run(workflow(seed))
