@@ -201,6 +201,37 @@ def test_time_limit_plans_the_run_to_end_inside_it():
     assert fit_steps_to_deadline(cfg, 50, 0.2, now=1050.0) == 51
 
 
+def test_time_limit_replans_from_the_steady_speed_after_slow_first_steps(tmp_path, monkeypatch):
+    """First steps slowed by one-off costs (CUDA's start-up) must not plan the whole run short: the second plan,
+    from the next steps' speed alone, lengthens it again, never past the steps asked for, inside the limit."""
+    from nodegraph.train import common
+
+    clock = [1000.0]
+    monkeypatch.setattr(common.time, "time", lambda: clock[0])
+    model = torch.nn.Linear(1, 1)
+    state = common.RunState(model, EMA(model, 0.9), torch.optim.SGD(model.parameters(), lr=0.1), 0,
+                            torch.Generator().manual_seed(0))
+    cfg = TrainConfig(name="t", steps=5_000, batch_size=1, lr=0.1, warmup=1, ckpt_every=10_000, eval_every=10_000,
+                      deadline=1100.0, run_dir=str(tmp_path / "run"))
+
+    def step(m, i):
+        clock[0] += 1.0 if i < 10 else 0.1  # ten slow steps, then the steady speed
+        return m(torch.ones(1, 1)).pow(2).sum(), {}
+
+    common.train_loop(cfg, state, step, plan_after=10)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    planned = [r["planned_steps"] for r in rows if "planned_steps" in r]
+    # at step 10: 90 s left at 1 s/step -> 10 + 81; at step 20: 89 s left at 0.1 s/step -> 20 + 801 (+-1: the
+    # fake clock's sums of 0.1 are not exact)
+    assert planned[0] == 91 and len(planned) == 2 and abs(planned[1] - 821) <= 1
+    assert state.step == planned[1] and clock[0] <= cfg.deadline
+    cfg2 = TrainConfig(name="t", steps=500, batch_size=1, lr=0.1, warmup=1, ckpt_every=10_000, eval_every=10_000,
+                       deadline=clock[0] + 100.0, run_dir=str(tmp_path / "run2"))
+    state.step = 0
+    common.train_loop(cfg2, state, step, plan_after=10)
+    assert state.step == 500  # the second plan never goes past the steps asked for
+
+
 @pytest.mark.slow
 def test_decoder_run_with_a_time_limit_shortens_its_steps_and_still_exports(tmp_path, clip_file):
     cfg = _decoder_cfg(tmp_path, clip_file, 10_000, "timed")
