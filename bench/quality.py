@@ -693,10 +693,12 @@ SECTIONS = {
 
 
 def _openmp_as_the_cli(threads: str) -> None:
-    """The CLI asks OpenMP for passive waits before torch loads it (nodegraph.threads); this module has imported
-    torch already, so with --threads auto it starts over once in the environment the CLI gives itself."""
+    """The CLI sets OpenMP's waits before torch loads it (nodegraph.threads.prepare_openmp); this module has
+    imported torch already, so with --threads auto it starts over once in the environment the CLI gives itself."""
     if threads == "auto" and not (os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT")):
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        from nodegraph.threads import SPIN_COUNT
+
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
         os.execv(sys.executable, [sys.executable, *sys.argv])
 
 

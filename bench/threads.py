@@ -4,13 +4,14 @@ worst over repeats.
 
     .venv/bin/python bench/threads.py [--repeats 7] [--steps 50] [--spin] [--settings "1,2,auto,2 PASSIVE"]
 
-Settings: N = N threads with OpenMP's default (spinning) waits; "auto" = the CLI's policy (passive waits, every
-usable CPU); "auto spinning" = the policy for a library caller that imported torch first (waits spin, so only
-the CPUs other processes leave free); "N PASSIVE" / "N SPIN=k" = N threads with OMP_WAIT_POLICY=PASSIVE /
-GOMP_SPINCOUNT=k. Each setting runs in its own warm worker process (models loaded once); the busy process is
-a Python spin loop this bench starts (one CPU's worth of work). Runs are interleaved: every repeat runs each
-setting alone and then each beside the spinner, in an order rotated per repeat. "Other load" is what other
-processes on the machine (not this bench's) kept busy, in CPUs, measured just before each block.
+Settings: N = N threads with OpenMP's default (spinning) waits; "auto" = the CLI's policy (brief spins, the
+CPUs other processes leave free); "auto spinning" = the policy for a library caller that imported torch first
+(default spins, the free CPUs); "auto PASSIVE" = the policy under passive waits (every usable CPU); "N PASSIVE"
+/ "N SPIN=k" = N threads with OMP_WAIT_POLICY=PASSIVE / GOMP_SPINCOUNT=k. Each setting runs in its own warm
+worker process (models loaded once); the busy process is a Python spin loop this bench starts (one CPU's
+worth of work). Runs are interleaved: every repeat runs each setting alone and then each beside the spinner,
+in an order rotated per repeat. "Other load" is what other processes on the machine (not this bench's) kept
+busy, in CPUs, measured just before each block.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--spin", action="store_true", help="also 2 threads spinning briefly (GOMP_SPINCOUNT=1000)")
+    ap.add_argument("--spin", action="store_true", help="also 2 threads spinning briefly (GOMP_SPINCOUNT=3000)")
     ap.add_argument("--settings", default="", help="comma-separated, e.g. '1,2,2 PASSIVE,2 SPIN=10000,auto'")
     ap.add_argument("--nice", type=int, default=0,
                     help="niceness of the workers and the spinner; negative (root) emulates an otherwise idle machine "
@@ -165,7 +166,7 @@ def main() -> None:
         return
     NICE[0] = args.nice
     settings = [s.strip() for s in args.settings.split(",") if s.strip()] or (
-        ["1", "2", "auto", "auto spinning"] + (["2 SPIN=1000"] if args.spin else []))
+        ["1", "2", "auto", "auto PASSIVE", "auto spinning"] + (["2 SPIN=3000"] if args.spin else []))
     results, load = measure(settings, args.repeats, args.steps)
     report(results, load, settings, args.steps, args.repeats)
 

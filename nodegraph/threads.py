@@ -6,18 +6,25 @@ waits for may have been preempted by another process: on the 2-core machine besi
 threads took a median 2.9 s and at worst 27.9 s for 50 decoder steps that one thread does in 1.2 s (0.8 s on
 two idle cores). bench/threads.py, with other sessions keeping both cores busy, 50 steps, median (worst):
 2 threads 36 s (134 s), 44 s (103 s) beside a spinning process; 1 thread 3.3 s (11.8 s), 7.6 s (16.3 s).
-Two remedies, both measured there:
+Three remedies, measured there:
 
 - passive waits (OMP_WAIT_POLICY=PASSIVE): a waiting thread sleeps and gives its CPU back. Two such threads
-  took 3.4 s (6.8 s), and 3.7 s (5.8 s) beside the spinner, the best of every setting tried, since each
-  thread also gets its own share of a contended CPU. OpenMP reads the setting once, when torch loads it, so
-  `prepare_openmp` sets it, unless the user chose a wait policy, before the CLI imports torch;
-- where waits spin (torch was imported before the policy could act: a library caller), the pool gets only the
-  CPUs that are free: those this process may run on (`os.sched_getaffinity`, capped by a cgroup CPU quota)
-  less what other processes used over a recent window (`/proc/stat`'s per-CPU busy time minus this process's
-  own CPU time), decided when a run starts (after a 50 ms look) and again at most every half second while it
-  runs (`check`, from a progress callback, without waiting). That avoids the collapse (3.9 s, 7.2 s) but
-  cannot use a CPU that is only partly busy.
+  took 3.4 s (6.8 s), and 3.7 s (5.8 s) beside the spinner, since each thread also gets its own share of a
+  contended CPU. But every op's barrier then wakes a sleeping thread: on two idle cores the same 50 steps
+  took 1.81-1.99 s against 1.15-1.18 s with spinning waits, slower than one thread (1.80 s);
+- sizing the pool to the CPUs that are free: those this process may run on (`os.sched_getaffinity`, capped
+  by a cgroup CPU quota) less what other processes used over a recent window (`/proc/stat`'s per-CPU busy
+  time minus this process's own CPU time), decided when a run starts (after a 50 ms look) and again at most
+  every half second while it runs (`check`, from a progress callback, without waiting). With default waits
+  that avoids the collapse (3.9 s, 7.2 s under other sessions' load) but cannot use a partly busy CPU;
+- brief spins (GOMP_SPINCOUNT=3000): a waiter spins about 0.1 ms, long enough for the next op's work to
+  arrive on an idle machine, then sleeps. Two threads with brief spins took 3.6 s beside a busy process where
+  default spins took 4.7 s and 100 000 spins 30 s.
+
+The CLI combines the last two (`prepare_openmp` sets the spin count before torch loads OpenMP, which reads it
+once, unless the user chose a wait policy): on two idle cores 1.22 s (worst 1.31 s), beside a busy process
+1.76 s (1.96 s) on one thread, against the passive policy's 1.81 s and 2.03 s (bench/threads.py, 4 repeats,
+interleaved). With passive waits set by the user, `auto` takes every usable CPU without looking.
 
 The setting is the environment variable NODEGRAPH_THREADS:
 - "auto" (the default): as above, never more than torch's own default (the physical cores);
@@ -25,9 +32,9 @@ The setting is the environment variable NODEGRAPH_THREADS:
 - "torch": leave torch and OpenMP alone (also the default when OMP_NUM_THREADS is set: the user chose).
 
 Torch's inter-op pool (used only by torch.jit.fork, not by eager ops) is kept to one thread so that the two
-pools never compete for the same cores. The CLI asks for passive waits for every command (so `serve` has them)
-and sizes the pool before each `run`; `ThreadPolicy` is for other long-lived callers (a server's worker, a
-bench).
+pools never compete for the same cores. The CLI asks for brief spins for every command and sizes the pool
+before each `run` and, under `serve`, before each prompt (the server's PromptRunner); `ThreadPolicy` is also
+for other long-lived callers (a bench).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ ENV = "NODEGRAPH_THREADS"
 LOOK_S = 0.05  # the first look at the machine when a run starts
 CHECK_EVERY_S = 0.5  # re-decisions while running; also the window they average over
 FREE_FRACTION = 0.75  # a CPU counts as free when at least this much of it was idle
+SPIN_COUNT = 3000  # OpenMP waits spin this many times before sleeping (see the module docstring)
 
 
 def current_setting() -> str:
@@ -53,12 +61,12 @@ def current_setting() -> str:
 
 
 def prepare_openmp() -> bool:
-    """Ask OpenMP for passive waits before torch loads it, unless the user chose a wait policy or the setting
-    is "torch"; True when it did. Does nothing once torch is imported (OpenMP has read its settings then)."""
+    """Ask OpenMP for brief spins (SPIN_COUNT) before torch loads it, unless the user chose a wait policy or the
+    setting is "torch"; True when it did. Does nothing once torch is imported (OpenMP has read its settings then)."""
     chosen = os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT")
     if chosen or "torch" in sys.modules or current_setting() == "torch":
         return False
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     return True
 
 
@@ -218,5 +226,5 @@ def _single_interop_thread(torch) -> None:
         pass
 
 
-__all__ = ["ENV", "Sample", "ThreadPolicy", "current_setting", "look", "others_busy", "passive_waits",
+__all__ = ["ENV", "SPIN_COUNT", "Sample", "ThreadPolicy", "current_setting", "look", "others_busy", "passive_waits",
            "prepare_openmp", "sample", "threads_for", "usable_cpus"]

@@ -50,6 +50,7 @@ from nodegraph.server.security import COOKIE, AccessPolicy, is_loopback
 from nodegraph.server.ui_workflow import to_ui
 from nodegraph.server.websocket import WebsocketEndpoint
 from nodegraph.server.worker import Outbox, PoolWorker, PromptRunner, Worker, history_entry
+from nodegraph.threads import ThreadPolicy
 
 logger = logging.getLogger("nodegraph.server")
 
@@ -103,7 +104,9 @@ class NodegraphServer:
         self.frontend = FrontendRoutes(self)
         self.frontend_version = frontend_version()
         self.websocket = WebsocketEndpoint(self)
-        self._runner = PromptRunner(engine, self.history, config.preview_every)
+        # Ray's workers run the prompts in their own processes: only the local backend's threads are sized here
+        threads = ThreadPolicy() if config.size_threads and self.pool is None else None
+        self._runner = PromptRunner(engine, self.history, config.preview_every, threads)
         self._validator: ThreadPoolExecutor | None = None
         self._web: web.AppRunner | None = None
         self._port: int | None = None

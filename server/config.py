@@ -41,6 +41,9 @@ class ServerConfig:
     shutdown_timeout: float = 30.0
     ping_interval: float | None = 20.0
     cluster: BackendOptions = BackendOptions()  # --backend ray: prompts run at once on a pool of Ray workers
+    # size torch's threads before each prompt as `nodegraph run` does (nodegraph.threads); `nodegraph serve` sets
+    # it, an embedding program that manages its own threads leaves it off
+    size_threads: bool = False
 
     def problems(self) -> list[str]:
         """What is wrong with these settings (empty when the server can start with them)."""
@@ -196,5 +199,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, argparse.Names
         allowed_origins=tuple(args.allow_origin),
         shutdown_timeout=args.shutdown_timeout,
         cluster=BackendOptions.from_args(args),
+        size_threads=True,
     )
     return config, args

@@ -40,6 +40,7 @@ from nodegraph.server.protocol import (
     workflow_nodes,
 )
 from nodegraph.server.queue import PromptQueue, QueuedPrompt
+from nodegraph.threads import ThreadPolicy
 
 logger = logging.getLogger("nodegraph.server")
 
@@ -315,10 +316,12 @@ class RunOutcome:
 class PromptRunner:
     """Runs one QueuedPrompt on the engine (on the worker thread) and stores its history entry."""
 
-    def __init__(self, engine: Engine, history: HistoryStore, preview_every: int) -> None:
+    def __init__(self, engine: Engine, history: HistoryStore, preview_every: int,
+                 threads: ThreadPolicy | None = None) -> None:
         self.engine = engine
         self.history = history
         self.preview_every = preview_every
+        self.threads = threads
 
     def run(self, item: QueuedPrompt, outbox: Outbox) -> RunOutcome:
         relay = EventRelay(item.prompt_id, self.preview_every, functools.partial(outbox.put, item.client_id))
@@ -328,14 +331,21 @@ class PromptRunner:
         cached: list[str] = []
         status = "error"
         pnginfo = item.extra_data.get("extra_pnginfo")
+        on_event: Callable[[str, dict[str, Any]], None] = relay
+        if self.threads is not None:  # threads from the CPUs free now (one look, then none longer than 0.5 s)
+            if self.threads.threads is None:
+                self.threads.start()
+            else:
+                self.threads.check()
+            on_event = self.threads.watch(relay)  # and re-decided on the run's progress events
         try:
             if item.prepared is not None:
                 result = self.engine.run(
-                    item.prepared, None, relay, item.prompt_id, item.interrupt, extra_pnginfo=pnginfo
+                    item.prepared, None, on_event, item.prompt_id, item.interrupt, extra_pnginfo=pnginfo
                 )
             else:
                 result = self.engine.run(
-                    item.prompt, item.params or None, relay, item.prompt_id, item.interrupt, outputs=item.outputs,
+                    item.prompt, item.params or None, on_event, item.prompt_id, item.interrupt, outputs=item.outputs,
                     extra_pnginfo=pnginfo,
                 )
             status = "success"

@@ -133,19 +133,19 @@ def test_with_passive_waits_auto_takes_every_usable_cpu_even_beside_others(monke
 
 
 @pytest.mark.parametrize(("env", "code", "expected"), [
-    ({}, "", "True PASSIVE"),
-    ({"OMP_WAIT_POLICY": "ACTIVE"}, "", "False ACTIVE"),  # the user's choice stands
-    ({"GOMP_SPINCOUNT": "1000"}, "", "False None"),
-    ({"NODEGRAPH_THREADS": "torch"}, "", "False None"),
-    ({}, "import torch; ", "False None"),  # too late: OpenMP has read its settings
+    ({}, "", "True None 3000"),
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, "", "False PASSIVE None"),  # the user's choice stands
+    ({"GOMP_SPINCOUNT": "1000"}, "", "False None 1000"),
+    ({"NODEGRAPH_THREADS": "torch"}, "", "False None None"),
+    ({}, "import torch; ", "False None None"),  # too late: OpenMP has read its settings
 ])
-def test_prepare_openmp_asks_for_passive_waits_only_before_torch_loads(env, code, expected):
+def test_prepare_openmp_asks_for_brief_spins_only_before_torch_loads(env, code, expected):
     import os
 
     clean = {k: v for k, v in os.environ.items()
              if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NODEGRAPH_THREADS", "OMP_NUM_THREADS")}
     script = (f"{code}import os; from nodegraph.threads import prepare_openmp; "
-              "print(prepare_openmp(), os.environ.get('OMP_WAIT_POLICY'))")
+              "print(prepare_openmp(), os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
     out = subprocess.run([sys.executable, "-c", script], env={**clean, **env}, capture_output=True, text=True)
     assert out.stdout.strip() == expected, out.stderr
 
@@ -155,3 +155,42 @@ def test_cli_prepares_openmp_before_any_command(monkeypatch):
     monkeypatch.setattr(threads, "prepare_openmp", lambda: calls.append(1) or False)
     assert main(["nodes"]) == 0
     assert calls == [1]
+
+
+def test_serve_sizes_threads_before_each_prompt_and_on_its_progress(tmp_path, monkeypatch):
+    """`nodegraph serve` runs prompts under the same policy as `nodegraph run`: one look before the first prompt,
+    a re-decision (no waiting) before each later one and on progress events, which still reach the client."""
+    from nodegraph.server import app
+    from nodegraph.server.config import parse_args
+
+    from test_server_support import Client, ServerPool, steps_workflow
+
+    calls: list[str] = []
+
+    class Recording(ThreadPolicy):
+        def start(self):
+            calls.append("start")
+            return super().start()
+
+        def check(self):
+            calls.append("check")
+            return super().check()
+
+    monkeypatch.setattr(app, "ThreadPolicy", Recording)
+    assert parse_args([])[0].size_threads  # the CLI's serve asks for it
+    with ServerPool(tmp_path) as pool:
+        server = pool.start(size_threads=True)
+        with Client(server, "c") as client:
+            for tag in ("a", "b"):
+                prompt_id = client.submit(steps_workflow(3, tag=tag))
+                frames = client.until_done(prompt_id)
+                assert sum(1 for f in frames if isinstance(f, dict) and f.get("type") == "progress") == 3
+    assert calls[0] == "start" and calls.count("start") == 1
+    assert calls.count("check") >= 1 + 2 * 3  # before the second prompt, then on every progress event
+    (tmp_path / "embedded").mkdir()
+    with ServerPool(tmp_path / "embedded") as pool:  # an embedding program's server leaves torch's threads alone
+        calls.clear()
+        server = pool.start()
+        with Client(server, "c") as client:
+            client.until_done(client.submit(steps_workflow(2, tag="c")))
+    assert calls == []
