@@ -107,6 +107,24 @@ def test_interrupt_reaches_the_worker_running_the_prompt(cluster: ClusterEngine)
     assert cluster.run(decode_graph(seed=12)).files  # the worker is free again
 
 
+def test_an_interrupt_asked_while_its_worker_dies_is_not_undone_by_the_requeue(cluster: ClusterEngine) -> None:
+    """The user asked the run to stop and its worker died: running it again on another worker would undo that."""
+    asked: list[bool] = []
+
+    def kill_then_interrupt(kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress" and not asked:
+            worker = next(w for w in cluster.pool._workers.values() if w.busy == data["prompt_id"])
+            ray.kill(worker.handle)
+            asked.append(cluster.interrupt(data["prompt_id"]))
+
+    requeued = cluster.pool.requeued
+    with pytest.raises(Interrupted):
+        cluster.run(decode_graph(steps=30, seed=13), on_event=kill_then_interrupt)
+    assert asked and cluster.pool.requeued == requeued  # not run a second time
+    assert cluster.run(decode_graph(seed=14)).files  # and the pool still runs prompts
+    assert not cluster.pool._stop_asked  # nothing kept about finished runs
+
+
 def test_workers_added_and_removed_while_running_are_picked_up(cluster: ClusterEngine) -> None:
     [name] = cluster.pool.add_workers(1)
     assert name in {w["name"] for w in cluster.pool.stats()["workers"]}

@@ -112,6 +112,8 @@ class WorkerPool:
         self.placements = 0
         self.affinity_hits = 0
         self.requeued = 0
+        # runs an interrupt was asked for: a run whose worker dies after (or while) it is asked is not run again
+        self._stop_asked: set[str] = set()
         for _ in range(self.target):
             self._start_worker()
         self._threads = [threading.Thread(target=self._drain_events, name="nodegraph-events", daemon=True),
@@ -135,6 +137,12 @@ class WorkerPool:
                 except self._ray.exceptions.RayActorError as exc:
                     self._lost(worker, exc)
                     died.append(worker.name)
+                    with self._lock:
+                        stop_asked = job.prompt_id in self._stop_asked
+                    if stop_asked:  # the user wanted it stopped: running it again elsewhere would undo that
+                        logger.warning("worker %s died running %s after an interrupt; not running it again",
+                                       worker.name, job.prompt_id)
+                        return Outcome(job.prompt_id, "interrupted", worker.name)
                     if attempt == 2:
                         # Short and plain: this is what a server's history and its client show.
                         raise WorkerDied(f"the Ray workers running this prompt died ({' then '.join(died)}: "
@@ -150,10 +158,15 @@ class WorkerPool:
             raise AssertionError("unreachable")
         finally:
             self._listeners.pop(job.prompt_id, None)
+            with self._lock:
+                self._stop_asked.discard(job.prompt_id)
 
     def interrupt(self, prompt_id: str) -> bool:
-        """Stop a run on whichever worker has it; False if no worker is running it."""
+        """Stop a run on whichever worker has it; False if no worker is running it. A run whose worker dies before
+        it stops is not started again elsewhere (it ends as interrupted)."""
         with self._lock:
+            if prompt_id in self._listeners:
+                self._stop_asked.add(prompt_id)
             worker = next((w for w in self._workers.values() if w.busy == prompt_id), None)
         if worker is None:
             return False
