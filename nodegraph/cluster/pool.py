@@ -132,14 +132,15 @@ class WorkerPool:
         try:
             for attempt in (1, 2):
                 worker = self._acquire(job.prompt_id, models)
+                if attempt == 2 and self._was_stopped(job.prompt_id):  # asked while it was between workers
+                    self._release(worker, set())
+                    return Outcome(job.prompt_id, "interrupted", died[-1])
                 try:
                     outcome = self._ray.get(worker.handle.run.remote(replace(job, attempt=attempt), self._sink))
                 except self._ray.exceptions.RayActorError as exc:
                     self._lost(worker, exc)
                     died.append(worker.name)
-                    with self._lock:
-                        stop_asked = job.prompt_id in self._stop_asked
-                    if stop_asked:  # the user wanted it stopped: running it again elsewhere would undo that
+                    if self._was_stopped(job.prompt_id):  # the user wanted it stopped: a rerun would undo that
                         logger.warning("worker %s died running %s after an interrupt; not running it again",
                                        worker.name, job.prompt_id)
                         return Outcome(job.prompt_id, "interrupted", worker.name)
@@ -160,6 +161,10 @@ class WorkerPool:
             self._listeners.pop(job.prompt_id, None)
             with self._lock:
                 self._stop_asked.discard(job.prompt_id)
+
+    def _was_stopped(self, prompt_id: str) -> bool:
+        with self._lock:
+            return prompt_id in self._stop_asked
 
     def interrupt(self, prompt_id: str) -> bool:
         """Stop a run on whichever worker has it; False if no worker is running it. A run whose worker dies before

@@ -72,20 +72,23 @@ class EngineWorker:
         self.output_dir = Path(tempfile.mkdtemp(prefix=f"nodegraph-{name}-"))
         self.engine = Engine(device, input_dir=input_dir, output_dir=self.output_dir)
         self._flags: dict[str, threading.Event] = {}
+        self._flags_lock = threading.Lock()  # run and interrupt are called on two threads (max_concurrency=2)
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "pid": os.getpid(), "device": str(self.engine.device),
                 "node": os.uname().nodename}
 
     def interrupt(self, prompt_id: str) -> bool:
-        flag = self._flags.get(prompt_id)
-        if flag is None:
-            return False
-        flag.set()
+        # The pool asks only the worker a run was given to, which may not have started it yet: the request is
+        # kept for it (a run that then starts stops at its first node) rather than refused and lost.
+        with self._flags_lock:
+            self._flags.setdefault(prompt_id, threading.Event()).set()
         return True
 
     def run(self, job: Job, sink: Any) -> Outcome:
-        flag = self._flags.setdefault(job.prompt_id, threading.Event())
+        with self._flags_lock:  # one run at a time: requests kept for runs that never came here are dropped
+            flag = self._flags.get(job.prompt_id) or threading.Event()
+            self._flags = {job.prompt_id: flag}
         sender = _EventSender(sink, job.prompt_id, job.attempt)
         started = time.perf_counter()
         outcome = Outcome(job.prompt_id, "success", self.name)
@@ -111,7 +114,8 @@ class EngineWorker:
         finally:
             sender(END, {})
             sender.delivered()
-            self._flags.pop(job.prompt_id, None)
+            with self._flags_lock:
+                self._flags.pop(job.prompt_id, None)
         outcome.seconds = time.perf_counter() - started
         return outcome
 
