@@ -695,10 +695,9 @@ SECTIONS = {
 def _openmp_as_the_cli(threads: str) -> None:
     """The CLI sets OpenMP's waits before torch loads it (nodegraph.threads.prepare_openmp); this module has
     imported torch already, so with --threads auto it starts over once in the environment the CLI gives itself."""
-    if threads == "auto" and not (os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT")):
-        from nodegraph.threads import SPIN_COUNT
+    from nodegraph.threads import ask_for_brief_spins
 
-        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+    if threads == "auto" and ask_for_brief_spins():
         os.execv(sys.executable, [sys.executable, *sys.argv])
 
 

@@ -169,10 +169,8 @@ def _run_once(
 
     bars = ProgressBars(sys.stderr, label) if show_bars else None
     where = f"{args.params_file} line {line}: " if line is not None else ""
-    on_event = bars
-    if policy is not None:  # threads for this run from the CPUs free now, re-decided on its progress events
-        policy.start()
-        on_event = policy.watch(bars)
+    # threads for this run from the CPUs free now, re-decided on its progress events
+    on_event = policy.for_run(bars) if policy is not None else bars
     try:
         result = produce() if produce is not None else engine.run(prepared, on_event=on_event)
     except NodeExecutionError as exc:

@@ -63,8 +63,14 @@ def current_setting() -> str:
 def prepare_openmp() -> bool:
     """Ask OpenMP for brief spins (SPIN_COUNT) before torch loads it, unless the user chose a wait policy or the
     setting is "torch"; True when it did. Does nothing once torch is imported (OpenMP has read its settings then)."""
+    return "torch" not in sys.modules and ask_for_brief_spins()
+
+
+def ask_for_brief_spins() -> bool:
+    """Set GOMP_SPINCOUNT for OpenMP to read when it loads, unless the user chose a wait policy or the setting is
+    "torch"; True when it did. A process that has loaded torch already must start over for it to act (a bench)."""
     chosen = os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT")
-    if chosen or "torch" in sys.modules or current_setting() == "torch":
+    if chosen or current_setting() == "torch":
         return False
     os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     return True
@@ -185,6 +191,16 @@ class ThreadPolicy:
         time.sleep(LOOK_S)
         return self._decide()
 
+    def for_run(self, on_event=None):
+        """Size the pool for a run about to start and return its on_event callback (see `watch`). The first run
+        looks at the machine (`start`); later ones re-decide without waiting (`check`), so a batch of short runs
+        or a server's stream of prompts pays the look once."""
+        if self._ceiling:
+            self.check()
+        else:
+            self.start()
+        return self.watch(on_event)
+
     def check(self) -> int | None:
         """Re-decide if CHECK_EVERY_S has passed since the last decision (no waiting); the count in force."""
         if self.setting != "auto" or self._last is None or time.monotonic() - self._last.at < CHECK_EVERY_S:
@@ -226,5 +242,5 @@ def _single_interop_thread(torch) -> None:
         pass
 
 
-__all__ = ["ENV", "SPIN_COUNT", "Sample", "ThreadPolicy", "current_setting", "look", "others_busy", "passive_waits",
-           "prepare_openmp", "sample", "threads_for", "usable_cpus"]
+__all__ = ["ENV", "SPIN_COUNT", "Sample", "ThreadPolicy", "ask_for_brief_spins", "current_setting", "look",
+           "others_busy", "passive_waits", "prepare_openmp", "sample", "threads_for", "usable_cpus"]

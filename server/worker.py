@@ -331,13 +331,8 @@ class PromptRunner:
         cached: list[str] = []
         status = "error"
         pnginfo = item.extra_data.get("extra_pnginfo")
-        on_event: Callable[[str, dict[str, Any]], None] = relay
-        if self.threads is not None:  # threads from the CPUs free now (one look, then none longer than 0.5 s)
-            if self.threads.threads is None:
-                self.threads.start()
-            else:
-                self.threads.check()
-            on_event = self.threads.watch(relay)  # and re-decided on the run's progress events
+        # threads from the CPUs free now, re-decided on the run's progress events
+        on_event = self.threads.for_run(relay) if self.threads is not None else relay
         try:
             if item.prepared is not None:
                 result = self.engine.run(

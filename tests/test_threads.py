@@ -97,6 +97,22 @@ def test_progress_events_drive_the_checks(monkeypatch):
     assert policy.threads == 1 and seen == ["executing", "progress"]
 
 
+def test_for_run_looks_at_the_machine_once_then_re_decides_without_waiting(monkeypatch):
+    """What the CLI (each run of a batch) and `serve` (each prompt) call: a batch of short runs pays one look."""
+    machine = FakeMachine(monkeypatch)
+    policy = ThreadPolicy("auto", passive=False)
+    seen = []
+    callback = policy.for_run(lambda kind, data: seen.append(kind))
+    assert machine.clock == threads.LOOK_S and policy.threads == 2  # the first run: one look
+    machine.others = 1.5
+    machine.advance(1.0)
+    waited_from = machine.clock
+    policy.for_run()
+    assert machine.clock == waited_from and policy.threads == 1  # the next: re-decided, no waiting
+    callback("progress", {"node": "a", "value": 1, "max": 2})
+    assert seen == ["progress"]
+
+
 def test_usable_cpus_is_at_least_one_and_at_most_the_affinity_set():
     import os
 
