@@ -344,14 +344,20 @@ def _peak_kernels() -> list:
 
 
 def _flop_counter():
-    """torch's FLOP counter, also counting the fused CPU attention kernel (it counts only the GPU ones)."""
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+    """torch's FLOP counter, also counting the fused CPU attention kernel (it counts only the GPU ones) and the
+    prepacked oneDNN convolutions the UNets run at inference (`models/inference_cache.py`)."""
+    from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
     def sdpa(q, k, v, *args, out_shape=None, **kwargs):
         return sdpa_flop_count(q, k, v)
 
-    return FlopCounterMode(display=False,
-                           custom_mapping={torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa})
+    def packed_conv(x, w, *args, out_shape=None, **kwargs):
+        return conv_flop_count(x, w, out_shape)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa}
+    if hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+        mapping[torch.ops.mkldnn._convolution_pointwise] = packed_conv
+    return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
 def job_flops(m: Models) -> tuple[dict, dict]:

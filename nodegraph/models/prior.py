@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nodegraph.models.inference_cache import WeightsSnapshot
 from nodegraph.models.unet import timestep_embedding
 
 
@@ -89,7 +90,7 @@ class PriorTransformer(nn.Module):
         # Statistics of the unit-norm image embeddings of the training data.
         self.register_buffer("embed_mean", torch.zeros(cfg.clip_dim))
         self.register_buffer("embed_std", torch.ones(cfg.clip_dim))
-        self._prefix_memo: tuple | None = None  # (text inputs, weight versions, per-layer keys/values)
+        self._prefix_memo: tuple | None = None  # (text inputs, WeightsSnapshot, per-layer keys/values)
 
     def normalize(self, image_embed: torch.Tensor) -> torch.Tensor:
         """Unit-norm CLIP image embedding -> the prior's diffusion space."""
@@ -156,9 +157,8 @@ class PriorTransformer(nn.Module):
         """Per layer, the keys and values of the text prefix: remembered for the last text seen (with the
         weights' versions, so a prior still being trained never gets stale ones)."""
         key = (tokens, text_mask, embed, on)
-        weights = tuple((p.data_ptr(), p._version) for p in self.parameters())
         memo = self._prefix_memo
-        if memo is not None and memo[1] == weights and all(
+        if memo is not None and memo[1].matches(self.parameters()) and all(
             a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
             for a, b in zip(memo[0], key, strict=True)
         ):
@@ -169,5 +169,5 @@ class PriorTransformer(nn.Module):
         for block in self.blocks:
             seq, kv = block.extend(seq, mask[:, :, :n, :n], None)
             past.append(kv)
-        self._prefix_memo = (tuple(t.clone() for t in key), weights, past)
+        self._prefix_memo = (tuple(t.clone() for t in key), WeightsSnapshot(self.parameters()), past)
         return past

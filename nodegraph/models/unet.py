@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nodegraph.models.inference_cache import Conv2d
+
 
 @dataclass
 class UNetConfig:
@@ -84,12 +86,12 @@ class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, emb_dim: int, groups: int, dropout: float):
         super().__init__()
         self.norm1 = GroupNorm(groups, cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv1 = Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * cout)
         self.norm2 = GroupNorm(groups, cout)
         self.drop = nn.Dropout(dropout)
-        self.conv2 = zero(nn.Conv2d(cout, cout, 3, padding=1))
-        self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
+        self.conv2 = zero(Conv2d(cout, cout, 3, padding=1))
+        self.skip = nn.Identity() if cin == cout else Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -159,7 +161,7 @@ class UNet(nn.Module):
             self.null_text = nn.Parameter(torch.zeros(cfg.text_embed_dim))
         self.context_norm = nn.LayerNorm(emb_dim) if context_dim else None
 
-        self.inp = nn.Conv2d(cfg.in_channels, mc, 3, padding=1)
+        self.inp = Conv2d(cfg.in_channels, mc, 3, padding=1)
         self.down = nn.ModuleList()
         skips, ch, res = [mc], mc, cfg.image_size
         for level, mult in enumerate(cfg.channel_mult):
@@ -171,7 +173,7 @@ class UNet(nn.Module):
                 self.down.append(block)
                 skips.append(ch)
             if level < len(cfg.channel_mult) - 1:
-                self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
+                self.down.append(nn.ModuleList([Conv2d(ch, ch, 3, stride=2, padding=1)]))
                 skips.append(ch)
                 res //= 2
         self.mid = nn.ModuleList([
@@ -188,10 +190,10 @@ class UNet(nn.Module):
                     block.append(AttentionBlock(ch, cfg.head_channels, g, context_dim))
                 if level > 0 and i == cfg.num_res_blocks:
                     block.append(nn.Upsample(scale_factor=2, mode="nearest"))
-                    block.append(nn.Conv2d(ch, ch, 3, padding=1))
+                    block.append(Conv2d(ch, ch, 3, padding=1))
                     res *= 2
                 self.up.append(block)
-        self.out = nn.Sequential(GroupNorm(g, ch), nn.SiLU(), zero(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
+        self.out = nn.Sequential(GroupNorm(g, ch), nn.SiLU(), zero(Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
     def forward(
         self,

@@ -1,0 +1,152 @@
+"""Prepacked convolutions and weight snapshots: the reuse must never change a result or serve stale weights."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nodegraph.models import inference_cache
+from nodegraph.models.inference_cache import Conv2d, WeightsSnapshot
+from nodegraph.models.unet import UNet, UNetConfig
+
+needs_onednn = pytest.mark.skipif(inference_cache._ONEDNN is None, reason="this torch build has no oneDNN fused ops")
+
+
+def _plain(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _cl(*shape: int, gen: torch.Generator, dtype=torch.float32) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+@needs_onednn
+@pytest.mark.parametrize(("cin", "cout", "k", "stride", "size"), [
+    (3, 48, 3, 1, 32), (48, 48, 3, 2, 32), (96, 96, 3, 1, 8), (192, 96, 1, 1, 16), (48, 6, 3, 1, 32),
+])
+def test_prepacked_convolution_equals_the_plain_call(cin, cout, k, stride, size):
+    gen = torch.Generator().manual_seed(0)
+    conv = Conv2d(cin, cout, k, stride=stride, padding=k // 2).to(memory_format=torch.channels_last).eval()
+    with torch.no_grad():
+        for batch in (2, 1, 5):  # every shape gets its own packed weight; a new batch size must not be wrong
+            x = _cl(batch, cin, size, size, gen=gen)
+            out = conv(x)
+            torch.testing.assert_close(out, _plain(conv, x), rtol=1e-5, atol=1e-5)
+            assert out.is_contiguous(memory_format=torch.channels_last)
+    assert len(conv._packed) == 3  # the packed path ran
+
+
+@needs_onednn
+def test_prepacked_bf16_convolution_equals_the_plain_call():
+    if not inference_cache._BF16:
+        pytest.skip("this CPU has no bf16 convolutions in oneDNN")
+    gen = torch.Generator().manual_seed(1)
+    conv = Conv2d(64, 64, 3, padding=1).to(torch.bfloat16, memory_format=torch.channels_last).eval()
+    x = _cl(2, 64, 16, 16, gen=gen, dtype=torch.bfloat16)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x).float(), _plain(conv, x).float(), rtol=1e-2, atol=1e-2)
+    assert conv._packed
+
+
+@needs_onednn
+def test_packed_weights_follow_every_kind_of_weight_change():
+    gen = torch.Generator().manual_seed(2)
+    conv = Conv2d(16, 16, 3, padding=1).to(memory_format=torch.channels_last).eval()
+    x = _cl(2, 16, 8, 8, gen=gen)
+    with torch.no_grad():
+        conv(x)
+        conv.weight.add_(0.5)  # in place: an optimizer step
+        torch.testing.assert_close(conv(x), _plain(conv, x))
+        conv.load_state_dict({"weight": torch.randn(16, 16, 3, 3, generator=gen), "bias": torch.zeros(16)})
+        torch.testing.assert_close(conv(x), _plain(conv, x))
+        conv.weight.data = torch.randn(16, 16, 3, 3, generator=gen)  # swapped storage, version counter restarts
+        torch.testing.assert_close(conv(x), _plain(conv, x))
+        conv.bias.add_(1.0)  # the bias is passed on every call, never packed
+        torch.testing.assert_close(conv(x), _plain(conv, x))
+
+
+@needs_onednn
+def test_training_and_autograd_take_the_plain_path():
+    gen = torch.Generator().manual_seed(3)
+    conv = Conv2d(8, 8, 3, padding=1).to(memory_format=torch.channels_last)
+    x = _cl(2, 8, 8, 8, gen=gen).requires_grad_(True)
+    conv(x).sum().backward()  # the fused op has no backward: it must not be reached here
+    assert x.grad is not None and conv.weight.grad is not None
+    assert not conv._packed
+    with torch.no_grad():
+        conv(_cl(2, 8, 8, 8, gen=gen).contiguous())  # NCHW input: plain path too
+    assert not conv._packed
+
+
+@needs_onednn
+def test_shapes_kept_per_convolution_are_bounded():
+    gen = torch.Generator().manual_seed(4)
+    conv = Conv2d(4, 4, 3, padding=1).to(memory_format=torch.channels_last).eval()
+    with torch.no_grad():
+        for size in range(4, 14):
+            x = _cl(1, 4, size, size, gen=gen)
+            torch.testing.assert_close(conv(x), _plain(conv, x))
+    assert len(conv._packed) == inference_cache._SHAPES_KEPT
+
+
+def _small_unet() -> UNet:
+    torch.manual_seed(0)
+    cfg = UNetConfig(model_channels=16, channel_mult=(1, 2), attention_resolutions=(8,), image_size=16,
+                     head_channels=8, norm_groups=4, clip_dim=8, text_dim=8, text_embed_dim=8)
+    net = UNet(cfg).eval().requires_grad_(False)
+    for p in net.parameters():  # the zero-initialised output layers would hide a wrong packed weight
+        p.add_(0.05 * torch.randn(p.shape))
+    return net.to(memory_format=torch.channels_last)
+
+
+def _unet_inputs(gen: torch.Generator) -> dict:
+    return dict(x=_cl(2, 3, 16, 16, gen=gen), t=torch.tensor([10, 900]),
+                image_embed=F.normalize(torch.randn(2, 8, generator=gen), dim=-1),
+                text_tokens=torch.randn(2, 5, 8, generator=gen), text_mask=torch.ones(2, 5, dtype=torch.bool),
+                text_embed=torch.randn(2, 8, generator=gen))
+
+
+@needs_onednn
+def test_unet_with_packed_convolutions_equals_the_plain_network(monkeypatch):
+    net, gen = _small_unet(), torch.Generator().manual_seed(5)
+    inputs = _unet_inputs(gen)
+    with torch.no_grad():
+        packed = net(**inputs)
+        monkeypatch.setattr(inference_cache, "_ONEDNN", None)
+        plain = net(**inputs)
+    torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-6)
+
+
+@needs_onednn
+def test_copies_of_a_network_with_packed_weights(tmp_path):
+    """NADA and DiffusionCLIP deep-copy networks that have sampled; the server pickles nothing, but a user may."""
+    net, gen = _small_unet(), torch.Generator().manual_seed(6)
+    inputs = _unet_inputs(gen)
+    with torch.no_grad():
+        before = net(**inputs)
+        twin = copy.deepcopy(net)
+        for p in twin.parameters():
+            p.mul_(1.1)  # the copy's packed weights must be its own, not the original's
+        torch.testing.assert_close(net(**inputs), before)
+        assert not torch.allclose(twin(**inputs), before)
+        restored = pickle.loads(pickle.dumps(net))
+        torch.testing.assert_close(restored(**inputs), before)
+
+
+def test_weights_snapshot():
+    w = torch.nn.Parameter(torch.ones(3))
+    snap = WeightsSnapshot([w])
+    assert snap.matches([w])
+    with torch.no_grad():
+        w.add_(1)
+    assert not snap.matches([w])
+    snap = WeightsSnapshot([w])
+    w.data = torch.ones(3)
+    assert not snap.matches([w])
+    snap = WeightsSnapshot([w])
+    assert not snap.matches([w.to(torch.float64)])
+    assert not snap.matches([w, w])
