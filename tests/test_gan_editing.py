@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nodegraph.errors import InputValueError
-from nodegraph.generate import gan_sampling, nada, styleclip
+from nodegraph.generate import clip_objective, gan_sampling, nada, styleclip
 from nodegraph.generate.clip_objective import PLAIN, ClipObjective, ObjectiveSettings, objective_for
 from nodegraph.generate.gan_inversion import InversionSettings, invert, noise_regularization, psnr, ramped_lr
 from nodegraph.models.clip import build_clip
@@ -103,6 +104,43 @@ def test_directional_loss_pairs_views_and_prefers_the_text_direction(clip, noise
     assert loss.shape == (2,) and edit.grad is not None and edit.grad.abs().sum() > 0
     with pytest.raises(InputValueError):
         obj.directional_loss(src, src[:1], "a", "b")
+
+
+def test_directional_loss_is_tame_where_the_two_images_are_still_the_same(clip, noised):
+    """NADA's trained copy starts equal to the frozen generator (same codes, same noise), so its first step sees
+    no image direction at all. A 1e-6 floor under the norm made that gradient ~1e6 times a normal one, and
+    Adam's second moment (beta2 0.99) then shrank every later update to nothing: the generator stopped
+    changing after one step. At the floor the loss must reward moving along the text direction with a
+    gradient of ordinary size."""
+    obj = ClipObjective.plain(clip)
+    src = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    same = src.clone().requires_grad_(True)
+    obj.directional_loss(src, same, "a red circle", "a blue circle").sum().backward()
+    assert torch.isfinite(same.grad).all() and same.grad.abs().sum() > 0
+    # a small step down that gradient moves the image's embedding along the text direction
+    step = src - 1e-3 * same.grad / same.grad.norm()
+    direction = obj.text_embeddings("a blue circle") - obj.text_embeddings("a red circle")
+    with torch.no_grad():
+        moved = clip.encode_image(step) - clip.encode_image(src)
+    assert (F.cosine_similarity(moved, direction.expand_as(moved), dim=-1) > 0.5).all()
+    with pytest.MonkeyPatch.context() as patch:  # the old floor: the same gradient, 1e4 times larger
+        patch.setattr(clip_objective, "DIRECTION_EPS", 1e-6)
+        old = src.clone().requires_grad_(True)
+        obj.directional_loss(src, old, "a red circle", "a blue circle").sum().backward()
+    assert old.grad.norm() > 1e3 * same.grad.norm()
+
+
+def test_nada_keeps_changing_the_generator_after_its_first_step(gan, clip):
+    obj = ClipObjective(clip, None, ObjectiveSettings(views=2, noised_weight=0.0))
+    latent = gan_sampling.sample_latents(gan, seed=3, batch=2)
+    images = [gan.render(latent)]
+    for steps in (1, 6):
+        settings = nada.NadaSettings(steps=steps, layers=0, batch=2, lr=0.002)
+        adapted = nada.adapt(gan, obj, "a red circle", "a blue circle", settings,
+                             generator=torch.Generator().manual_seed(0))
+        images.append(adapted.render(latent))
+    first, later = (images[1] - images[0]).abs().mean(), (images[2] - images[1]).abs().mean()
+    assert later > 0.5 * first  # five more steps; under the old 1e-6 floor they barely moved it
 
 
 def test_styleclip_lowers_the_clip_loss_and_lambda_keeps_the_latent_near_its_start(gan, clip):
