@@ -150,3 +150,45 @@ def test_weights_snapshot():
     snap = WeightsSnapshot([w])
     assert not snap.matches([w.to(torch.float64)])
     assert not snap.matches([w, w])
+
+
+def _dense(net: UNet, inputs: dict, monkeypatch) -> torch.Tensor:
+    """The forward with every step-invariant part recomputed (what training runs)."""
+    import nodegraph.models.unet as unet
+
+    with monkeypatch.context() as patch:
+        patch.setattr(unet, "_recomputes", lambda module, x: True)
+        return net(**inputs)
+
+
+def test_unet_conditioning_memo_never_serves_stale_conditions(monkeypatch):
+    net, gen = _small_unet(), torch.Generator().manual_seed(7)
+    first, second = _unet_inputs(gen), _unet_inputs(gen)
+    with torch.no_grad():
+        for t in (900, 500, 10):  # a sampler's steps: the first fills the memo, the others reuse it
+            step = {**first, "t": torch.tensor([t, t])}
+            torch.testing.assert_close(net(**step), _dense(net, step, monkeypatch))
+        torch.testing.assert_close(net(**second), _dense(net, second, monkeypatch))  # another text and image
+        edited = {**second, "text_tokens": second["text_tokens"].clone()}
+        edited["text_tokens"][1, 2] += 1.0  # same objects' shapes, one value changed
+        torch.testing.assert_close(net(**edited), _dense(net, edited, monkeypatch))
+        off = {**second, "text_mask": torch.zeros(2, 5, dtype=torch.bool), "image_on": torch.tensor([1.0, 0.0])}
+        torch.testing.assert_close(net(**off), _dense(net, off, monkeypatch))  # the CFG null branch
+        bare = {"x": _cl(3, 3, 16, 16, gen=gen), "t": torch.tensor([5, 5, 5])}  # every condition absent, new batch
+        torch.testing.assert_close(net(**bare), _dense(net, bare, monkeypatch))
+
+
+def test_unet_conditioning_memo_follows_weight_updates(monkeypatch):
+    """A decoder sampled between fine-tuning steps (DiffusionCLIP's previews) must see its new weights."""
+    net, gen = _small_unet(), torch.Generator().manual_seed(8)
+    inputs = _unet_inputs(gen)
+    with torch.no_grad():
+        net(**inputs)
+        net.text_proj.weight.add_(0.1)  # the context tokens
+        torch.testing.assert_close(net(**inputs), _dense(net, inputs, monkeypatch))
+        attention = next(m for m in net.modules() if m.__class__.__name__ == "AttentionBlock")
+        attention.context_kv.bias.add_(0.3)  # one attention block's context keys and values
+        torch.testing.assert_close(net(**inputs), _dense(net, inputs, monkeypatch))
+        net.null_image.add_(0.5)  # a parameter, not a module
+        off = {**inputs, "image_on": torch.tensor([0.0, 0.0])}
+        torch.testing.assert_close(net(**off), _dense(net, off, monkeypatch))

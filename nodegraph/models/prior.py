@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nodegraph.models.inference_cache import WeightsSnapshot
+from nodegraph.models.inference_cache import InputMemo
 from nodegraph.models.unet import timestep_embedding
 
 
@@ -90,7 +90,7 @@ class PriorTransformer(nn.Module):
         # Statistics of the unit-norm image embeddings of the training data.
         self.register_buffer("embed_mean", torch.zeros(cfg.clip_dim))
         self.register_buffer("embed_std", torch.ones(cfg.clip_dim))
-        self._prefix_memo: tuple | None = None  # (text inputs, WeightsSnapshot, per-layer keys/values)
+        self._prefix_memo: InputMemo[list[tuple[torch.Tensor, torch.Tensor]]] = InputMemo()
 
     def normalize(self, image_embed: torch.Tensor) -> torch.Tensor:
         """Unit-norm CLIP image embedding -> the prior's diffusion space."""
@@ -156,18 +156,13 @@ class PriorTransformer(nn.Module):
     def _text_prefix(self, tokens, text_mask, embed, on, mask) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, the keys and values of the text prefix: remembered for the last text seen (with the
         weights' versions, so a prior still being trained never gets stale ones)."""
-        key = (tokens, text_mask, embed, on)
-        memo = self._prefix_memo
-        if memo is not None and memo[1].matches(self.parameters()) and all(
-            a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
-            for a, b in zip(memo[0], key, strict=True)
-        ):
-            return memo[2]
-        seq = self._prefix_rows(tokens, embed, on)
-        n = seq.shape[1]
-        past = []
-        for block in self.blocks:
-            seq, kv = block.extend(seq, mask[:, :, :n, :n], None)
-            past.append(kv)
-        self._prefix_memo = (tuple(t.clone() for t in key), WeightsSnapshot(self.parameters()), past)
-        return past
+        def compute() -> list[tuple[torch.Tensor, torch.Tensor]]:
+            seq = self._prefix_rows(tokens, embed, on)
+            n = seq.shape[1]
+            past = []
+            for block in self.blocks:
+                seq, kv = block.extend(seq, mask[:, :, :n, :n], None)
+                past.append(kv)
+            return past
+
+        return self._prefix_memo.get((tokens, text_mask, embed, on), self.parameters(), compute)

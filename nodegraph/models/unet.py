@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nodegraph.models.inference_cache import Conv2d
+from nodegraph.models.inference_cache import Conv2d, InputMemo
 
 
 @dataclass
@@ -111,6 +111,7 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.context_kv = nn.Linear(context_dim, 2 * channels) if context_dim else None
         self.proj = zero(nn.Conv1d(channels, channels, 1))
+        self._context_memo: InputMemo[tuple[torch.Tensor, ...]] = InputMemo()
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None, context_mask: torch.Tensor | None):
         b, c, hgt, wid = x.shape
@@ -121,7 +122,7 @@ class AttentionBlock(nn.Module):
         q, k, v = _split_heads(F.linear(tokens, self.qkv.weight[..., 0], self.qkv.bias), 3, self.heads)
         mask = None
         if self.context_kv is not None and context is not None:
-            ck, cv = _split_heads(self.context_kv(context), 2, self.heads)  # [B, H, L, d]
+            ck, cv = self._context_heads(context)  # [B, H, L, d]
             k, v = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)
             # Image tokens are always visible, so a fully masked context never empties a row.
             mask = torch.cat([context_mask, context_mask.new_ones(b, hgt * wid)], dim=1)
@@ -131,11 +132,30 @@ class AttentionBlock(nn.Module):
         return x + out.transpose(1, 2).view(b, c, hgt, wid)  # a channels-last view again, no copy
 
 
+    def _context_heads(self, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The context's keys and values: the same at every sampling step, so computed once per context."""
+        def compute() -> tuple[torch.Tensor, ...]:
+            return _split_heads(self.context_kv(context), 2, self.heads)
+
+        if _recomputes(self, context):
+            return compute()
+        return self._context_memo.get((context,), self.context_kv.parameters(), compute)
+
+
+def _recomputes(module: nn.Module, x: torch.Tensor) -> bool:
+    """Training and autograd need every step's own graph; a meta-device shape probe has no values to compare."""
+    return torch.is_grad_enabled() or module.training or x.device.type == "meta"
+
+
 def _split_heads(t: torch.Tensor, parts: int, heads: int) -> tuple[torch.Tensor, ...]:
     """[B, N, parts * C] -> `parts` tensors [B, H, N, C / H] (channel = head * d + i, as in the channel-major
     layout the weights were trained with)."""
     b, n, width = t.shape
     return t.view(b, n, parts, heads, width // (parts * heads)).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+# The UNet's submodules that turn conditions into the time-embedding term and the context tokens.
+_CONDITIONING = ("image_emb", "image_to_tokens", "null_image", "text_proj", "text_emb", "null_text", "context_norm")
 
 
 class UNet(nn.Module):
@@ -160,6 +180,7 @@ class UNet(nn.Module):
             self.text_emb = nn.Linear(cfg.text_embed_dim, emb_dim)
             self.null_text = nn.Parameter(torch.zeros(cfg.text_embed_dim))
         self.context_norm = nn.LayerNorm(emb_dim) if context_dim else None
+        self._conditions_memo: InputMemo[tuple] = InputMemo()
 
         self.inp = Conv2d(cfg.in_channels, mc, 3, padding=1)
         self.down = nn.ModuleList()
@@ -211,10 +232,49 @@ class UNet(nn.Module):
 
         `extra` is concatenated to x along channels (low-res image, or [image * mask, mask]).
         """
-        cfg, b = self.cfg, x.shape[0]
+        cfg = self.cfg
         emb = self.time_mlp(timestep_embedding(t, cfg.model_channels).to(x.dtype))  # bf16 weights: bf16 in
         if cfg.aug_level:
             emb = emb + self.aug_mlp(timestep_embedding(aug_level, cfg.model_channels).to(x.dtype))
+        cond_emb, context, context_mask = self._conditions(x, image_embed, image_on, text_tokens, text_mask, text_embed)
+        if cond_emb is not None:
+            emb = emb + cond_emb
+
+        h = self.inp(torch.cat([x, extra], dim=1) if extra is not None else x)
+        hs = [h]
+        for block in self.down:
+            h = self._run_block(block, h, emb, context, context_mask)
+            hs.append(h)
+        h = self._run_block(self.mid, h, emb, context, context_mask)
+        for block in self.up:
+            h = self._run_block(block, torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
+        return self.out(h)
+
+    def _conditions(self, x, image_embed, image_on, text_tokens, text_mask, text_embed):
+        """(embedding added to the time embedding, context tokens, context mask): none of it depends on x_t or
+        t, so sampling computes it once per set of conditions."""
+        def compute() -> tuple:
+            return self._compute_conditions(x, image_embed, image_on, text_tokens, text_mask, text_embed)
+
+        if _recomputes(self, x):
+            return compute()
+        # The empty [B, 0] tensor stands for what the defaults of absent conditions take from x: batch, dtype, device.
+        inputs = (image_embed, image_on, text_tokens, text_mask, text_embed, x.new_empty(x.shape[0], 0))
+        return self._conditions_memo.get(inputs, self._conditioning_params(), compute)
+
+    def _conditioning_params(self) -> list[torch.Tensor]:
+        params = []
+        for name in _CONDITIONING:
+            part = getattr(self, name, None)
+            if isinstance(part, nn.Parameter):
+                params.append(part)
+            elif part is not None:
+                params.extend(part.parameters())
+        return params
+
+    def _compute_conditions(self, x, image_embed, image_on, text_tokens, text_mask, text_embed) -> tuple:
+        cfg, b = self.cfg, x.shape[0]
+        cond_emb = None
         tokens, masks = [], []
         if cfg.clip_dim:
             on = image_on if image_on is not None else x.new_ones(b)
@@ -223,7 +283,7 @@ class UNet(nn.Module):
             img = torch.where(on.view(b, 1) > 0.5, image_embed, self.null_image.expand(b, -1))
             # Embeddings arrive unit-norm (the sphere DALL-E 2 works on); scale to unit variance per entry.
             img = img * math.sqrt(cfg.clip_dim)
-            emb = emb + self.image_emb(img)
+            cond_emb = self.image_emb(img)
             tokens.append(self.image_to_tokens(img).view(b, cfg.image_tokens, -1))
             masks.append(torch.ones(b, cfg.image_tokens, dtype=torch.bool, device=x.device))
         if cfg.text_dim:
@@ -238,19 +298,11 @@ class UNet(nn.Module):
                 else torch.zeros(b, dtype=torch.bool, device=x.device)
             )
             te = text_embed if text_embed is not None else x.new_zeros(b, cfg.text_embed_dim)
-            emb = emb + self.text_emb(torch.where(text_on.view(b, 1), te, self.null_text.expand(b, -1)))
+            text_term = self.text_emb(torch.where(text_on.view(b, 1), te, self.null_text.expand(b, -1)))
+            cond_emb = text_term if cond_emb is None else cond_emb + text_term
         context = self.context_norm(torch.cat(tokens, dim=1)) if tokens else None
         context_mask = torch.cat(masks, dim=1) if masks else None
-
-        h = self.inp(torch.cat([x, extra], dim=1) if extra is not None else x)
-        hs = [h]
-        for block in self.down:
-            h = self._run_block(block, h, emb, context, context_mask)
-            hs.append(h)
-        h = self._run_block(self.mid, h, emb, context, context_mask)
-        for block in self.up:
-            h = self._run_block(block, torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
-        return self.out(h)
+        return cond_emb, context, context_mask
 
     @staticmethod
     def _run_block(block: nn.ModuleList, h, emb, context, context_mask) -> torch.Tensor:
