@@ -363,18 +363,32 @@ def _flop_counter():
 def job_flops(m: Models) -> tuple[dict, dict]:
     """Per model, the FLOPs of one main job: as full forward passes x steps (the floor's count), and as executed.
 
-    They differ for the prior only: sampling computes its causal text prefix once per text and then 3 of the 36
-    rows per step; its full count is one full causal pass (training's path, under grad mode) x steps."""
-    executed = dict.fromkeys(STAGES, 0)
+    Sampling computes what does not change between steps once: the prior's causal text prefix (then 3 of its 36
+    rows per step), the UNets' context tokens and their attention keys/values. The full count recomputes all of
+    it at every step: the prior as one full causal pass (training's path, under grad mode) x steps, the UNets
+    with their step-invariant memo switched off."""
+    import nodegraph.models.unet as unet
 
-    @contextlib.contextmanager
-    def count(stage):
-        with _flop_counter() as fc:
-            yield
-        executed[stage] += fc.get_total_flops()
+    def counted(recompute: bool) -> dict:
+        flops = dict.fromkeys(STAGES, 0)
 
-    dalle2(m, [JOB_CAPTION], 0, stage=count)
-    dense = {**executed, "prior": _prior_full_pass_flops(m) * JOB_PRIOR_STEPS}
+        @contextlib.contextmanager
+        def count(stage):
+            with _flop_counter() as fc:
+                yield
+            flops[stage] += fc.get_total_flops()
+
+        memo = unet._recomputes
+        if recompute:
+            unet._recomputes = lambda module, x: True
+        try:
+            dalle2(m, [JOB_CAPTION], 0, stage=count)
+        finally:
+            unet._recomputes = memo
+        return flops
+
+    executed = counted(recompute=False)
+    dense = {**counted(recompute=True), "prior": _prior_full_pass_flops(m) * JOB_PRIOR_STEPS}
     return dense, executed
 
 
