@@ -131,7 +131,6 @@ class AttentionBlock(nn.Module):
         out = F.linear(out, self.proj.weight[..., 0], self.proj.bias)
         return x + out.transpose(1, 2).view(b, c, hgt, wid)  # a channels-last view again, no copy
 
-
     def _context_heads(self, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The context's keys and values: the same at every sampling step, so computed once per context."""
         def compute() -> tuple[torch.Tensor, ...]:
