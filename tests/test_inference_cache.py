@@ -122,7 +122,7 @@ def test_unet_with_packed_convolutions_equals_the_plain_network(monkeypatch):
 
 
 @needs_onednn
-def test_copies_of_a_network_with_packed_weights(tmp_path):
+def test_copies_of_a_network_with_packed_weights():
     """NADA and DiffusionCLIP deep-copy networks that have sampled; the server pickles nothing, but a user may."""
     net, gen = _small_unet(), torch.Generator().manual_seed(6)
     inputs = _unet_inputs(gen)
@@ -192,3 +192,29 @@ def test_unet_conditioning_memo_follows_weight_updates(monkeypatch):
         net.null_image.add_(0.5)  # a parameter, not a module
         off = {**inputs, "image_on": torch.tensor([0.0, 0.0])}
         torch.testing.assert_close(net(**off), _dense(net, off, monkeypatch))
+
+
+def test_moving_or_casting_a_network_forgets_what_it_remembered(monkeypatch):
+    """The memos and packed weights hold the old device's (or dtype's) tensors: offloading a model must free them."""
+    from nodegraph.models.prior import PriorConfig, PriorTransformer
+
+    net, gen = _small_unet(), torch.Generator().manual_seed(9)
+    inputs = _unet_inputs(gen)
+    with torch.no_grad():
+        net(**inputs)
+        attention = next(m for m in net.modules() if m.__class__.__name__ == "AttentionBlock")
+        convs = [m for m in net.modules() if isinstance(m, Conv2d)]
+        assert net._conditions_memo._last is not None and attention._context_memo._last is not None
+        net.to(torch.float64)
+        assert net._conditions_memo._last is None and attention._context_memo._last is None
+        assert all(not c._packed and c._packed_for is None for c in convs)
+        wide = {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
+        torch.testing.assert_close(net(**wide), _dense(net, wide, monkeypatch))
+    prior = PriorTransformer(PriorConfig(clip_dim=16, text_width=8, context_length=6, width=32, layers=2,
+                                         heads=2)).eval()
+    text = (torch.randn(2, 6, 8, generator=gen), torch.ones(2, 6, dtype=torch.bool), torch.randn(2, 16, generator=gen))
+    with torch.no_grad():
+        prior(torch.randn(2, 16, generator=gen), torch.tensor([3, 3]), *text)
+        assert prior._prefix_memo._last is not None
+        prior.to(torch.float64)
+        assert prior._prefix_memo._last is None

@@ -12,6 +12,10 @@
   3x3 convolution on two 8x8 maps: 239 µs plain, 116 µs with the weight prepacked). Same primitive, same
   arithmetic: outputs equal to the plain call's (tested). Training, autograd, other devices, other dtypes
   and torch builds without the op take the plain path.
+
+Memos and packed weights hold the tensors they were computed from and on, so the modules that own them forget
+them when moved or cast (`_apply`, which `.to()`, `.cuda()` and the engine's offloading go through): a model
+offloaded to the CPU must not keep GPU memory alive through its memo.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ class InputMemo(Generic[T]):
         self._last = (kept, WeightsSnapshot(params), value)
         return value
 
+    def clear(self) -> None:
+        self._last = None
+
 
 def _same_inputs(a: tuple, b: tuple) -> bool:
     return len(a) == len(b) and all(
@@ -83,7 +90,7 @@ def _onednn_bf16() -> bool:
         return False
 
 
-_ONEDNN = _onednn_ops()
+_ONEDNN = _onednn_ops() if torch.backends.mkldnn.is_available() else None
 _BF16 = _ONEDNN is not None and _onednn_bf16()  # bf16 convolutions only where the CPU has them natively
 _SHAPES_KEPT = 4  # weights packed per convolution: one per input shape seen, the oldest dropped
 
@@ -111,7 +118,7 @@ class Conv2d(nn.Conv2d):
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
             and self.padding_mode == "zeros" and not isinstance(self.padding, str)
             and x.is_contiguous(memory_format=torch.channels_last)
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and torch.backends.mkldnn.enabled
         )
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,6 +137,10 @@ class Conv2d(nn.Conv2d):
                              list(x.shape))
             self._packed[key] = packed
         return packed
+
+    def _apply(self, fn, recurse=True):
+        self._packed, self._packed_for = {}, None
+        return super()._apply(fn, recurse)
 
     def __getstate__(self) -> dict:
         # Copies (deepcopy, pickling) start without packed weights: oneDNN tensors do not pickle, and a copy's

@@ -92,6 +92,10 @@ class PriorTransformer(nn.Module):
         self.register_buffer("embed_std", torch.ones(cfg.clip_dim))
         self._prefix_memo: InputMemo[list[tuple[torch.Tensor, torch.Tensor]]] = InputMemo()
 
+    def _apply(self, fn, recurse=True):
+        self._prefix_memo.clear()  # a move or cast must not keep the old device's tensors alive
+        return super()._apply(fn, recurse)
+
     def normalize(self, image_embed: torch.Tensor) -> torch.Tensor:
         """Unit-norm CLIP image embedding -> the prior's diffusion space."""
         return (F.normalize(image_embed, dim=-1) - self.embed_mean) / self.embed_std

@@ -131,6 +131,10 @@ class AttentionBlock(nn.Module):
         out = F.linear(out, self.proj.weight[..., 0], self.proj.bias)
         return x + out.transpose(1, 2).view(b, c, hgt, wid)  # a channels-last view again, no copy
 
+    def _apply(self, fn, recurse=True):
+        self._context_memo.clear()  # a move or cast must not keep the old device's tensors alive
+        return super()._apply(fn, recurse)
+
     def _context_heads(self, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The context's keys and values: the same at every sampling step, so computed once per context."""
         def compute() -> tuple[torch.Tensor, ...]:
@@ -248,6 +252,10 @@ class UNet(nn.Module):
         for block in self.up:
             h = self._run_block(block, torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
         return self.out(h)
+
+    def _apply(self, fn, recurse=True):
+        self._conditions_memo.clear()  # a move or cast must not keep the old device's tensors alive
+        return super()._apply(fn, recurse)
 
     def _conditions(self, x, image_embed, image_on, text_tokens, text_mask, text_embed):
         """(embedding added to the time embedding, context tokens, context mask): none of it depends on x_t or
