@@ -7,7 +7,7 @@
 
 Sections: clip (retrieval), pipeline (DALL·E 2 / GLIDE / unconditional accuracy), upsampler, inpaint,
 classifier, noised_clip, speed (the main job's warm time per model beside its FLOP floor measured in the same
-run, fp32 and bf16 weights, bf16's scorer result; CLI time and peak RSS), cfg (guidance sweep: accuracy
+run, at each precision (auto, fp32, bf16) with its scorer result; CLI time and peak RSS), cfg (guidance sweep: accuracy
 against diversity), variations, text_diff, inversion (PSNR over steps, edits), guided (CLIP- and
 classifier-guided against unguided), cache (seed change in dalle2_text2img).
 """
@@ -236,25 +236,27 @@ def sec_speed(m: Models, q: bool) -> None:
         wall = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     ok = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
-    half = BF16Models(m)
-    dalle2(half, cap, 0, prior_steps=2, steps=2, up_steps=2)
-    runs = _interleaved_job_times({"fp32": m, "bf16": half}, 3 if q else 5, threads)
+    variants = {"auto": PrecisionModels(m, "auto"), "fp32": m, "bf16": PrecisionModels(m, "bf16")}
+    for models in variants.values():
+        dalle2(models, cap, 0, prior_steps=2, steps=2, up_steps=2)
+    runs = _interleaved_job_times(variants, 3 if q else 5, threads)
     dense, executed = job_flops(m)
-    _floor_table(runs, dense, executed)
+    _floor_table(runs, dense, executed, list(variants))
     table("Speed and memory: text -> 64x64 (25 prior, 50 decoder steps with CFG, 20 upsampler steps)",
           ["measure", "value"],
-          [["in-process pipeline fp32, median (s)", statistics.median(r["fp32"]["total"] for r in runs)],
-           ["in-process pipeline bf16 weights, median (s)", statistics.median(r["bf16"]["total"] for r in runs)],
+          [*([f"in-process pipeline {name}, median (s)", statistics.median(r[name]["total"] for r in runs)]
+             for name in variants),
            ["CLI run incl. start-up (s)", f"{wall:.1f} ({ok})"],
            ["CLI peak RSS (MB)", f"{rss:.0f}"], ["torch threads", threads.describe()]])
-    _bf16_quality_table(m, half, 16 if q else 48)
+    _precision_quality_table(variants, 16 if q else 48)
 
 
-class BF16Models:
-    """The bundled models with the diffusion networks' weights in bf16, as a loader's dtype "bf16" gives them."""
+class PrecisionModels:
+    """The bundled models with the diffusion networks at another precision, as a loader's `dtype` gives them:
+    "auto" (the loaders' default: the UNets' convolutions in bf16 where the CPU has native bf16) or "bf16"."""
 
-    def __init__(self, m: Models) -> None:
-        self._m, self._cache = m, {}
+    def __init__(self, m: Models, precision: str) -> None:
+        self._m, self._precision, self._cache = m, precision, {}
 
     def __getattr__(self, family: str):
         if family.startswith("_"):
@@ -262,7 +264,7 @@ class BF16Models:
         if family not in self._cache:
             model = getattr(self._m, family)
             cast = family in loader.DIFFUSION_FAMILIES
-            self._cache[family] = model.with_weight_dtype("bf16") if cast else model
+            self._cache[family] = model.with_precision(self._precision) if cast else model
         return self._cache[family]
 
 
@@ -403,9 +405,9 @@ def _prior_full_pass_flops(m: Models) -> int:
     return fc.get_total_flops()
 
 
-def _floor_table(runs: list[dict], dense: dict, executed: dict) -> None:
-    """Per model: FLOPs, the floor (FLOPs over the peak measured beside each repeat), fp32 and bf16 times and their
-    ratios to the fp32 floor; "CPU" ratios use CPU time on both sides, which other processes cannot inflate."""
+def _floor_table(runs: list[dict], dense: dict, executed: dict, variants: list[str]) -> None:
+    """Per model: FLOPs, the floor (FLOPs over the peak measured beside each repeat), each precision's time and its
+    ratio to the fp32 floor; "CPU" ratios use CPU time on both sides, which other processes cannot inflate."""
     peaks = [r["peak"] for r in runs]
     rows = []
     for stage in (*STAGES, "total"):
@@ -413,19 +415,19 @@ def _floor_table(runs: list[dict], dense: dict, executed: dict) -> None:
         done = sum(executed.values()) if stage == "total" else executed[stage]
         floor = statistics.median(_floors(runs, flops, "peak"))
         row = [stage, f"{flops / 1e9:.1f}", f"{done / 1e9:.1f}", f"{floor:.3f}"]
-        for variant in ("fp32", "bf16"):
+        for variant in variants:
             t = [r[variant][stage] for r in runs]
-            row += [f"{statistics.median(t):.3f}", f"{min(t):.3f}", _ratio(runs, variant, stage, flops, "peak"),
+            row += [f"{statistics.median(t):.3f}", _ratio(runs, variant, stage, flops, "peak"),
                     _ratio(runs, variant + " cpu", stage, flops, "peak_cpu")]
         rows.append(row)
     load = os.getloadavg()[0]
+    header = ["model", "GFLOP (forwards x steps)", "GFLOP executed", "floor (s)"]
+    for variant in variants:
+        header += [f"{variant} median (s)", f"{variant} / floor", f"{variant} / floor, CPU"]
     table(f"Main job warm against its fp32 FLOP floor ({len(runs)} interleaved repeats; peak fp32 "
           f"{statistics.median(peaks):.0f} GFLOP/s median, {min(peaks):.0f}-{max(peaks):.0f}, measured before each "
           f"repeat, {statistics.median(r['peak_cpu'] for r in runs):.0f} per CPU-second; 1-min load average {load:.1f} "
-          f"on {os.cpu_count()} CPUs)",
-          ["model", "GFLOP (forwards x steps)", "GFLOP executed", "floor (s)", "fp32 median (s)", "fp32 min (s)",
-           "fp32 / floor", "fp32 / floor, CPU", "bf16 median (s)", "bf16 min (s)", "bf16 / fp32 floor",
-           "bf16 / floor, CPU"], rows)
+          f"on {os.cpu_count()} CPUs). The main job runs at the loaders' default precision, auto", header, rows)
 
 
 def _floors(runs: list[dict], flops: float, peak: str) -> list[float]:
@@ -437,17 +439,19 @@ def _ratio(runs: list[dict], variant: str, stage: str, flops: float, peak: str) 
     return f"{statistics.median(ratios):.2f}x" if ratios else "-"
 
 
-def _bf16_quality_table(m: Models, half: BF16Models, n: int) -> None:
+def _precision_quality_table(variants: dict, n: int) -> None:
     _, caps = prompts(n, False)
-    full = dalle2(m, caps, 0)
-    low = dalle2(half, caps, 0)
+    images = {name: dalle2(models, caps, 0) for name, models in variants.items()}
     rows = []
-    for name, images in (("fp32", full), ("bf16 weights (prior, decoder, upsampler)", low)):
-        r = score_batch(images, caps)
+    for name, imgs in images.items():
+        r = score_batch(imgs, caps)
         rows.append([name, n, r.attribute_accuracy, r.exact_rate, _per(r)])
-    rows.append(["bf16 vs fp32 images", n, f"PSNR {psnr(low, full):.1f} dB", "", ""])
-    table("bf16 weights against fp32 on the DALL·E 2 pipeline (one-shape canonical prompts, same seeds)",
-          ["weights", "n", "attribute acc", "exact", "per attribute"], rows)
+    for name, imgs in images.items():
+        if name != "fp32":
+            rows.append([f"{name} vs fp32 images", n, f"PSNR {psnr(imgs, images['fp32']):.1f} dB", "", ""])
+    table("Precisions of the diffusion networks on the DALL·E 2 pipeline (one-shape canonical prompts, same seeds; "
+          "auto = convolutions in bf16 where native, bf16 = every weight and activation)",
+          ["precision", "n", "attribute acc", "exact", "per attribute"], rows)
 
 
 def distinct(images: torch.Tensor, seeds: int) -> float:

@@ -18,6 +18,10 @@ from typing import Any, TypeVar
 from nodegraph.errors import CheckpointError
 
 T = TypeVar("T")
+
+# The precisions a diffusion network computes at (DiffusionModel.with_precision says what each does). Here, in a
+# module free of torch, so the loader nodes can list them without importing torch at start-up.
+PRECISIONS = ("auto", "fp32", "bf16")
 MAX_INT = 1 << 16  # widths and sizes; a weight tensor that large would not be a checkpoint of these models
 MAX_ITEMS = 16  # entries of a tuple field (channel multipliers, attention resolutions)
 

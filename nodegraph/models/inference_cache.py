@@ -12,6 +12,10 @@
   3x3 convolution on two 8x8 maps: 239 µs plain, 116 µs with the weight prepacked). Same primitive, same
   arithmetic: outputs equal to the plain call's (tested). Training, autograd, other devices, other dtypes
   and torch builds without the op take the plain path.
+  A convolution whose `compute_dtype` is bf16 (a model loaded with precision "auto") keeps fp32 weights and
+  maps but convolves in bf16 where the CPU has native bf16 instructions (AVX512-BF16, AMX): the map is rounded
+  to bf16 on the way in, the weight once when packed; oneDNN accumulates in fp32 and adds the fp32 bias, and
+  the result comes back as fp32. Where the CPU lacks them it is the fp32 convolution, bit for bit.
 
 Memos and packed weights hold the tensors they were computed from and on, so the modules that own them forget
 them when moved or cast (`_apply`, which `.to()`, `.cuda()` and the engine's offloading go through): a model
@@ -98,6 +102,7 @@ _SHAPES_KEPT = 4  # weights packed per convolution: one per input shape seen, th
 class Conv2d(nn.Conv2d):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.compute_dtype: torch.dtype | None = None  # bf16: convolve fp32 maps in bf16 where native (above)
         self._packed: dict[tuple, torch.Tensor] = {}
         self._packed_for: WeightsSnapshot | None = None
 
@@ -105,8 +110,14 @@ class Conv2d(nn.Conv2d):
         if not self._can_pack(x):
             return super().forward(x)
         conv, _ = _ONEDNN
-        return conv(x, self._packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups,
-                    "none", [], "")
+        if self._in_bf16(x):
+            return conv(x.to(torch.bfloat16), self._packed_weight(x, torch.bfloat16), self.bias, self.padding,
+                        self.stride, self.dilation, self.groups, "none", [], "").to(x.dtype)
+        return conv(x, self._packed_weight(x, x.dtype), self.bias, self.padding, self.stride, self.dilation,
+                    self.groups, "none", [], "")
+
+    def _in_bf16(self, x: torch.Tensor) -> bool:
+        return self.compute_dtype == torch.bfloat16 and x.dtype == torch.float32 and _BF16
 
     def _can_pack(self, x: torch.Tensor) -> bool:
         w = self.weight
@@ -121,19 +132,19 @@ class Conv2d(nn.Conv2d):
             and torch.backends.mkldnn.enabled
         )
 
-    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+    def _packed_weight(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         # oneDNN picks the blocked layout for the input's shape; a weight packed for another shape still gives
         # the same result but is reordered again on every call (10x slower), so each shape gets its own.
         params = [self.weight]
         if self._packed_for is None or not self._packed_for.matches(params):
             self._packed, self._packed_for = {}, WeightsSnapshot(params)
-        key = (tuple(x.shape), x.dtype)
+        key = (tuple(x.shape), dtype)
         packed = self._packed.get(key)
         if packed is None:
             if len(self._packed) >= _SHAPES_KEPT:
                 self._packed.pop(next(iter(self._packed)))
             _, reorder = _ONEDNN
-            packed = reorder(self.weight.detach(), self.padding, self.stride, self.dilation, self.groups,
+            packed = reorder(self.weight.detach().to(dtype), self.padding, self.stride, self.dilation, self.groups,
                              list(x.shape))
             self._packed[key] = packed
         return packed
