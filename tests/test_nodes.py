@@ -281,8 +281,11 @@ def inverted_graph(**decoder_inputs: Any) -> dict[str, Any]:
 def test_decoder_on_an_inverted_latent_draws_variations_only_with_eta(shared, tmp_path):
     graph = inverted_graph(noise=["noise", 0], eta=0.0)
     graph["noise"]["inputs"]["batch_size"] = 3
+    # fp32: equal up to float rounding (with several threads a batch row may reduce in another order). At the
+    # default precision (auto: bf16 convolutions) an odd batch's rows can round differently, and this tiny
+    # random decoder amplifies that (0.12 seen; the bundled decoder's rows agree to 1/255).
+    graph["decoder_model"]["inputs"]["dtype"] = "fp32"
     same = value(shared.run(graph))
-    # Equal up to float rounding: with several threads a batch row may reduce in another order.
     assert same.shape[0] == 3 and (same - same[:1]).abs().max() < 1e-4
     graph["decode"]["inputs"]["eta"] = 1.0
     varied = value(shared.run(graph))
