@@ -113,8 +113,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         workflow = load_workflow(args.workflow)
         base = _parse_param_args(args.param)
         runs, problems = _read_params_file(args.params_file, base) if args.params_file else ([(None, base)], [])
+        policy = _thread_policy(args)  # before the engine imports torch: its look at the machine overlaps that
         engine = _engine(args)
-        policy = _thread_policy(args)
         prepared = _prepare_runs(engine, workflow, runs, base, args.params_file, problems)
     except WorkflowError as exc:
         _report_invalid(exc.errors, as_json=args.json)

@@ -14,8 +14,9 @@ Three remedies, measured there:
   took 1.81-1.99 s against 1.15-1.18 s with spinning waits, slower than one thread (1.80 s);
 - sizing the pool to the CPUs that are free: those this process may run on (`os.sched_getaffinity`, capped
   by a cgroup CPU quota) less what other processes used over a recent window (`/proc/stat`'s per-CPU busy
-  time minus this process's own CPU time), decided when a run starts (after a 50 ms look) and again at most
-  every half second while it runs (`check`, from a progress callback, without waiting). With default waits
+  time minus this process's own CPU time), decided when a run starts (over at least 50 ms since the policy
+  was made: the CLI makes it before torch loads, so the look costs a run nothing) and again at most every
+  half second while it runs (`check`, from a progress callback, without waiting). With default waits
   that avoids the collapse (3.9 s, 7.2 s under other sessions' load) but cannot use a partly busy CPU;
 - brief spins (GOMP_SPINCOUNT=3000): a waiter spins about 0.1 ms, long enough for the next op's work to
   arrive on an idle machine, then sleeps. Two threads with brief spins took 3.6 s beside a busy process where
@@ -172,9 +173,14 @@ class ThreadPolicy:
     def __post_init__(self) -> None:
         if self.setting not in ("auto", "torch") and not (self.setting.isdigit() and int(self.setting) > 0):
             raise ConfigError(f"{ENV} must be 'auto', 'torch' or a positive number of threads, not {self.setting!r}")
+        if self.setting == "auto" and not self.passive:
+            # The look starts now: a policy made before torch loads has looked long enough by the first run.
+            self._cpus = _affinity()
+            self._last = sample(self._cpus)
 
     def start(self) -> int | None:
-        """Decide for a run about to start (auto with spinning waits: after a LOOK_S look); the count set."""
+        """Decide for a run about to start (auto with spinning waits: on what other processes did since the policy
+        was made or last decided, waiting until that window is LOOK_S long); the count set."""
         import torch
 
         if not self._ceiling:
@@ -187,8 +193,10 @@ class ThreadPolicy:
             return self._set(int(self.setting))
         if self.passive:
             return self._set(min(usable_cpus(), self._ceiling))
-        self._last = sample(self._cpus)
-        time.sleep(LOOK_S)
+        if self._last is None:
+            self._last = sample(self._cpus)
+        if self._last is not None:
+            time.sleep(max(0.0, LOOK_S - (time.monotonic() - self._last.at)))
         return self._decide()
 
     def for_run(self, on_event=None):

@@ -113,6 +113,23 @@ def test_for_run_looks_at_the_machine_once_then_re_decides_without_waiting(monke
     assert seen == ["progress"]
 
 
+def test_the_look_starts_when_the_policy_is_made(monkeypatch):
+    """The CLI makes its policy before torch loads: by the first run the look is done, and it saw that window."""
+    machine = FakeMachine(monkeypatch)
+    policy = ThreadPolicy("auto", passive=False)
+    machine.ours, machine.others = 1.0, 1.0  # importing torch on one CPU, another process on the other
+    machine.advance(1.3)
+    started = machine.clock
+    assert policy.start() == 1 and machine.clock == started  # no waiting; the other process was seen
+    torch.set_num_threads(2)  # a new process's ceiling: torch's default
+    fresh = ThreadPolicy("auto", passive=False)
+    machine.ours, machine.others = 0.0, 0.0
+    machine.advance(0.01)
+    started = machine.clock
+    assert fresh.start() == 2
+    assert machine.clock == pytest.approx(started + threads.LOOK_S - 0.01)  # waits out the rest of the look
+
+
 def test_usable_cpus_is_at_least_one_and_at_most_the_affinity_set():
     import os
 
