@@ -66,7 +66,7 @@ class _DiffusionLoader(_Loader):
         "checkpoint": _CHECKPOINT,
         "dtype": In("STRING", default="auto", choices=PRECISIONS,
                     description="auto: fp32, with the UNets' convolutions in bfloat16 where the CPU computes it "
-                    "natively (AVX512-BF16 or AMX; about 1.8x faster convolutions, the main job about 20% faster, "
+                    "natively (AVX512-BF16 or AMX; about 1.8x faster convolutions, the main job 16-20% faster, "
                     "results the scorer cannot tell apart), plain fp32 elsewhere; fp32: as trained, bit for bit; "
                     "bf16: every weight and activation in bfloat16 (the sampler stays fp32)"),
     }
