@@ -75,9 +75,10 @@ def tensor_bytes(value: Any) -> dict[str, int]:
             for tensor in item.buffers():
                 _add_tensor(tensor, totals, seen, charge)
         elif isinstance(item, (tuple, list, set, frozenset)):
-            stack.extend((child, depth + 1, charge) for child in item)
+            stack.extend((child, depth + 1, charge) for child in item if type(child) not in _SCALARS)
         elif isinstance(item, Mapping):
-            stack.extend((child, depth + 1, charge) for child in item.values())
+            # Scalars are dropped here rather than popped one by one: a CLIP's tokenizer holds ~150k of them.
+            stack.extend((child, depth + 1, charge) for child in item.values() if type(child) not in _SCALARS)
         else:
             if charge is None and not isinstance(item, _OPAQUE) and is_movable(item):
                 charge = str(item.device)
