@@ -72,7 +72,8 @@ class _DiffusionLoader(_Loader):
     }
 
     def run(self, ctx: RunContext, checkpoint: str, dtype: str) -> tuple[Any]:
-        return (loader.load(self.family, checkpoint, ctx.device).with_precision(dtype),)
+        # Freshly read and this node's alone: converted in place, without a copy of the weights.
+        return (loader.load(self.family, checkpoint, ctx.device).with_precision(dtype, copy_weights=False),)
 
 
 class PriorLoader(_DiffusionLoader):

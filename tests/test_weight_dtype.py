@@ -140,6 +140,10 @@ def test_auto_is_a_copy_and_samples_close_to_fp32(tiny):
     back = auto.with_precision("fp32")
     assert back.precision == "fp32" and back is not auto
     assert auto.with_precision("auto") is auto
+    own = load_diffusion_model(tiny[0]["decoder"], expect_kind="decoder")
+    weight = next(own.net.parameters())
+    assert own.with_precision("auto", copy_weights=False) is own and own.precision == "auto"
+    assert next(own.net.parameters()) is weight  # converted in place: no second copy of the weights
     text = m["clip"].encode_text([PROMPT])
     x = torch.randn(2, 3, DECODER_SIZE, DECODER_SIZE, generator=torch.Generator().manual_seed(0))
     guidance = Guidance.cfg(Condition(text=text), 3.0)

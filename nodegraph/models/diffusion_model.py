@@ -84,7 +84,7 @@ class DiffusionModel:
         convs = (m for m in self.net.modules() if isinstance(m, Conv2d))
         return "auto" if any(m.compute_dtype == torch.bfloat16 for m in convs) else "fp32"
 
-    def with_precision(self, name: str) -> DiffusionModel:
+    def with_precision(self, name: str, copy_weights: bool = True) -> DiffusionModel:
         """The model computing at precision `name`:
 
         - "fp32": as trained (this model itself when its weights are fp32).
@@ -94,19 +94,20 @@ class DiffusionModel:
         - "bf16": every weight and activation in bf16 (buffers such as the prior's embedding statistics stay
           fp32); fast on GPUs and on CPUs with native bf16, slower than fp32 on CPUs without.
 
-        A new precision is a copy: the model it came from is left as it was."""
+        A new precision is a copy, and the model it came from is left as it was; a caller that owns this model
+        alone (a loader, right after reading the file) may pass copy_weights=False to convert it in place."""
         if name not in PRECISIONS:
             raise ValueError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
         if name == self.precision:
             return self
-        net = copy.deepcopy(self.net)
+        net = copy.deepcopy(self.net) if copy_weights else self.net
         weights = torch.bfloat16 if name == "bf16" else torch.float32
         for p in net.parameters():
             p.data = p.data.to(weights)
         for module in net.modules():
             if isinstance(module, Conv2d):
                 module.compute_dtype = torch.bfloat16 if name == "auto" else None
-        return DiffusionModel(self.kind, net, self.diffusion, self.spec, self.meta)
+        return DiffusionModel(self.kind, net, self.diffusion, self.spec, self.meta) if copy_weights else self
 
 
 def build_net(kind: str, config: UNetConfig | object) -> nn.Module:
