@@ -29,6 +29,7 @@ Adding a method (the DiffusionCLIP rows, say) is one function: decorate it with 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -166,6 +167,7 @@ class Context:
     quick: bool
     seed: int = 0
     shared: dict[str, object] = field(default_factory=dict)  # results rows share (one GAN inversion for two rows)
+    dclip: DclipOptions = field(default_factory=lambda: DclipOptions())
 
     def objective(self, plain: bool = False) -> ClipObjective:
         if plain:
@@ -303,22 +305,62 @@ def clip_guided_row(ctx: Context) -> RowOutput:
 # mix the colour and the kind model (multi-attribute editing). The fine-tunings are shared by every edit: the
 # set-up column, not s/edit.
 DCLIP_TRAIN_SEED = 92_000
-DCLIP_T0 = 400
-DCLIP_GENERATE_STEPS = 6
 DCLIP_ITERATIONS = {"full": 20, "efficient": 10}  # --quick; twice as many otherwise. efficient updates 6x per iteration
-DCLIP_L1 = 0.5
 DCLIP_VIEWS = 4  # views of the CLIP objective per image and step (the other rows' 8 would double the fine-tuning)
 
 
-def dclip_settings(variant: str, quick: bool):
+@dataclass(frozen=True)
+class DclipOptions:
+    """The DiffusionCLIP rows' settings, `--dclip KEY=VALUE,...` to sweep them (renders and iterations: 0 = the
+    quick / full default)."""
+
+    t0: int = 400
+    generate_steps: int = 6
+    l1: float = 0.5
+    lr: float = 1e-4
+    renders: int = 0  # training renders per fine-tuned model: 6 quick, 8 otherwise
+    iterations: int = 0
+    condition: bool = False  # the decoder conditioned on each image's source caption (else unconditional)
+
+    @classmethod
+    def parse(cls, text: str) -> DclipOptions:
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        values = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            key, _, value = item.partition("=")
+            if key not in fields:
+                raise SystemExit(f"--dclip: unknown setting {key!r}; known: {', '.join(fields)}")
+            kind = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}[fields[key]]
+            try:
+                values[key] = kind(value)
+            except ValueError:
+                raise SystemExit(f"--dclip {key}={value!r}: expected {fields[key]}") from None
+        return cls(**values)
+
+    def describe(self) -> str:
+        changed = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
+                   if getattr(self, f.name) != f.default]
+        return ", ".join(changed) or "defaults"
+
+
+def dclip_settings(variant: str, ctx: Context):
     from nodegraph.generate.diffusionclip import FinetuneSettings
 
     # full: measured on colour -> blue (8 renders): lr 3e-4 wrecks the images (success 0.25, preserved 0.47),
     # 3e-5 barely edits (0.5 / 0.375 held out); 1e-4 between. It updates once per iteration, so it gets twice the
     # iterations at half the batch: the same network calls as the efficient variant
-    return FinetuneSettings(t0=DCLIP_T0, invert_steps=20, generate_steps=DCLIP_GENERATE_STEPS,
-                            iterations=DCLIP_ITERATIONS[variant] * (1 if quick else 2),
-                            batch=2 if variant == "full" else 4, lr=1e-4, l1_weight=DCLIP_L1, variant=variant)
+    o = ctx.dclip
+    iterations = o.iterations or DCLIP_ITERATIONS[variant] * (1 if ctx.quick else 2)
+    return FinetuneSettings(t0=o.t0, invert_steps=20, generate_steps=o.generate_steps, iterations=iterations,
+                            batch=2 if variant == "full" else 4, lr=o.lr, l1_weight=o.l1, variant=variant)
+
+
+def dclip_condition(ctx: Context, captions: list[str]):
+    """The decoder's condition for images with these source captions: None (unconditional) unless --dclip
+    condition=1."""
+    from nodegraph.generate.conditions import Condition
+
+    return Condition(text=ctx.models.clip.encode_text(captions)) if ctx.dclip.condition else None
 
 
 def _changes(edit: Edit) -> list[tuple[str, str]]:
@@ -365,22 +407,23 @@ def dclip_models(ctx: Context, variant: str) -> dict[tuple[str, str], tuple[obje
     key = f"dclip_{variant}"
     if key in ctx.shared:
         return ctx.shared[key]
-    settings = dclip_settings(variant, ctx.quick)
+    settings = dclip_settings(variant, ctx)
     decoder = ctx.models.decoder
     objective = ClipObjective(ctx.models.clip, ctx.models.noised_clip, ObjectiveSettings(views=DCLIP_VIEWS))
     models = {}
     for attribute, value in sorted({c for e in ctx.edits for c in _changes(e)}):
-        scenes = dclip_training_scenes(attribute, value, 6 if ctx.quick else 8)
+        scenes = dclip_training_scenes(attribute, value, ctx.dclip.renders or (6 if ctx.quick else 8))
         images = to_model_range(render(scenes, SIZE))
         print(f"[editing]   {variant}: {attribute} -> {value} ({len(scenes)} training renders)", file=sys.stderr,
               flush=True)
+        condition = dclip_condition(ctx, [caption(s) for s in scenes])
         start = time.perf_counter()
         tuned = D.finetune(decoder, objective, images, [caption(s) for s in scenes],
-                           [caption(_changed(s, attribute, value)) for s in scenes], settings,
+                           [caption(_changed(s, attribute, value)) for s in scenes], settings, condition=condition,
                            generator=torch.Generator().manual_seed(ctx.seed))
         seconds = time.perf_counter() - start
         own = D.edit(decoder, tuned, images, t0=settings.t0, invert_steps=settings.invert_steps,
-                     generate_steps=settings.generate_steps)
+                     generate_steps=settings.generate_steps, condition=condition)
         category = {"color": "colour", "kind": "kind", "background": "background"}[attribute]
         train_edits = [Edit(category, s, _changed(s, attribute, value)) for s in scenes]
         models[(attribute, value)] = (tuned, seconds, sum(_successes(train_edits, own)) / len(scenes))
@@ -393,7 +436,7 @@ def _dclip(ctx: Context, variant: str, schedule=None, only: tuple[str, ...] = ()
     from nodegraph.generate.gan_inversion import psnr
 
     models = dclip_models(ctx, variant)
-    settings = dclip_settings(variant, ctx.quick)
+    settings = dclip_settings(variant, ctx)
     decoder = ctx.models.decoder
     kwargs = {"t0": settings.t0, "invert_steps": settings.invert_steps, "generate_steps": settings.generate_steps}
     images = ctx.sources.clone()
@@ -404,10 +447,12 @@ def _dclip(ctx: Context, variant: str, schedule=None, only: tuple[str, ...] = ()
             groups.setdefault(tuple(_changes(e)), []).append(i)
     for changes, idx in groups.items():  # one batch per model (or pair of models)
         tuned = [models[c][0] for c in changes]
+        condition = dclip_condition(ctx, [ctx.edits[i].source_caption for i in idx])
         images[idx] = D.edit(decoder, tuned, ctx.sources[idx], schedule=schedule if len(tuned) > 1 else None,
-                             **kwargs)
+                             condition=condition, **kwargs)
     seconds = time.perf_counter() - start
-    recon = D.edit(decoder, decoder, ctx.sources, **kwargs)
+    recon = D.edit(decoder, decoder, ctx.sources, condition=dclip_condition(ctx, [e.source_caption for e in ctx.edits]),
+                   **kwargs)
     used = {c for changes in groups for c in changes}
     # success of each edit's model on its own training renders, averaged like the held-out edits
     train = {}
@@ -494,7 +539,7 @@ def editing_table(ctx: Context, names: list[str], out: Path) -> None:
                 continue
             rows.append([name, category, r["success"], r["preserved"], round(r["outside"], 1), psnr,
                          round(result.seconds / n, 2), round(result.setup_seconds, 1)])
-    per = n // len(CATEGORIES)
+    per = n // len({e.category for e in ctx.edits})
     table(f"Edits on held-out images ({per} per category; success and preservation read by the scorer)",
           ["method", "edit", "success", "preserved", "Δ outside (0-255)", "inversion PSNR dB", "s/edit", "set-up s"],
           rows)
@@ -575,6 +620,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, help="edits per category (default 12, quick 4)")
     ap.add_argument("--rows", default="", help="comma-separated row name prefixes (default: every row)")
     ap.add_argument("--only", default="", help="'edits' or 'objective' (default: both)")
+    ap.add_argument("--categories", default="", help="comma-separated edit categories to run (default: all): "
+                    + ",".join(CATEGORIES))
+    ap.add_argument("--dclip", default="", help="DiffusionCLIP rows' settings, KEY=VALUE,... of: "
+                    + ", ".join(f.name for f in dataclasses.fields(DclipOptions)))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "editing")
@@ -585,9 +634,16 @@ def main(argv: list[str] | None = None) -> int:
         objective_table(models, args.quick, args.seed)
     if args.only in ("", "edits"):
         n = args.n or (4 if args.quick else 12)
-        edits = write_sources(make_edits(n), args.out / "sources")
+        wanted_categories = [c.strip() for c in args.categories.split(",") if c.strip()]
+        unknown = sorted(set(wanted_categories) - set(CATEGORIES))
+        if unknown:
+            ap.error(f"--categories: unknown {', '.join(unknown)}; known: {', '.join(CATEGORIES)}")
+        edits = [e for e in make_edits(n) if not wanted_categories or e.category in wanted_categories]
+        edits = write_sources(edits, args.out / "sources")
         (args.out / "edits").mkdir(parents=True, exist_ok=True)
-        ctx = Context(edits, read_sources(edits, args.out / "sources"), models, args.quick, args.seed)
+        ctx = Context(edits, read_sources(edits, args.out / "sources"), models, args.quick, args.seed,
+                      dclip=DclipOptions.parse(args.dclip))
+        print(f"[editing] DiffusionCLIP settings: {ctx.dclip.describe()}", file=sys.stderr, flush=True)
         wanted = [w.strip().lower() for w in args.rows.split(",") if w.strip()]
         names = [name for name in ROWS if not wanted or any(name.lower().startswith(w) for w in wanted)]
         editing_table(ctx, names, args.out)
