@@ -317,6 +317,7 @@ class DclipOptions:
     t0: int = 400
     generate_steps: int = 6
     l1: float = 0.5
+    tv: float = 0.0  # weight of the change's total variation (generate/diffusionclip.py)
     lr: float = 1e-4
     renders: int = 0  # training renders per fine-tuned model: 6 quick, 8 otherwise
     iterations: int = 0
@@ -352,7 +353,8 @@ def dclip_settings(variant: str, ctx: Context):
     o = ctx.dclip
     iterations = o.iterations or DCLIP_ITERATIONS[variant] * (1 if ctx.quick else 2)
     return FinetuneSettings(t0=o.t0, invert_steps=20, generate_steps=o.generate_steps, iterations=iterations,
-                            batch=2 if variant == "full" else 4, lr=o.lr, l1_weight=o.l1, variant=variant)
+                            batch=2 if variant == "full" else 4, lr=o.lr, l1_weight=o.l1, tv_weight=o.tv,
+                            variant=variant)
 
 
 def dclip_condition(ctx: Context, captions: list[str]):

@@ -65,6 +65,9 @@ class DiffusionCLIPFinetune(Node):
         "lr": In("FLOAT", default=1e-4, min=1e-7, max=0.1, description="Adam learning rate"),
         "clip_weight": In("FLOAT", default=1.0, min=0.0, max=100.0, description="weight of the directional loss"),
         "l1_weight": In("FLOAT", default=0.3, min=0.0, max=100.0, description="weight of |edit - source|"),
+        "tv_weight": In("FLOAT", default=0.0, min=0.0, max=100.0, description="weight of the change's total "
+                        "variation: keeps structure while allowing a region to be recoloured as a whole (with a "
+                        "small l1_weight, for background edits: 1.0 with l1 0.1)"),
         "grad_checkpoint": In("BOOLEAN", default=False, description="recompute activations in the backward pass "
                               "(full variant: less memory, more time)"),
         "seed": _SEED,
@@ -74,10 +77,11 @@ class DiffusionCLIPFinetune(Node):
     def run(self, ctx: RunContext, decoder: DiffusionModel, objective: ClipObjective, images: Tensor,
             source: TextEncoding, target: TextEncoding, condition_on_caption: bool, variant: str, t0: int,
             invert_steps: int, generate_steps: int, iterations: int, batch: int, lr: float, clip_weight: float,
-            l1_weight: float, grad_checkpoint: bool, seed: int) -> tuple[DiffusionModel]:
+            l1_weight: float, tv_weight: float, grad_checkpoint: bool, seed: int) -> tuple[DiffusionModel]:
         settings = dclip.FinetuneSettings(t0=t0, invert_steps=invert_steps, generate_steps=generate_steps,
                                           iterations=iterations, batch=batch, lr=lr, clip_weight=clip_weight,
-                                          l1_weight=l1_weight, variant=variant, grad_checkpoint=grad_checkpoint)
+                                          l1_weight=l1_weight, tv_weight=tv_weight, variant=variant,
+                                          grad_checkpoint=grad_checkpoint)
         condition = _condition(source) if condition_on_caption else None
         return (dclip.finetune(decoder, objective, images, source, target, settings, condition=condition,
                                generator=ctx.generator(seed, "cpu"), callback=optimisation_callback(ctx)),)

@@ -114,12 +114,44 @@ def test_schedule_weights_sum_to_one_per_step():
     ({"t0": TIMESTEPS}, "t0"), ({"t0": 0}, "t0"), ({"generate_steps": 0}, "generate_steps"),
     ({"invert_steps": 0}, "invert_steps"), ({"generate_steps": 21}, "generate_steps"),
     ({"iterations": 0}, "iterations"), ({"variant": "fast"}, "variant"), ({"templates": ("no slot",)}, "templates"),
+    ({"tv_weight": -1.0}, "tv_weight"), ({"l1_weight": float("nan")}, "l1_weight"),
+    ({"clip_weight": -0.5}, "clip_weight"),
 ])
 def test_bad_settings_are_input_errors_naming_the_input(tiny, change, blamed):
     with pytest.raises(InputValueError) as err:
         D.finetune(tiny["decoder"], tiny["objective"], _images(1), CAPTION, TARGET,
                    D.FinetuneSettings(**{**FAST.__dict__, **change}))
     assert err.value.input == blamed
+
+
+def test_change_variation_tells_a_recoloured_region_from_specks_and_a_repainted_shape():
+    yx = torch.stack(torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij"))
+    shape = ((yx[0] - 16).abs() < 6) & ((yx[1] - 16).abs() < 6)  # a 11x11 square
+    background = ~shape
+    new_background = (background * torch.tensor([1.2, -0.4, 0.6]).view(3, 1, 1)).unsqueeze(0)  # recoloured whole
+    specks = (torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) < 0.05) * 0.8
+    repainted = new_background + (shape * 0.5 * torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    tv = {name: float(D.change_variation(c)) for name, c in
+          {"global": torch.full((1, 3, 32, 32), 0.7), "background": new_background,
+           "background + specks": new_background + specks, "background, shape repainted": repainted}.items()}
+    assert tv["global"] == 0.0
+    # the outline of a recoloured background costs less than what specks or a repainted shape add to it
+    assert tv["background + specks"] > 2 * tv["background"]
+    assert tv["background, shape repainted"] > 2 * tv["background"]
+    # a mean over pixels: the same change at any batch position weighs the same
+    batch = torch.cat([new_background, new_background + specks])
+    assert torch.allclose(D.change_variation(batch), torch.tensor([tv["background"], tv["background + specks"]]))
+
+
+def test_the_variation_term_changes_the_fine_tuning_and_zero_leaves_it_as_it_was(tiny):
+    def tuned(**change):
+        settings = D.FinetuneSettings(**{**FAST.__dict__, "iterations": 1, **change})
+        return D.finetune(tiny["decoder"], tiny["objective"], _images(2), CAPTION, TARGET, settings,
+                          generator=torch.Generator().manual_seed(0)).net.state_dict()
+
+    base, zero, weighted = tuned(), tuned(tv_weight=0.0), tuned(tv_weight=5.0)
+    assert all(torch.equal(base[k], zero[k]) for k in base)
+    assert any(not torch.equal(base[k], weighted[k]) for k in base)
 
 
 def test_text_direction_averages_templates_and_pairs_captions(tiny):

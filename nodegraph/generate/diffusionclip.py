@@ -7,7 +7,9 @@
 2. A copy of the decoder is fine-tuned so that the images it regenerates from those latents differ from the
    sources as the target caption differs from the source caption: the directional CLIP loss (image change
    against text change, the text change averaged over caption templates) plus an L1 term to the source,
-   which keeps what the text does not mention.
+   which keeps what the text does not mention, and optionally the total variation of the change, which lets
+   a whole region be recoloured (a background) but not speckled or repainted (bench/editing.py measured it:
+   background edits 0.417 -> 0.833 success at the same preservation).
    - "full": the loss on the final image of the short generative chain, backpropagated through every step
      (optionally with gradient checkpointing per step);
    - "efficient" (the paper's GPU-efficient variant): at every step of the chain the loss is taken on that
@@ -66,6 +68,7 @@ class FinetuneSettings:
     lr: float = 1e-4  # Adam
     clip_weight: float = 1.0  # directional CLIP loss
     l1_weight: float = 0.3  # mean |edited - source| (images in [-1, 1])
+    tv_weight: float = 0.0  # total variation of the change edited - source: specks and smears, not a region recoloured
     variant: str = "full"  # "full" or "efficient"
     grad_checkpoint: bool = False  # recompute each step's activations in the backward pass (full variant)
     templates: tuple[str, ...] = field(default=TEMPLATES)
@@ -83,6 +86,9 @@ class FinetuneSettings:
             raise InputValueError("iterations", "fine-tuning needs at least one iteration of at least one image")
         if self.lr <= 0:
             raise InputValueError("lr", f"the learning rate must be positive, got {self.lr}")
+        for name in ("clip_weight", "l1_weight", "tv_weight"):
+            if not getattr(self, name) >= 0:  # NaN too
+                raise InputValueError(name, f"a loss weight must be 0 or more, got {getattr(self, name)}")
         if self.variant not in VARIANTS:
             raise InputValueError("variant", f"unknown variant {self.variant!r}; use {' or '.join(VARIANTS)}")
         if not self.templates or any("{}" not in t for t in self.templates):
@@ -119,6 +125,15 @@ def _captions(text: TextEncoding | Text) -> list[str] | TextEncoding:
     if isinstance(text, TextEncoding):
         return list(text.prompts) if len(text.prompts) in (1, text.embed.shape[0]) else text
     return [text] if isinstance(text, str) else list(text)
+
+
+def change_variation(change: Tensor) -> Tensor:
+    """Per image [B]: mean absolute difference between neighbouring pixels of a change map [B, C, H, W]. A region
+    recoloured as a whole (a background, a shape) varies only along its outline; specks and a repainted shape
+    vary everywhere, so this preserves structure where L1 would forbid the recolouring itself."""
+    dx = (change[..., :, 1:] - change[..., :, :-1]).abs().flatten(1).mean(1)
+    dy = (change[..., 1:, :] - change[..., :-1, :]).abs().flatten(1).mean(1)
+    return dx + dy
 
 
 # ------------------------------------------------------------------------------------------------ model calls
@@ -209,8 +224,12 @@ def finetune(
 
     def loss_of(edited: Tensor, index: Tensor) -> Tensor:
         clip = objective.image_direction_loss(sources[index], edited, direction[index], generator)
-        l1 = (edited - sources[index]).abs().flatten(1).mean(1)
-        return (settings.clip_weight * clip + settings.l1_weight * l1).mean()
+        change = edited - sources[index]
+        l1 = change.abs().flatten(1).mean(1)
+        loss = settings.clip_weight * clip + settings.l1_weight * l1
+        if settings.tv_weight:
+            loss = loss + settings.tv_weight * change_variation(change)
+        return loss.mean()
 
     for it in range(settings.iterations):
         index = torch.randperm(n, generator=generator)[: settings.batch] if n > settings.batch else torch.arange(n)
