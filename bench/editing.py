@@ -4,6 +4,8 @@
     python bench/editing.py --quick              # 4 edits per category, fewer steps
     python bench/editing.py --rows styleclip,ddim --n 12
     python bench/editing.py --only objective     # the CLIP objective's failure mode, before and after
+    python bench/editing.py --only edits --rows "DiffusionCLIP GPU" --categories background --dclip tv=1.0,l1=0.1
+                                                 # DiffusionCLIP's settings, one sweep point (DclipOptions)
 
 Edits (`make_edits`): one-shape Shapes World scenes from a seed no training pool or evaluation uses, with
 training-style jitter, so no method has seen the images. Four categories of `--n` edits each: colour (the
