@@ -632,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "editing")
     args = ap.parse_args(argv)
+    dclip = DclipOptions.parse(args.dclip)  # before any work: a typo should not cost the objective table's minutes
     torch.set_num_threads(args.threads)
     models = Models()
     if args.only in ("", "objective"):
@@ -646,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         edits = write_sources(edits, args.out / "sources")
         (args.out / "edits").mkdir(parents=True, exist_ok=True)
         ctx = Context(edits, read_sources(edits, args.out / "sources"), models, args.quick, args.seed,
-                      dclip=DclipOptions.parse(args.dclip))
+                      dclip=dclip)
         print(f"[editing] DiffusionCLIP settings: {ctx.dclip.describe()}", file=sys.stderr, flush=True)
         wanted = [w.strip().lower() for w in args.rows.split(",") if w.strip()]
         names = [name for name in ROWS if not wanted or any(name.lower().startswith(w) for w in wanted)]
