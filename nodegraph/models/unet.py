@@ -219,7 +219,9 @@ class UNet(nn.Module):
                     block.append(Conv2d(ch, ch, 3, padding=1))
                     res *= 2
                 self.up.append(block)
-        self.out = nn.Sequential(GroupNorm(g, ch), nn.SiLU(inplace=True), zero(Conv2d(ch, cfg.out_channels, 3, padding=1)))
+        self.out = nn.Sequential(
+            GroupNorm(g, ch), nn.SiLU(inplace=True), zero(Conv2d(ch, cfg.out_channels, 3, padding=1))
+        )
 
     def forward(
         self,
