@@ -324,6 +324,7 @@ class DclipOptions:
     renders: int = 0  # training renders per fine-tuned model: 6 quick, 8 otherwise
     iterations: int = 0
     condition: bool = False  # the decoder conditioned on each image's source caption (else unconditional)
+    keep: float = 0.0  # weight of the change where the training render must stay (kept_region); 0 = no such term
 
     @classmethod
     def parse(cls, text: str) -> DclipOptions:
@@ -356,7 +357,7 @@ def dclip_settings(variant: str, ctx: Context):
     iterations = o.iterations or DCLIP_ITERATIONS[variant] * (1 if ctx.quick else 2)
     return FinetuneSettings(t0=o.t0, invert_steps=20, generate_steps=o.generate_steps, iterations=iterations,
                             batch=2 if variant == "full" else 4, lr=o.lr, l1_weight=o.l1, tv_weight=o.tv,
-                            variant=variant)
+                            keep_weight=o.keep, variant=variant)
 
 
 def dclip_condition(ctx: Context, captions: list[str]):
@@ -421,15 +422,16 @@ def dclip_models(ctx: Context, variant: str) -> dict[tuple[str, str], tuple[obje
         print(f"[editing]   {variant}: {attribute} -> {value} ({len(scenes)} training renders)", file=sys.stderr,
               flush=True)
         condition = dclip_condition(ctx, [caption(s) for s in scenes])
+        category = {"color": "colour", "kind": "kind", "background": "background"}[attribute]
+        train_edits = [Edit(category, s, _changed(s, attribute, value)) for s in scenes]
+        keep = kept_region(train_edits) if ctx.dclip.keep else None
         start = time.perf_counter()
         tuned = D.finetune(decoder, objective, images, [caption(s) for s in scenes],
                            [caption(_changed(s, attribute, value)) for s in scenes], settings, condition=condition,
-                           generator=torch.Generator().manual_seed(ctx.seed))
+                           keep=keep, generator=torch.Generator().manual_seed(ctx.seed))
         seconds = time.perf_counter() - start
         own = D.edit(decoder, tuned, images, t0=settings.t0, invert_steps=settings.invert_steps,
                      generate_steps=settings.generate_steps, condition=condition)
-        category = {"color": "colour", "kind": "kind", "background": "background"}[attribute]
-        train_edits = [Edit(category, s, _changed(s, attribute, value)) for s in scenes]
         models[(attribute, value)] = (tuned, seconds, sum(_successes(train_edits, own)) / len(scenes))
     ctx.shared[key] = models
     return models

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from nodegraph.engine.context import RunContext
 from nodegraph.engine.lazy import lazy_import
 from nodegraph.engine.node import In, Node, Out
-from nodegraph.engine.sockets import CLIP_OBJECTIVE, DECODER, IMAGE, TEXT_EMBED
+from nodegraph.engine.sockets import CLIP_OBJECTIVE, DECODER, IMAGE, MASK, TEXT_EMBED
 from nodegraph.errors import InputValueError
 from nodegraph.nodes._common import optimisation_callback
 
@@ -68,6 +68,11 @@ class DiffusionCLIPFinetune(Node):
         "tv_weight": In("FLOAT", default=0.0, min=0.0, max=100.0, description="weight of the change's total "
                         "variation: keeps structure while allowing a region to be recoloured as a whole (with a "
                         "small l1_weight, for background edits: 1.0 with l1 0.1)"),
+        "edit_region": In(MASK, optional=True, description="1 where the edit may change the source images (one "
+                          "mask, or one per image); elsewhere their change is weighed by keep_weight: the shape "
+                          "when the background changes, say. Unconnected: no such term"),
+        "keep_weight": In("FLOAT", default=1.0, min=0.0, max=100.0, description="weight of the mean change outside "
+                          "edit_region"),
         "grad_checkpoint": In("BOOLEAN", default=False, description="recompute activations in the backward pass "
                               "(full variant: less memory, more time)"),
         "seed": _SEED,
@@ -77,13 +82,20 @@ class DiffusionCLIPFinetune(Node):
     def run(self, ctx: RunContext, decoder: DiffusionModel, objective: ClipObjective, images: Tensor,
             source: TextEncoding, target: TextEncoding, condition_on_caption: bool, variant: str, t0: int,
             invert_steps: int, generate_steps: int, iterations: int, batch: int, lr: float, clip_weight: float,
-            l1_weight: float, tv_weight: float, grad_checkpoint: bool, seed: int) -> tuple[DiffusionModel]:
+            l1_weight: float, tv_weight: float, edit_region: Tensor | None, keep_weight: float,
+            grad_checkpoint: bool, seed: int) -> tuple[DiffusionModel]:
         settings = dclip.FinetuneSettings(t0=t0, invert_steps=invert_steps, generate_steps=generate_steps,
                                           iterations=iterations, batch=batch, lr=lr, clip_weight=clip_weight,
-                                          l1_weight=l1_weight, tv_weight=tv_weight, variant=variant,
-                                          grad_checkpoint=grad_checkpoint)
+                                          l1_weight=l1_weight, tv_weight=tv_weight, keep_weight=keep_weight,
+                                          variant=variant, grad_checkpoint=grad_checkpoint)
         condition = _condition(source) if condition_on_caption else None
-        return (dclip.finetune(decoder, objective, images, source, target, settings, condition=condition,
+        keep = None
+        if edit_region is not None:
+            if edit_region.shape[0] not in (1, images.shape[0]):
+                raise InputValueError("edit_region", f"{edit_region.shape[0]} masks for {images.shape[0]} images; "
+                                      f"connect one mask or one per image")
+            keep = 1 - edit_region.expand(images.shape[0], -1, -1, -1)
+        return (dclip.finetune(decoder, objective, images, source, target, settings, condition=condition, keep=keep,
                                generator=ctx.generator(seed, "cpu"), callback=optimisation_callback(ctx)),)
 
 

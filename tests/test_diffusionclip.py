@@ -115,7 +115,7 @@ def test_schedule_weights_sum_to_one_per_step():
     ({"invert_steps": 0}, "invert_steps"), ({"generate_steps": 21}, "generate_steps"),
     ({"iterations": 0}, "iterations"), ({"variant": "fast"}, "variant"), ({"templates": ("no slot",)}, "templates"),
     ({"tv_weight": -1.0}, "tv_weight"), ({"l1_weight": float("nan")}, "l1_weight"),
-    ({"clip_weight": -0.5}, "clip_weight"),
+    ({"clip_weight": -0.5}, "clip_weight"), ({"keep_weight": -1.0}, "keep_weight"),
 ])
 def test_bad_settings_are_input_errors_naming_the_input(tiny, change, blamed):
     with pytest.raises(InputValueError) as err:
@@ -152,6 +152,28 @@ def test_the_variation_term_changes_the_fine_tuning_and_zero_leaves_it_as_it_was
     base, zero, weighted = tuned(), tuned(tv_weight=0.0), tuned(tv_weight=5.0)
     assert all(torch.equal(base[k], zero[k]) for k in base)
     assert any(not torch.equal(base[k], weighted[k]) for k in base)
+
+
+def test_the_keep_term_weighs_only_the_marked_region(tiny):
+    def tuned(keep=None, **change):
+        settings = D.FinetuneSettings(**{**FAST.__dict__, "iterations": 1, **change})
+        return D.finetune(tiny["decoder"], tiny["objective"], _images(2), CAPTION, TARGET, settings, keep=keep,
+                          generator=torch.Generator().manual_seed(0)).net.state_dict()
+
+    base = tuned()
+    nothing_kept = tuned(torch.zeros(2, 1, 32, 32), keep_weight=5.0)
+    half_kept = torch.zeros(2, 1, 32, 32)
+    half_kept[..., :16] = 1.0
+    weighted, unweighted = tuned(half_kept, keep_weight=5.0), tuned(half_kept, keep_weight=0.0)
+    assert all(torch.equal(base[k], nothing_kept[k]) for k in base)  # an empty region adds nothing
+    assert all(torch.equal(base[k], unweighted[k]) for k in base)
+    assert any(not torch.equal(base[k], weighted[k]) for k in base)
+    # masks of another size are brought to the model's resolution; a mask per image, one channel
+    resized = tuned(torch.nn.functional.interpolate(half_kept, size=64), keep_weight=5.0)
+    assert all(torch.allclose(weighted[k], resized[k]) for k in base)
+    with pytest.raises(InputValueError) as err:
+        tuned(torch.ones(3, 1, 32, 32))
+    assert err.value.input == "keep"
 
 
 def test_text_direction_averages_templates_and_pairs_captions(tiny):
@@ -198,6 +220,24 @@ def test_nodes_fine_tune_once_and_edit_new_images_from_the_cache(tiny):
     nodes["edit"] = {**NODES["edit"], "inputs": {**NODES["edit"]["inputs"], "images": ["new_image", 0]}}
     again = engine.run({**PRODUCERS, **nodes})
     assert "edit" in again.executed and "finetune" not in again.executed
+
+
+def test_the_finetune_node_keeps_what_lies_outside_its_edit_region(tiny):
+    engine = tiny["engine"]
+
+    def tuned(**inputs):
+        finetune = {**NODES["finetune"], "inputs": {**NODES["finetune"]["inputs"], "iterations": 1, **inputs}}
+        graph = {**PRODUCERS, "finetune": finetune,
+                 "half": {"class_type": "MaskFromRect", "inputs": {"width": 32, "height": 32, "x": 16, "y": 0,
+                                                            "w": 16, "h": 32}},
+                 "out": {"class_type": "Preview", "inputs": {"value": ["finetune", 0]}}}
+        return engine.run(graph).outputs["out"]["value"].net.state_dict()
+
+    base = tuned()
+    kept = tuned(edit_region=["half", 0], keep_weight=5.0)
+    assert any(not torch.equal(base[k], kept[k]) for k in base)
+    unweighted = tuned(edit_region=["half", 0], keep_weight=0.0)
+    assert all(torch.equal(base[k], unweighted[k]) for k in base)
 
 
 def test_interrupt_stops_fine_tuning_within_one_iteration(tiny):

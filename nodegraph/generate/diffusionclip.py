@@ -69,6 +69,7 @@ class FinetuneSettings:
     clip_weight: float = 1.0  # directional CLIP loss
     l1_weight: float = 0.3  # mean |edited - source| (images in [-1, 1])
     tv_weight: float = 0.0  # total variation of the change edited - source: specks and smears, not a region recoloured
+    keep_weight: float = 1.0  # mean |edited - source| inside `keep`, the region the edit must leave alone (if given)
     variant: str = "full"  # "full" or "efficient"
     grad_checkpoint: bool = False  # recompute each step's activations in the backward pass (full variant)
     templates: tuple[str, ...] = field(default=TEMPLATES)
@@ -86,7 +87,7 @@ class FinetuneSettings:
             raise InputValueError("iterations", "fine-tuning needs at least one iteration of at least one image")
         if self.lr <= 0:
             raise InputValueError("lr", f"the learning rate must be positive, got {self.lr}")
-        for name in ("clip_weight", "l1_weight", "tv_weight"):
+        for name in ("clip_weight", "l1_weight", "tv_weight", "keep_weight"):
             if not getattr(self, name) >= 0:  # NaN too
                 raise InputValueError(name, f"a loss weight must be 0 or more, got {getattr(self, name)}")
         if self.variant not in VARIANTS:
@@ -188,6 +189,7 @@ def finetune(
     *,
     condition: Condition | None = None,
     latents: Tensor | None = None,
+    keep: Tensor | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> DiffusionModel:
@@ -195,9 +197,12 @@ def finetune(
     from `source` to `target` captions (one pair for all images, or one per image). `model` is untouched.
 
     `condition` (None = unconditional) is what the decoder sees, in inversion, fine-tuning and later edits:
-    the source captions, say. `latents` are the sources' x_t0 when already inverted (`invert`); the random
-    batches and CLIP views are drawn from `generator`. `callback(iteration, total, images)` is called after
-    every iteration with the regenerated batch; an exception it raises (an interrupt) ends the fine-tuning.
+    the source captions, say. `keep` [N, 1, H, W] in [0, 1] marks where each training image must stay as it is
+    (the shape when the background changes, say: known for renders, like the identity a face editor keeps); its
+    mean change there is added with `keep_weight`. `latents` are the sources' x_t0 when already inverted
+    (`invert`); the random batches and CLIP views are drawn from `generator`. `callback(iteration, total,
+    images)` is called after every iteration with the regenerated batch; an exception it raises (an interrupt)
+    ends the fine-tuning.
     """
     settings.check(model.diffusion.num_timesteps)
     diffusion = model.diffusion
@@ -209,6 +214,10 @@ def finetune(
     if direction.shape[0] not in (1, n):
         raise InputValueError("source", f"{direction.shape[0]} caption pairs for {n} images; give one or {n}")
     direction = direction.expand(n, -1)
+    if keep is not None:
+        if keep.dim() != 4 or keep.shape[0] != n or keep.shape[1] != 1:
+            raise InputValueError("keep", f"a keep mask must be [N, 1, H, W] for {n} images, got {tuple(keep.shape)}")
+        keep = fit_square(keep.to(model.device).float(), model.image_size).clamp(0, 1)
     if latents is None:
         latents = invert(model, sources, settings.t0, settings.invert_steps, condition)
     elif latents.shape != sources.shape:
@@ -229,6 +238,10 @@ def finetune(
         loss = settings.clip_weight * clip + settings.l1_weight * l1
         if settings.tv_weight:
             loss = loss + settings.tv_weight * change_variation(change)
+        if keep is not None:
+            region = keep[index]
+            kept = (change.abs() * region).flatten(1).sum(1) / (region.flatten(1).sum(1) * change.shape[1]).clamp(min=1)
+            loss = loss + settings.keep_weight * kept
         return loss.mean()
 
     for it in range(settings.iterations):
