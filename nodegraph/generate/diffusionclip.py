@@ -9,7 +9,9 @@
    against text change, the text change averaged over caption templates) plus an L1 term to the source,
    which keeps what the text does not mention, and optionally the total variation of the change, which lets
    a whole region be recoloured (a background) but not speckled or repainted (docs/editing.md: background
-   edits 0.417 -> 0.833 success and 0.750 -> 0.854 preserved, with L1 0.1 and the source caption).
+   edits 0.417 -> 0.833 success and 0.750 -> 0.854 preserved, with L1 0.1 and the source caption), and
+   optionally the mean change inside a region each training image must keep (`keep`: the shape, for a
+   background edit; with it L1 can be 0 and background edits keep every attribute: docs/editing.md).
    - "full": the loss on the final image of the short generative chain, backpropagated through every step
      (optionally with gradient checkpointing per step);
    - "efficient" (the paper's GPU-efficient variant): at every step of the chain the loss is taken on that
