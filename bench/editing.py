@@ -426,8 +426,8 @@ def dclip_models(ctx: Context, variant: str) -> dict[tuple[str, str], tuple[obje
         train_edits = [Edit(category, s, _changed(s, attribute, value)) for s in scenes]
         keep = kept_region(train_edits) if ctx.dclip.keep else None
         start = time.perf_counter()
-        tuned = D.finetune(decoder, objective, images, [caption(s) for s in scenes],
-                           [caption(_changed(s, attribute, value)) for s in scenes], settings, condition=condition,
+        tuned = D.finetune(decoder, objective, images, [e.source_caption for e in train_edits],
+                           [e.target_caption for e in train_edits], settings, condition=condition,
                            keep=keep, generator=torch.Generator().manual_seed(ctx.seed))
         seconds = time.perf_counter() - start
         own = D.edit(decoder, tuned, images, t0=settings.t0, invert_steps=settings.invert_steps,
