@@ -169,7 +169,7 @@ class Context:
     quick: bool
     seed: int = 0
     shared: dict[str, object] = field(default_factory=dict)  # results rows share (one GAN inversion for two rows)
-    dclip: DclipOptions = field(default_factory=lambda: DclipOptions())
+    dclip: dict[str, DclipOptions] = field(default_factory=lambda: dclip_options("per-attribute", ""))
 
     def objective(self, plain: bool = False) -> ClipObjective:
         if plain:
@@ -308,6 +308,7 @@ def clip_guided_row(ctx: Context) -> RowOutput:
 # set-up column, not s/edit.
 DCLIP_TRAIN_SEED = 92_000
 DCLIP_ITERATIONS = {"full": 20, "efficient": 10}  # --quick; twice as many otherwise. efficient updates 6x per iteration
+DCLIP_INVERT_STEPS = 20
 DCLIP_VIEWS = 4  # views of the CLIP objective per image and step (the other rows' 8 would double the fine-tuning)
 
 
@@ -347,25 +348,52 @@ class DclipOptions:
         return ", ".join(changed) or "defaults"
 
 
-def dclip_settings(variant: str, ctx: Context):
+# The settings each attribute's models are fine-tuned and used with, the best measured one change at a time
+# (docs/editing.md's sweep tables: 12 held-out edits of that category each, `--quick`). Colour: a low t0 leaves
+# less of the source to re-draw; kind: the most structure to change, so t0 400 under strong L1; background: the
+# whole image changes colour, so no global L1 but the `keep` term on the shape, and twice the iterations.
+DCLIP_PER_ATTRIBUTE = {
+    "color": "t0=250,l1=1.0,renders=16,condition=1,generate_steps=10",
+    "kind": "t0=400,l1=1.0,renders=16,condition=1,generate_steps=10",
+    "background": "l1=0.0,tv=0.3,keep=2.0,renders=16,condition=1,generate_steps=10,iterations=20",
+}
+DCLIP_PRESETS = ("per-attribute", "uniform")  # uniform: DclipOptions' own defaults for all (the earliest tables)
+
+
+def dclip_options(preset: str, overrides: str) -> dict[str, DclipOptions]:
+    """Attribute -> settings: the preset's, then `--dclip`'s KEY=VALUE overrides on top of each."""
+    base = DCLIP_PER_ATTRIBUTE if preset == "per-attribute" else dict.fromkeys(DCLIP_PER_ATTRIBUTE, "")
+    options = {attr: DclipOptions.parse(f"{text},{overrides}") for attr, text in base.items()}
+    if len({o.condition for o in options.values()}) > 1:
+        # two-attribute edits mix the colour and the kind model under one condition
+        raise SystemExit("--dclip: condition must be the same for every attribute")
+    return options
+
+
+def edit_options(ctx: Context, changes: tuple[tuple[str, str], ...]) -> DclipOptions:
+    """The settings an edit runs under: its model's, or for a mix the one with the highest t0 (the layout
+    change the kind model makes needs its start; the colour model still acts in the steps below its own t0)."""
+    return max((ctx.dclip[attr] for attr, _ in changes), key=lambda o: (o.t0, o.generate_steps))
+
+
+def dclip_settings(variant: str, ctx: Context, o: DclipOptions):
     from nodegraph.generate.diffusionclip import FinetuneSettings
 
     # full: measured on colour -> blue (8 renders): lr 3e-4 wrecks the images (success 0.25, preserved 0.47),
     # 3e-5 barely edits (0.5 / 0.375 held out); 1e-4 between. It updates once per iteration, so it gets twice the
     # iterations at half the batch: the same network calls as the efficient variant
-    o = ctx.dclip
     iterations = o.iterations or DCLIP_ITERATIONS[variant] * (1 if ctx.quick else 2)
-    return FinetuneSettings(t0=o.t0, invert_steps=20, generate_steps=o.generate_steps, iterations=iterations,
-                            batch=2 if variant == "full" else 4, lr=o.lr, l1_weight=o.l1, tv_weight=o.tv,
-                            keep_weight=o.keep, variant=variant)
+    return FinetuneSettings(t0=o.t0, invert_steps=DCLIP_INVERT_STEPS, generate_steps=o.generate_steps,
+                            iterations=iterations, batch=2 if variant == "full" else 4, lr=o.lr, l1_weight=o.l1,
+                            tv_weight=o.tv, keep_weight=o.keep, variant=variant)
 
 
-def dclip_condition(ctx: Context, captions: list[str]):
-    """The decoder's condition for images with these source captions: None (unconditional) unless --dclip
-    condition=1."""
+def dclip_condition(ctx: Context, o: DclipOptions, captions: list[str]):
+    """The decoder's condition for images with these source captions: None (unconditional) unless the settings
+    say condition=1."""
     from nodegraph.generate.conditions import Condition
 
-    return Condition(text=ctx.models.clip.encode_text(captions)) if ctx.dclip.condition else None
+    return Condition(text=ctx.models.clip.encode_text(captions)) if o.condition else None
 
 
 def _changes(edit: Edit) -> list[tuple[str, str]]:
@@ -412,19 +440,20 @@ def dclip_models(ctx: Context, variant: str) -> dict[tuple[str, str], tuple[obje
     key = f"dclip_{variant}"
     if key in ctx.shared:
         return ctx.shared[key]
-    settings = dclip_settings(variant, ctx)
     decoder = ctx.models.decoder
     objective = ClipObjective(ctx.models.clip, ctx.models.noised_clip, ObjectiveSettings(views=DCLIP_VIEWS))
     models = {}
     for attribute, value in sorted({c for e in ctx.edits for c in _changes(e)}):
-        scenes = dclip_training_scenes(attribute, value, ctx.dclip.renders or (6 if ctx.quick else 8))
+        o = ctx.dclip[attribute]
+        settings = dclip_settings(variant, ctx, o)
+        scenes = dclip_training_scenes(attribute, value, o.renders or (6 if ctx.quick else 8))
         images = to_model_range(render(scenes, SIZE))
         print(f"[editing]   {variant}: {attribute} -> {value} ({len(scenes)} training renders)", file=sys.stderr,
               flush=True)
-        condition = dclip_condition(ctx, [caption(s) for s in scenes])
+        condition = dclip_condition(ctx, o, [caption(s) for s in scenes])
         category = {"color": "colour", "kind": "kind", "background": "background"}[attribute]
         train_edits = [Edit(category, s, _changed(s, attribute, value)) for s in scenes]
-        keep = kept_region(train_edits) if ctx.dclip.keep else None
+        keep = kept_region(train_edits) if o.keep else None
         start = time.perf_counter()
         tuned = D.finetune(decoder, objective, images, [e.source_caption for e in train_edits],
                            [e.target_caption for e in train_edits], settings, condition=condition,
@@ -442,23 +471,25 @@ def _dclip(ctx: Context, variant: str, schedule=None, only: tuple[str, ...] = ()
     from nodegraph.generate.gan_inversion import psnr
 
     models = dclip_models(ctx, variant)
-    settings = dclip_settings(variant, ctx)
     decoder = ctx.models.decoder
-    kwargs = {"t0": settings.t0, "invert_steps": settings.invert_steps, "generate_steps": settings.generate_steps}
-    images = ctx.sources.clone()
-    start = time.perf_counter()
+    images, recon = ctx.sources.clone(), ctx.sources.clone()
     groups: dict[tuple, list[int]] = {}
     for i, e in enumerate(ctx.edits):
         if not only or e.category in only:
             groups.setdefault(tuple(_changes(e)), []).append(i)
+    seconds = 0.0
     for changes, idx in groups.items():  # one batch per model (or pair of models)
+        o = edit_options(ctx, changes)
+        kwargs = {"t0": o.t0, "invert_steps": DCLIP_INVERT_STEPS, "generate_steps": o.generate_steps}
         tuned = [models[c][0] for c in changes]
-        condition = dclip_condition(ctx, [ctx.edits[i].source_caption for i in idx])
+        condition = dclip_condition(ctx, o, [ctx.edits[i].source_caption for i in idx])
+        start = time.perf_counter()
         images[idx] = D.edit(decoder, tuned, ctx.sources[idx], schedule=schedule if len(tuned) > 1 else None,
                              condition=condition, **kwargs)
-    seconds = time.perf_counter() - start
-    recon = D.edit(decoder, decoder, ctx.sources, condition=dclip_condition(ctx, [e.source_caption for e in ctx.edits]),
-                   **kwargs)
+        seconds += time.perf_counter() - start
+        # the reconstruction under the same settings: what the edit starts from before any model is tuned
+        recon[idx] = D.edit(decoder, decoder, ctx.sources[idx], condition=condition, **kwargs)
+    done = [i for idx in groups.values() for i in idx]
     used = {c for changes in groups for c in changes}
     # success of each edit's model on its own training renders, averaged like the held-out edits
     train = {}
@@ -467,11 +498,11 @@ def _dclip(ctx: Context, variant: str, schedule=None, only: tuple[str, ...] = ()
                for c in _changes(e)]
         if own:
             train[category] = sum(own) / len(own)
-    return RowOutput(images, seconds, sum(models[c][1] for c in used), psnr(recon, ctx.sources),
+    return RowOutput(images, seconds, sum(models[c][1] for c in used), psnr(recon[done], ctx.sources[done]),
                      categories=only or CATEGORIES, train_success=train)
 
 
-@row("DiffusionCLIP full (backprop through 6 steps)")
+@row("DiffusionCLIP full (backprop through the generative chain)")
 def dclip_full_row(ctx: Context) -> RowOutput:
     return _dclip(ctx, "full")
 
@@ -629,12 +660,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--categories", default="", help="comma-separated edit categories to run (default: all): "
                     + ",".join(CATEGORIES))
     ap.add_argument("--dclip", default="", help="DiffusionCLIP rows' settings, KEY=VALUE,... of: "
-                    + ", ".join(f.name for f in dataclasses.fields(DclipOptions)))
+                    + ", ".join(f.name for f in dataclasses.fields(DclipOptions))
+                    + "; applied on top of each attribute's preset")
+    ap.add_argument("--dclip-preset", choices=DCLIP_PRESETS, default=DCLIP_PRESETS[0],
+                    help="per-attribute: each attribute's measured settings (DCLIP_PER_ATTRIBUTE); uniform: "
+                    "DclipOptions' defaults for every attribute")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "editing")
     args = ap.parse_args(argv)
-    dclip = DclipOptions.parse(args.dclip)  # before any work: a typo should not cost the objective table's minutes
+    # before any work: a typo should not cost the objective table's minutes
+    dclip = dclip_options(args.dclip_preset, args.dclip)
     torch.set_num_threads(args.threads)
     models = Models()
     if args.only in ("", "objective"):
@@ -650,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "edits").mkdir(parents=True, exist_ok=True)
         ctx = Context(edits, read_sources(edits, args.out / "sources"), models, args.quick, args.seed,
                       dclip=dclip)
-        print(f"[editing] DiffusionCLIP settings: {ctx.dclip.describe()}", file=sys.stderr, flush=True)
+        for attribute, o in ctx.dclip.items():
+            print(f"[editing] DiffusionCLIP settings, {attribute}: {o.describe()}", file=sys.stderr, flush=True)
         wanted = [w.strip().lower() for w in args.rows.split(",") if w.strip()]
         names = [name for name in ROWS if not wanted or any(name.lower().startswith(w) for w in wanted)]
         editing_table(ctx, names, args.out)
