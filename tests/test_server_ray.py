@@ -140,7 +140,16 @@ def test_prompts_from_several_clients_all_complete_with_only_their_own_events(se
     assert most == 2, spans
 
 
+def queue_idle(server: BackgroundServer) -> bool:
+    status, _, body = http("GET", server.url("/queue"))
+    assert status == 200
+    return not body["queue_running"] and not body["queue_pending"]
+
+
 def test_repeated_workflows_go_to_the_worker_holding_their_models(served: BackgroundServer) -> None:
+    # the counters are the cluster's: prompts an earlier test left running (one that timed out, say) would
+    # still be placed after `before` is read and be counted here
+    wait_for(lambda: queue_idle(served))
     before = cluster_stats(served)
     with Client(served, "affinity") as client:
         for round_ in range(3):
