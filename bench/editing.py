@@ -312,6 +312,13 @@ DCLIP_INVERT_STEPS = 20
 DCLIP_VIEWS = 4  # views of the CLIP objective per image and step (the other rows' 8 would double the fine-tuning)
 
 
+def _condition_value(value: str) -> str:
+    value = {"0": "none", "1": "source"}.get(value.lower(), value.lower())  # the earlier tables' condition=0/1
+    if value not in ("none", "source", "target"):
+        raise ValueError(value)
+    return value
+
+
 @dataclass(frozen=True)
 class DclipOptions:
     """The DiffusionCLIP rows' settings, `--dclip KEY=VALUE,...` to sweep them (renders and iterations: 0 = the
@@ -324,7 +331,10 @@ class DclipOptions:
     lr: float = 1e-4
     renders: int = 0  # training renders per fine-tuned model: 6 quick, 8 otherwise
     iterations: int = 0
-    condition: bool = False  # the decoder conditioned on each image's source caption (else unconditional)
+    # what the decoder is conditioned on while it regenerates: nothing (its unconditional mode), each image's
+    # source caption, or its target caption (then inverted under the source caption, whose latent reproduces it)
+    condition: str = "none"
+
     keep: float = 0.0  # weight of the change where the training render must stay (kept_region); 0 = no such term
 
     @classmethod
@@ -335,11 +345,12 @@ class DclipOptions:
             key, _, value = item.partition("=")
             if key not in fields:
                 raise SystemExit(f"--dclip: unknown setting {key!r}; known: {', '.join(fields)}")
-            kind = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}[fields[key]]
+            kind = {"int": int, "float": float, "str": _condition_value}[fields[key]]
             try:
                 values[key] = kind(value)
             except ValueError:
-                raise SystemExit(f"--dclip {key}={value!r}: expected {fields[key]}") from None
+                expected = "none, source or target" if key == "condition" else fields[key]
+                raise SystemExit(f"--dclip {key}={value!r}: expected {expected}") from None
         return cls(**values)
 
     def describe(self) -> str:
@@ -389,12 +400,18 @@ def dclip_settings(variant: str, ctx: Context, o: DclipOptions):
                             tv_weight=o.tv, keep_weight=o.keep, variant=variant)
 
 
-def dclip_condition(ctx: Context, o: DclipOptions, captions: list[str]):
-    """The decoder's condition for images with these source captions: None (unconditional) unless the settings
-    say condition=1."""
+def dclip_conditions(ctx: Context, o: DclipOptions, edits: list[Edit]):
+    """(inversion condition, generation condition) of these edits' images under the settings: None is the
+    decoder's unconditional mode."""
     from nodegraph.generate.conditions import Condition
 
-    return Condition(text=ctx.models.clip.encode_text(captions)) if o.condition else None
+    def of(captions: list[str]) -> Condition:
+        return Condition(text=ctx.models.clip.encode_text(captions))
+
+    if o.condition == "none":
+        return None, None
+    source = of([e.source_caption for e in edits])
+    return source, (source if o.condition == "source" else of([e.target_caption for e in edits]))
 
 
 def _changes(edit: Edit) -> list[tuple[str, str]]:
@@ -451,17 +468,18 @@ def dclip_models(ctx: Context, variant: str) -> dict[tuple[str, str], tuple[obje
         images = to_model_range(render(scenes, SIZE))
         print(f"[editing]   {variant}: {attribute} -> {value} ({len(scenes)} training renders)", file=sys.stderr,
               flush=True)
-        condition = dclip_condition(ctx, o, [caption(s) for s in scenes])
         category = {"color": "colour", "kind": "kind", "background": "background"}[attribute]
         train_edits = [Edit(category, s, _changed(s, attribute, value)) for s in scenes]
+        inverted_under, condition = dclip_conditions(ctx, o, train_edits)
         keep = kept_region(train_edits) if o.keep else None
         start = time.perf_counter()
+        latents = D.invert(decoder, images, settings.t0, settings.invert_steps, inverted_under)
         tuned = D.finetune(decoder, objective, images, [e.source_caption for e in train_edits],
                            [e.target_caption for e in train_edits], settings, condition=condition,
-                           keep=keep, generator=torch.Generator().manual_seed(ctx.seed))
+                           latents=latents, keep=keep, generator=torch.Generator().manual_seed(ctx.seed))
         seconds = time.perf_counter() - start
         own = D.edit(decoder, tuned, images, t0=settings.t0, invert_steps=settings.invert_steps,
-                     generate_steps=settings.generate_steps, condition=condition)
+                     generate_steps=settings.generate_steps, condition=condition, latents=latents)
         models[(attribute, value)] = (tuned, seconds, sum(_successes(train_edits, own)) / len(scenes))
     ctx.shared[key] = models
     return models
@@ -483,13 +501,14 @@ def _dclip(ctx: Context, variant: str, schedule=None, only: tuple[str, ...] = ()
         o = edit_options(ctx, changes)
         kwargs = {"t0": o.t0, "invert_steps": DCLIP_INVERT_STEPS, "generate_steps": o.generate_steps}
         tuned = [models[c][0] for c in changes]
-        condition = dclip_condition(ctx, o, [ctx.edits[i].source_caption for i in idx])
+        inverted_under, condition = dclip_conditions(ctx, o, [ctx.edits[i] for i in idx])
         start = time.perf_counter()
+        latents = D.invert(decoder, ctx.sources[idx], o.t0, DCLIP_INVERT_STEPS, inverted_under)
         images[idx] = D.edit(decoder, tuned, ctx.sources[idx], schedule=schedule if len(tuned) > 1 else None,
-                             condition=condition, **kwargs)
+                             condition=condition, latents=latents, **kwargs)
         seconds += time.perf_counter() - start
-        # the reconstruction under the same settings: what the edit starts from before any model is tuned
-        recon[idx] = D.edit(decoder, decoder, ctx.sources[idx], condition=condition, **kwargs)
+        # the reconstruction: the original decoder regenerating the same latents under the source condition
+        recon[idx] = D.edit(decoder, decoder, ctx.sources[idx], condition=inverted_under, latents=latents, **kwargs)
     done = [i for idx in groups.values() for i in idx]
     used = {c for changes in groups for c in changes}
     # success of each edit's model on its own training renders, averaged like the held-out edits
@@ -662,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
                     + ",".join(CATEGORIES))
     ap.add_argument("--dclip", default="", help="DiffusionCLIP rows' settings, KEY=VALUE,... of: "
                     + ", ".join(f.name for f in dataclasses.fields(DclipOptions))
-                    + "; applied on top of each attribute's preset")
+                    + " (condition: none, source or target); applied on top of each attribute's preset")
     ap.add_argument("--dclip-preset", choices=DCLIP_PRESETS, default=DCLIP_PRESETS[0],
                     help="per-attribute: each attribute's measured settings (DCLIP_PER_ATTRIBUTE); uniform: "
                     "DclipOptions' defaults for every attribute")

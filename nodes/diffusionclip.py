@@ -32,12 +32,21 @@ _INVERT_STEPS = In("INT", default=20, min=1, max=1000, description="DDIM inversi
 _GENERATE_STEPS = In("INT", default=6, min=1, max=1000, description="DDIM steps from t0 back to the image "
                      "(use the fine-tuning's)")
 _SEED = In("INT", default=0, min=0, max=2**63 - 1, description="seed of every random draw (batches, views, noise)")
-_CAPTION = In(TEXT_EMBED, optional=True, description="the images' caption, when the decoder was fine-tuned "
-              "conditioned on it; unconnected = the decoder's unconditional mode")
+_CAPTION = In(TEXT_EMBED, optional=True, description="what the fine-tuned decoder generates under, as it was "
+              "fine-tuned: the images' own caption (condition 'source') or the caption they should get ('target'); "
+              "unconnected = the decoder's unconditional mode")
+_INVERSION_CAPTION = In(TEXT_EMBED, optional=True, description="the images' own caption, to invert them under when "
+                        "`caption` is the target caption (condition 'target'); unconnected = `caption`")
+CONDITIONS = ("none", "source", "target")
 
 
 def _condition(caption: TextEncoding | None):
     return None if caption is None else conditions.Condition(text=caption)
+
+
+def _inverted(original: DiffusionModel, images: Tensor, t0: int, steps: int, caption: TextEncoding | None):
+    """x_t0 of the images under their own caption, when it differs from what the edit generates under."""
+    return None if caption is None else dclip.invert(original, images, t0, steps, _condition(caption))
 
 
 class DiffusionCLIPFinetune(Node):
@@ -52,8 +61,10 @@ class DiffusionCLIPFinetune(Node):
         "images": In(IMAGE, description="source images to fine-tune on (resized to the decoder's size)"),
         "source": In(TEXT_EMBED, description="caption of what the images show now"),
         "target": In(TEXT_EMBED, description="caption of what they should show"),
-        "condition_on_caption": In("BOOLEAN", default=False, description="condition the decoder on the source "
-                                   "caption (edits then need the image's caption); off = unconditional mode"),
+        "condition": In("STRING", default="none", choices=CONDITIONS, description="what the decoder generates "
+                        "under: none = its unconditional mode; source = the source caption (edits then need the "
+                        "image's caption); target = the target caption, from an inversion under the source "
+                        "caption (edits need both; docs/editing.md compares them)"),
         "variant": In("STRING", default="full", choices=("full", "efficient"), description="full: backprop "
                       "through the whole generative chain; efficient: an update per step on its x̂0 (the "
                       "paper's GPU-efficient variant)"),
@@ -80,7 +91,7 @@ class DiffusionCLIPFinetune(Node):
     outputs = (Out(DECODER, "decoder"),)
 
     def run(self, ctx: RunContext, decoder: DiffusionModel, objective: ClipObjective, images: Tensor,
-            source: TextEncoding, target: TextEncoding, condition_on_caption: bool, variant: str, t0: int,
+            source: TextEncoding, target: TextEncoding, condition: str, variant: str, t0: int,
             invert_steps: int, generate_steps: int, iterations: int, batch: int, lr: float, clip_weight: float,
             l1_weight: float, tv_weight: float, edit_region: Tensor | None, keep_weight: float,
             grad_checkpoint: bool, seed: int) -> tuple[DiffusionModel]:
@@ -88,14 +99,16 @@ class DiffusionCLIPFinetune(Node):
                                           iterations=iterations, batch=batch, lr=lr, clip_weight=clip_weight,
                                           l1_weight=l1_weight, tv_weight=tv_weight, keep_weight=keep_weight,
                                           variant=variant, grad_checkpoint=grad_checkpoint)
-        condition = _condition(source) if condition_on_caption else None
+        generate_under = {"none": None, "source": source, "target": target}[condition]
+        latents = _inverted(decoder, images, t0, invert_steps, source) if condition == "target" else None
         keep = None
         if edit_region is not None:
             if edit_region.shape[0] not in (1, images.shape[0]):
                 raise InputValueError("edit_region", f"{edit_region.shape[0]} masks for {images.shape[0]} images; "
                                       f"connect one mask or one per image")
             keep = 1 - edit_region.expand(images.shape[0], -1, -1, -1)
-        return (dclip.finetune(decoder, objective, images, source, target, settings, condition=condition, keep=keep,
+        return (dclip.finetune(decoder, objective, images, source, target, settings,
+                               condition=_condition(generate_under), latents=latents, keep=keep,
                                generator=ctx.generator(seed, "cpu"), callback=optimisation_callback(ctx)),)
 
 
@@ -114,14 +127,16 @@ class DiffusionCLIPEdit(Node):
         "mode": In("STRING", default="invert", choices=("invert", "noise"), description="invert: DDIM inversion "
                    "(keeps the image); noise: stochastic forward to t0 (images unlike the training data)"),
         "caption": _CAPTION,
+        "inversion_caption": _INVERSION_CAPTION,
         "seed": _SEED,
     }
     outputs = (Out(IMAGE, "images"),)
 
     def run(self, ctx: RunContext, original: DiffusionModel, decoder: DiffusionModel, images: Tensor, t0: int,
-            invert_steps: int, generate_steps: int, mode: str, caption, seed: int) -> tuple[Tensor]:
+            invert_steps: int, generate_steps: int, mode: str, caption, inversion_caption, seed: int) -> tuple[Tensor]:
+        latents = _inverted(original, images, t0, invert_steps, inversion_caption) if mode == "invert" else None
         return (dclip.edit(original, decoder, images, t0=t0, invert_steps=invert_steps,
-                           generate_steps=generate_steps, condition=_condition(caption), mode=mode,
+                           generate_steps=generate_steps, condition=_condition(caption), latents=latents, mode=mode,
                            generator=ctx.generator(seed, "cpu"), callback=optimisation_callback(ctx)),)
 
 
@@ -161,13 +176,15 @@ class DiffusionCLIPMultiEdit(Node):
         "invert_steps": _INVERT_STEPS,
         "generate_steps": _GENERATE_STEPS,
         "caption": _CAPTION,
+        "inversion_caption": _INVERSION_CAPTION,
     }
     outputs = (Out(IMAGE, "images"),)
 
     def run(self, ctx: RunContext, original: DiffusionModel, decoder_1: DiffusionModel, decoder_2: DiffusionModel,
             decoder_3, images: Tensor, schedule: str, t0: int, invert_steps: int, generate_steps: int,
-            caption) -> tuple[Tensor]:
+            caption, inversion_caption) -> tuple[Tensor]:
         models = [m for m in (decoder_1, decoder_2, decoder_3) if m is not None]
         return (dclip.edit(original, models, images, t0=t0, invert_steps=invert_steps, generate_steps=generate_steps,
                            condition=_condition(caption), schedule=parse_schedule(schedule, len(models)),
+                           latents=_inverted(original, images, t0, invert_steps, inversion_caption),
                            callback=optimisation_callback(ctx)),)

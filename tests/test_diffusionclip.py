@@ -12,6 +12,7 @@ from nodegraph.engine.api import Engine
 from nodegraph.errors import InputValueError, Interrupted, NodeExecutionError
 from nodegraph.generate import diffusionclip as D
 from nodegraph.generate.clip_objective import ClipObjective
+from nodegraph.generate.conditions import Condition
 from nodegraph.models import loader
 from nodegraph.models.diffusion_model import DiffusionModel
 
@@ -32,7 +33,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
         patch.setenv("NODEGRAPH_MODELS", str(models["clip"].parent))
         decoder = loader.load("decoder")
         clip = loader.load("clip")
-        yield {"decoder": decoder, "objective": ClipObjective.plain(clip),
+        yield {"decoder": decoder, "clip": clip, "objective": ClipObjective.plain(clip),
                "engine": Engine("cpu", input_dir=root, output_dir=root / "out", plugins=False)}
     torch.set_num_threads(threads)
 
@@ -99,6 +100,31 @@ def test_edit_reuses_the_model_on_new_images_and_mixes_several(tiny):
     a = D.edit(decoder, tuned, new, mode="noise", generator=torch.Generator().manual_seed(1), **kwargs)
     b = D.edit(decoder, tuned, new, mode="noise", generator=torch.Generator().manual_seed(1), **kwargs)
     torch.testing.assert_close(a, b)
+
+
+def test_an_edit_generating_under_the_target_caption_starts_from_the_inversion_under_the_source(tiny):
+    """condition "target": the latents come from an inversion under the image's own caption, then the models
+    generate under the target caption; given latents replace the edit's own inversion and nothing else."""
+    decoder, clip = tiny["decoder"], tiny["clip"]
+    source, target = (Condition(text=clip.encode_text([c] * 2)) for c in (CAPTION, TARGET))
+    tuned = D.finetune(decoder, tiny["objective"], _images(2), CAPTION, TARGET, FAST, condition=target,
+                       latents=D.invert(decoder, _images(2), FAST.t0, FAST.invert_steps, source),
+                       generator=torch.Generator().manual_seed(0))
+    new = _images(2, seed=5)
+    kwargs = {"t0": FAST.t0, "invert_steps": FAST.invert_steps, "generate_steps": FAST.generate_steps}
+    under_source = D.invert(decoder, new, FAST.t0, FAST.invert_steps, source)
+    # given latents from the edit's own inversion: the same edit
+    torch.testing.assert_close(D.edit(decoder, tuned, new, condition=source, latents=under_source, **kwargs),
+                               D.edit(decoder, tuned, new, condition=source, **kwargs), rtol=0, atol=0)
+    # inverted under the source caption, generated under the target: not the edit inverted under the target
+    edited = D.edit(decoder, tuned, new, condition=target, latents=under_source, **kwargs)
+    assert (edited - D.edit(decoder, tuned, new, condition=target, **kwargs)).abs().max() > 1e-5
+    # the original decoder regenerating those latents under the source caption gives the image back
+    recon = D.edit(decoder, decoder, new, condition=source, latents=under_source, **kwargs)
+    assert (recon - new).abs().mean() < (edited - new).abs().mean()
+    with pytest.raises(InputValueError) as err:
+        D.edit(decoder, tuned, new, latents=under_source[:1], **kwargs)
+    assert err.value.input == "latents"
 
 
 def test_schedule_weights_sum_to_one_per_step():
@@ -220,6 +246,30 @@ def test_nodes_fine_tune_once_and_edit_new_images_from_the_cache(tiny):
     nodes["edit"] = {**NODES["edit"], "inputs": {**NODES["edit"]["inputs"], "images": ["new_image", 0]}}
     again = engine.run({**PRODUCERS, **nodes})
     assert "edit" in again.executed and "finetune" not in again.executed
+
+
+def test_the_nodes_fine_tune_and_edit_under_the_target_caption(tiny):
+    """condition "target" on the fine-tuning node; the edit nodes invert under `inversion_caption` and generate
+    under `caption`, as the library does with latents from an inversion under the source caption."""
+    target = {"class_type": "TextEncode", "inputs": {"clip": ["p_clip", 0], "text": TARGET}}
+    finetune = {**NODES["finetune"], "inputs": {**NODES["finetune"]["inputs"], "target": ["p_target", 0],
+                                                "condition": "target"}}
+    captions = {"caption": ["p_target", 0], "inversion_caption": ["p_text", 0]}
+    edit = {**NODES["edit"], "inputs": {**NODES["edit"]["inputs"], **captions}}
+    multi = {**NODES["multi"], "inputs": {**NODES["multi"]["inputs"], **captions}}
+    no_inversion_caption = {**NODES["edit"], "inputs": {**NODES["edit"]["inputs"], "caption": ["p_target", 0]}}
+    graph = {**PRODUCERS, **NODES, "p_target": target, "finetune": finetune, "edit": edit, "multi": multi,
+             "edit_t": no_inversion_caption, "o_t": {"class_type": "Preview", "inputs": {"value": ["edit_t", 0]}},
+             "o_tuned": {"class_type": "Preview", "inputs": {"value": ["finetune", 0]}},
+             "o_image": {"class_type": "Preview", "inputs": {"value": ["p_image", 0]}}}
+    out = tiny["engine"].run(graph).outputs
+    decoder, clip, image = tiny["decoder"], tiny["clip"], out["o_image"]["value"]
+    source, target_cond = (Condition(text=clip.encode_text([c])) for c in (CAPTION, TARGET))
+    latents = D.invert(decoder, image, 20, 4, source)
+    expected = D.edit(decoder, out["o_tuned"]["value"], image, t0=20, invert_steps=4, generate_steps=3,
+                      condition=target_cond, latents=latents)
+    torch.testing.assert_close(out["o_edit"]["value"], expected)
+    assert (out["o_t"]["value"] - expected).abs().max() > 1e-5  # without it: inverted under the target caption
 
 
 def test_the_finetune_node_keeps_what_lies_outside_its_edit_region(tiny):

@@ -143,7 +143,10 @@ def change_variation(change: Tensor) -> Tensor:
 def _model_fn(model: DiffusionModel, condition: Condition | None, batch: int) -> G.ModelFn:
     """model(x_t, t) under one fixed condition (None: the null condition, the decoder's unconditional mode)."""
     length = condition.text.tokens.shape[1] if condition is not None and condition.text is not None else 1
-    cond = condition_tensors(model, condition or Condition(), batch, length)
+    # detached: a caption encoded with gradients on (outside the engine) would otherwise tie every iteration's
+    # backward pass to one text-encoder graph, freed after the first
+    cond = {k: v.detach() if isinstance(v, Tensor) else v
+            for k, v in condition_tensors(model, condition or Condition(), batch, length).items()}
     net = model.net
     return lambda x, t: net(x, t, **cond)
 
@@ -311,6 +314,7 @@ def edit(
     invert_steps: int = 20,
     generate_steps: int = 6,
     condition: Condition | None = None,
+    latents: Tensor | None = None,
     schedule: Sequence[tuple[float, float]] | None = None,
     mode: str = "invert",
     generator: torch.Generator | None = None,
@@ -318,7 +322,9 @@ def edit(
 ) -> Tensor:
     """Edited images: x_t0 from `original` (mode "invert": DDIM inversion; "noise": the stochastic forward
     process, for images unlike the training data), then DDIM with the fine-tuned model(s), several models'
-    predictions mixed by `schedule_weights`. Needs no training: any image, any number of times."""
+    predictions mixed by `schedule_weights`. Needs no training: any image, any number of times. `latents`: the
+    images' x_t0 when already computed (an inversion under another condition than the one the models generate
+    under, say), in place of `mode`'s."""
     models = [models] if isinstance(models, DiffusionModel) else list(models)
     if not models:
         raise InputValueError("decoder", "connect at least one fine-tuned decoder")
@@ -328,7 +334,12 @@ def edit(
         if m.image_size != original.image_size or m.diffusion.num_timesteps != original.diffusion.num_timesteps:
             raise InputValueError("decoder", "the fine-tuned decoder must come from the same decoder as the original "
                                   f"({original.image_size} px, T = {original.diffusion.num_timesteps})")
-    if mode == "invert":
+    if latents is not None:
+        if latents.shape[0] != images.shape[0] or latents.shape[-1] != original.image_size:
+            raise InputValueError("latents", f"latents {tuple(latents.shape)} do not match {images.shape[0]} images "
+                                  f"at the model's {original.image_size} px")
+        x = latents.to(original.device).float()
+    elif mode == "invert":
         x = invert(original, images, t0, invert_steps, condition)
     elif mode == "noise":
         x = noise_forward(original, images, t0, generator)
