@@ -334,7 +334,6 @@ class DclipOptions:
     # what the decoder is conditioned on while it regenerates: nothing (its unconditional mode), each image's
     # source caption, or its target caption (then inverted under the source caption, whose latent reproduces it)
     condition: str = "none"
-
     keep: float = 0.0  # weight of the change where the training render must stay (kept_region); 0 = no such term
 
     @classmethod

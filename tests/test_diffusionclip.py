@@ -309,6 +309,9 @@ def test_interrupt_stops_fine_tuning_within_one_iteration(tiny):
 
 @pytest.mark.parametrize(("node", "inputs", "blamed"), [
     ("finetune", {"t0": 60}, "t0"),
+    ("finetune", {"t0": 60, "condition": "target"}, "t0"),
+    ("edit", {"t0": 60, "inversion_caption": ["p_text", 0]}, "t0"),
+    ("finetune", {"invert_steps": 30, "condition": "target"}, "invert_steps"),
     ("finetune", {"generate_steps": 30}, "generate_steps"),
     ("multi", {"schedule": "1.0-0.5"}, "schedule"),
     ("multi", {"schedule": "high-low, 0.5-0"}, "schedule"),

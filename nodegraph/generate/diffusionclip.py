@@ -171,6 +171,7 @@ def _step(model_fn: G.ModelFn, diffusion, x: Tensor, t: int, s: int) -> tuple[Te
 @torch.no_grad()
 def invert(model: DiffusionModel, images: Tensor, t0: int, steps: int, condition: Condition | None = None) -> Tensor:
     """x_t0 of images (brought to the model's resolution) by DDIM inversion with `model`."""
+    FinetuneSettings(t0=t0, invert_steps=steps, generate_steps=1).check(model.diffusion.num_timesteps)
     images = fit_square(images.to(model.device).float(), model.image_size)
     model_fn = _model_fn(model, condition, images.shape[0])
     return ddim_invert(model.diffusion, model_fn, images, chain(t0, steps))
