@@ -84,6 +84,9 @@ class DiffusionCLIPFinetune(Node):
                           "when the background changes, say. Unconnected: no such term"),
         "keep_weight": In("FLOAT", default=1.0, min=0.0, max=100.0, description="weight of the mean change outside "
                           "edit_region"),
+        "uniform_weight": In("FLOAT", default=0.0, min=0.0, max=100.0, description="weight of the spread of the "
+                             "change inside edit_region, for an edit that recolours the region as one (a "
+                             "background): a shape grown into it, or specks, cost; 0 = no such term"),
         "grad_checkpoint": In("BOOLEAN", default=False, description="recompute activations in the backward pass "
                               "(full variant: less memory, more time)"),
         "seed": _SEED,
@@ -94,21 +97,23 @@ class DiffusionCLIPFinetune(Node):
             source: TextEncoding, target: TextEncoding, condition: str, variant: str, t0: int,
             invert_steps: int, generate_steps: int, iterations: int, batch: int, lr: float, clip_weight: float,
             l1_weight: float, tv_weight: float, edit_region: Tensor | None, keep_weight: float,
-            grad_checkpoint: bool, seed: int) -> tuple[DiffusionModel]:
+            uniform_weight: float, grad_checkpoint: bool, seed: int) -> tuple[DiffusionModel]:
         settings = dclip.FinetuneSettings(t0=t0, invert_steps=invert_steps, generate_steps=generate_steps,
                                           iterations=iterations, batch=batch, lr=lr, clip_weight=clip_weight,
                                           l1_weight=l1_weight, tv_weight=tv_weight, keep_weight=keep_weight,
-                                          variant=variant, grad_checkpoint=grad_checkpoint)
+                                          uniform_weight=uniform_weight, variant=variant,
+                                          grad_checkpoint=grad_checkpoint)
         generate_under = {"none": None, "source": source, "target": target}[condition]
         latents = _inverted(decoder, images, t0, invert_steps, source) if condition == "target" else None
-        keep = None
+        keep = uniform = None
         if edit_region is not None:
             if edit_region.shape[0] not in (1, images.shape[0]):
                 raise InputValueError("edit_region", f"{edit_region.shape[0]} masks for {images.shape[0]} images; "
                                       f"connect one mask or one per image")
-            keep = 1 - edit_region.expand(images.shape[0], -1, -1, -1)
+            region = edit_region.expand(images.shape[0], -1, -1, -1)
+            keep, uniform = 1 - region, (region if uniform_weight else None)
         return (dclip.finetune(decoder, objective, images, source, target, settings,
-                               condition=_condition(generate_under), latents=latents, keep=keep,
+                               condition=_condition(generate_under), latents=latents, keep=keep, uniform=uniform,
                                generator=ctx.generator(seed, "cpu"), callback=optimisation_callback(ctx)),)
 
 

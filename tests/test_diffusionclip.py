@@ -142,6 +142,7 @@ def test_schedule_weights_sum_to_one_per_step():
     ({"iterations": 0}, "iterations"), ({"variant": "fast"}, "variant"), ({"templates": ("no slot",)}, "templates"),
     ({"tv_weight": -1.0}, "tv_weight"), ({"l1_weight": float("nan")}, "l1_weight"),
     ({"clip_weight": -0.5}, "clip_weight"), ({"keep_weight": -1.0}, "keep_weight"),
+    ({"uniform_weight": -1.0}, "uniform_weight"),
 ])
 def test_bad_settings_are_input_errors_naming_the_input(tiny, change, blamed):
     with pytest.raises(InputValueError) as err:
@@ -200,6 +201,46 @@ def test_the_keep_term_weighs_only_the_marked_region(tiny):
     with pytest.raises(InputValueError) as err:
         tuned(torch.ones(3, 1, 32, 32))
     assert err.value.input == "keep"
+
+
+def test_change_spread_is_zero_for_a_region_recoloured_as_one_and_grows_with_a_shape_grown_into_it():
+    yx = torch.stack(torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij"))
+    square = (((yx[0] - 16).abs() < 4) & ((yx[1] - 16).abs() < 4)).float()  # the shape, 7x7
+    grown = (((yx[0] - 16).abs() < 6) & ((yx[1] - 16).abs() < 6)).float()  # the same shape two pixels a side bigger
+    background = (1 - square).view(1, 1, 32, 32)
+    new_colour = torch.tensor([1.2, -0.4, 0.6]).view(1, 3, 1, 1)
+    recoloured = background * new_colour  # the whole background changed to one colour, the shape kept
+    # the shape grown: the ring it took keeps the shape's colour, a change unlike the rest of the background's
+    ring = (grown - square).view(1, 1, 32, 32)
+    grown_change = recoloured - ring * new_colour + ring * torch.tensor([-0.8, 0.9, 0.1]).view(1, 3, 1, 1)
+    changes = torch.cat([recoloured, grown_change, torch.zeros(1, 3, 32, 32)])
+    spread = D.change_spread(changes, background.expand(3, -1, -1, -1))
+    assert spread[0] < 1e-6 and spread[2] == 0  # recoloured as one, or not at all: nothing to pay
+    assert spread[1] > 0.1
+    # the keep term on the shape's own pixels sees no difference between the two: the ring is outside it
+    kept = [float((c.abs() * square).sum()) for c in (recoloured, grown_change)]
+    assert kept == [0.0, 0.0]
+    # soft weights: a half-weighted region is the same spread; an empty region adds nothing
+    torch.testing.assert_close(D.change_spread(grown_change, background * 0.5), spread[1:2])
+    assert float(D.change_spread(grown_change, torch.zeros(1, 1, 32, 32))) == 0.0
+
+
+def test_the_uniform_term_weighs_only_its_region(tiny):
+    def tuned(uniform=None, **change):
+        settings = D.FinetuneSettings(**{**FAST.__dict__, "iterations": 1, **change})
+        return D.finetune(tiny["decoder"], tiny["objective"], _images(2), CAPTION, TARGET, settings, uniform=uniform,
+                          generator=torch.Generator().manual_seed(0)).net.state_dict()
+
+    base = tuned()
+    region = torch.zeros(2, 1, 32, 32)
+    region[..., 8:] = 1.0
+    weighted, unweighted = tuned(region, uniform_weight=5.0), tuned(region, uniform_weight=0.0)
+    assert all(torch.equal(base[k], tuned(torch.zeros(2, 1, 32, 32), uniform_weight=5.0)[k]) for k in base)
+    assert all(torch.equal(base[k], unweighted[k]) for k in base)
+    assert any(not torch.equal(base[k], weighted[k]) for k in base)
+    with pytest.raises(InputValueError) as err:
+        tuned(torch.ones(2, 3, 32, 32))
+    assert err.value.input == "uniform"
 
 
 def test_text_direction_averages_templates_and_pairs_captions(tiny):
@@ -288,6 +329,11 @@ def test_the_finetune_node_keeps_what_lies_outside_its_edit_region(tiny):
     assert any(not torch.equal(base[k], kept[k]) for k in base)
     unweighted = tuned(edit_region=["half", 0], keep_weight=0.0)
     assert all(torch.equal(base[k], unweighted[k]) for k in base)
+    # uniform_weight adds the spread of the change inside the region, the keep term unchanged
+    uniform = tuned(edit_region=["half", 0], keep_weight=5.0, uniform_weight=5.0)
+    assert any(not torch.equal(kept[k], uniform[k]) for k in base)
+    assert all(torch.equal(kept[k], tuned(edit_region=["half", 0], keep_weight=5.0, uniform_weight=0.0)[k])
+               for k in base)
 
 
 def test_interrupt_stops_fine_tuning_within_one_iteration(tiny):

@@ -11,7 +11,10 @@
    a whole region be recoloured (a background) but not speckled or repainted (docs/editing.md: background
    edits 0.417 -> 0.833 success and 0.750 -> 0.854 preserved, with L1 0.1 and the source caption), and
    optionally the mean change inside a region each training image must keep (`keep`: the shape, for a
-   background edit; with it L1 can be 0 and background edits keep every attribute: docs/editing.md).
+   background edit; with it L1 can be 0 and background edits keep every attribute: docs/editing.md), and
+   optionally the spread of the change inside a region that must be recoloured as one (`uniform`: the
+   background), which a shape grown or a speck left in the new background breaks while the keep term on the
+   shape's own pixels cannot see it.
    - "full": the loss on the final image of the short generative chain, backpropagated through every step
      (optionally with gradient checkpointing per step);
    - "efficient" (the paper's GPU-efficient variant): at every step of the chain the loss is taken on that
@@ -72,6 +75,7 @@ class FinetuneSettings:
     l1_weight: float = 0.3  # mean |edited - source| (images in [-1, 1])
     tv_weight: float = 0.0  # total variation of the change edited - source: specks and smears, not a region recoloured
     keep_weight: float = 1.0  # mean |edited - source| inside `keep`, the region the edit must leave alone (if given)
+    uniform_weight: float = 1.0  # spread of the change inside `uniform`, a region recoloured as one (if given)
     variant: str = "full"  # "full" or "efficient"
     grad_checkpoint: bool = False  # recompute each step's activations in the backward pass (full variant)
     templates: tuple[str, ...] = field(default=TEMPLATES)
@@ -89,7 +93,7 @@ class FinetuneSettings:
             raise InputValueError("iterations", "fine-tuning needs at least one iteration of at least one image")
         if self.lr <= 0:
             raise InputValueError("lr", f"the learning rate must be positive, got {self.lr}")
-        for name in ("clip_weight", "l1_weight", "tv_weight", "keep_weight"):
+        for name in ("clip_weight", "l1_weight", "tv_weight", "keep_weight", "uniform_weight"):
             if not getattr(self, name) >= 0:  # NaN too
                 raise InputValueError(name, f"a loss weight must be 0 or more, got {getattr(self, name)}")
         if self.variant not in VARIANTS:
@@ -137,6 +141,18 @@ def change_variation(change: Tensor) -> Tensor:
     dx = (change[..., :, 1:] - change[..., :, :-1]).abs().flatten(1).mean(1)
     dy = (change[..., 1:, :] - change[..., :-1, :]).abs().flatten(1).mean(1)
     return dx + dy
+
+
+def change_spread(change: Tensor, region: Tensor) -> Tensor:
+    """Per image [B]: mean absolute distance of a change map [B, C, H, W] from its own mean inside `region`
+    [B, 1, H, W] (weights in [0, 1]). 0 when the region is recoloured as one, whatever the colour; a shape grown
+    into the region, or specks left in it, are far from the mean change. An empty region adds 0."""
+    weights = region.flatten(2)  # [B, 1, HW]
+    values = change.flatten(2)  # [B, C, HW]
+    total = weights.sum(2)  # [B, 1]
+    mean = (values * weights).sum(2, keepdim=True) / total.clamp(min=1e-6).unsqueeze(2)
+    spread = ((values - mean).abs() * weights).sum((1, 2))
+    return spread / (total.squeeze(1) * values.shape[1]).clamp(min=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ model calls
@@ -196,6 +212,7 @@ def finetune(
     condition: Condition | None = None,
     latents: Tensor | None = None,
     keep: Tensor | None = None,
+    uniform: Tensor | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> DiffusionModel:
@@ -205,7 +222,9 @@ def finetune(
     `condition` (None = unconditional) is what the decoder sees, in inversion, fine-tuning and later edits:
     the source captions, say. `keep` [N, 1, H, W] in [0, 1] marks where each training image must stay as it is
     (the shape when the background changes, say: known for renders, like the identity a face editor keeps); its
-    mean change there is added with `keep_weight`. `latents` are the sources' x_t0 when already inverted
+    mean change there is added with `keep_weight`. `uniform` [N, 1, H, W] in [0, 1] marks where the change must be
+    one colour (the background, when it changes): the spread of the change there is added with `uniform_weight`.
+    `latents` are the sources' x_t0 when already inverted
     (`invert`); the random batches and CLIP views are drawn from `generator`. `callback(iteration, total,
     images)` is called after every iteration with the regenerated batch; an exception it raises (an interrupt)
     ends the fine-tuning.
@@ -220,10 +239,7 @@ def finetune(
     if direction.shape[0] not in (1, n):
         raise InputValueError("source", f"{direction.shape[0]} caption pairs for {n} images; give one or {n}")
     direction = direction.expand(n, -1)
-    if keep is not None:
-        if keep.dim() != 4 or keep.shape[0] != n or keep.shape[1] != 1:
-            raise InputValueError("keep", f"a keep mask must be [N, 1, H, W] for {n} images, got {tuple(keep.shape)}")
-        keep = fit_square(keep.to(model.device).float(), model.image_size).clamp(0, 1)
+    keep, uniform = (_region(name, mask, n, model) for name, mask in (("keep", keep), ("uniform", uniform)))
     if latents is None:
         latents = invert(model, sources, settings.t0, settings.invert_steps, condition)
     elif latents.shape != sources.shape:
@@ -248,6 +264,8 @@ def finetune(
             region = keep[index]
             kept = (change.abs() * region).flatten(1).sum(1) / (region.flatten(1).sum(1) * change.shape[1]).clamp(min=1)
             loss = loss + settings.keep_weight * kept
+        if uniform is not None:
+            loss = loss + settings.uniform_weight * change_spread(change, uniform[index])
         return loss.mean()
 
     for it in range(settings.iterations):
@@ -280,6 +298,15 @@ def finetune(
     tuned.meta["diffusionclip"] = (f"{_first(source)!r} -> {_first(target)!r}, "
                                    f"{settings.variant}, t0 {settings.t0}, {settings.iterations} iterations")
     return tuned
+
+
+def _region(name: str, mask: Tensor | None, n: int, model: DiffusionModel) -> Tensor | None:
+    """A per-image mask [N, 1, H, W] brought to the model's resolution, values in [0, 1]."""
+    if mask is None:
+        return None
+    if mask.dim() != 4 or mask.shape[0] != n or mask.shape[1] != 1:
+        raise InputValueError(name, f"a {name} mask must be [N, 1, H, W] for {n} images, got {tuple(mask.shape)}")
+    return fit_square(mask.to(model.device).float(), model.image_size).clamp(0, 1)
 
 
 def _first(text: TextEncoding | Text) -> str:
