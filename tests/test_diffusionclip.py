@@ -42,6 +42,14 @@ def _images(n: int = 3, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
+def _one_iteration(tiny, keep: torch.Tensor | None = None, uniform: torch.Tensor | None = None,
+                   **change: Any) -> dict[str, torch.Tensor]:
+    """The weights after one fine-tuning iteration on two fixed images under FAST with `change` applied."""
+    settings = D.FinetuneSettings(**{**FAST.__dict__, "iterations": 1, **change})
+    return D.finetune(tiny["decoder"], tiny["objective"], _images(2), CAPTION, TARGET, settings, keep=keep,
+                      uniform=uniform, generator=torch.Generator().manual_seed(0)).net.state_dict()
+
+
 def _state(model: DiffusionModel) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.net.state_dict().items()}
 
@@ -172,9 +180,7 @@ def test_change_variation_tells_a_recoloured_region_from_specks_and_a_repainted_
 
 def test_the_variation_term_changes_the_fine_tuning_and_zero_leaves_it_as_it_was(tiny):
     def tuned(**change):
-        settings = D.FinetuneSettings(**{**FAST.__dict__, "iterations": 1, **change})
-        return D.finetune(tiny["decoder"], tiny["objective"], _images(2), CAPTION, TARGET, settings,
-                          generator=torch.Generator().manual_seed(0)).net.state_dict()
+        return _one_iteration(tiny, **change)
 
     base, zero, weighted = tuned(), tuned(tv_weight=0.0), tuned(tv_weight=5.0)
     assert all(torch.equal(base[k], zero[k]) for k in base)
@@ -183,9 +189,7 @@ def test_the_variation_term_changes_the_fine_tuning_and_zero_leaves_it_as_it_was
 
 def test_the_keep_term_weighs_only_the_marked_region(tiny):
     def tuned(keep=None, **change):
-        settings = D.FinetuneSettings(**{**FAST.__dict__, "iterations": 1, **change})
-        return D.finetune(tiny["decoder"], tiny["objective"], _images(2), CAPTION, TARGET, settings, keep=keep,
-                          generator=torch.Generator().manual_seed(0)).net.state_dict()
+        return _one_iteration(tiny, keep=keep, **change)
 
     base = tuned()
     nothing_kept = tuned(torch.zeros(2, 1, 32, 32), keep_weight=5.0)
@@ -227,9 +231,7 @@ def test_change_spread_is_zero_for_a_region_recoloured_as_one_and_grows_with_a_s
 
 def test_the_uniform_term_weighs_only_its_region(tiny):
     def tuned(uniform=None, **change):
-        settings = D.FinetuneSettings(**{**FAST.__dict__, "iterations": 1, **change})
-        return D.finetune(tiny["decoder"], tiny["objective"], _images(2), CAPTION, TARGET, settings, uniform=uniform,
-                          generator=torch.Generator().manual_seed(0)).net.state_dict()
+        return _one_iteration(tiny, uniform=uniform, **change)
 
     base = tuned()
     region = torch.zeros(2, 1, 32, 32)
