@@ -16,7 +16,7 @@ from nodegraph.generate.conditions import Condition
 from nodegraph.models import loader
 from nodegraph.models.diffusion_model import DiffusionModel
 
-from conftest import run_bundled_workflow
+from conftest import REPO, run_bundled_workflow
 from fixtures_models import CAPTION, PRODUCERS, TIMESTEPS, build_tiny_models
 
 TARGET = "a large green circle on the left on a blue background"
@@ -376,10 +376,29 @@ def test_node_input_errors_name_the_input(tiny, node, inputs, blamed):
 
 # ------------------------------------------------------------------------------------------------ workflows
 WORKFLOW_FAST = {
-    "diffusionclip_edit": {"iterations": 2, "invert_steps": 4, "generate_steps": 2, "views": 1},
+    "diffusionclip_edit": {"iterations": 2, "invert_steps": 4, "generate_steps": 2, "edit_steps": 2, "views": 1},
     "diffusionclip_multi_attribute": {"iterations": 1, "iterations_kind": 1, "invert_steps": 4,
-                                      "generate_steps": 2, "views": 1},
+                                      "generate_steps": 2, "edit_steps": 2, "views": 1},
 }
+
+
+@pytest.mark.parametrize("name", list(WORKFLOW_FAST))
+def test_a_workflows_step_params_reach_fine_tuning_and_editing_alike(engine, name):
+    """invert_steps and t0 set every node that inverts (fine-tuning and editing must invert alike); edit_steps
+    sets only the edit's chain, generate_steps only the fine-tuning's."""
+    nodes = engine.prepare(str(REPO / "workflows" / f"{name}.json"),
+                           {"invert_steps": 7, "t0": 300, "generate_steps": 3, "edit_steps": 11}).nodes
+
+    def value(node: str, name: str) -> Any:
+        v = nodes[node]["inputs"][name]
+        return nodes[v[0]]["inputs"]["value"] if isinstance(v, list) else v
+
+    finetunes = [n for n, d in nodes.items() if d["class_type"] == "DiffusionCLIPFinetune"]
+    edits = [n for n, d in nodes.items() if d["class_type"].startswith("DiffusionCLIP") and n not in finetunes]
+    assert finetunes and edits
+    assert {(value(n, "invert_steps"), value(n, "t0")) for n in finetunes + edits} == {(7, 300)}
+    assert {value(n, "generate_steps") for n in finetunes} == {3}
+    assert {value(n, "generate_steps") for n in edits} == {11}
 
 
 @pytest.mark.slow
