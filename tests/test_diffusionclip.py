@@ -389,8 +389,8 @@ def test_a_workflows_step_params_reach_fine_tuning_and_editing_alike(engine, nam
     nodes = engine.prepare(str(REPO / "workflows" / f"{name}.json"),
                            {"invert_steps": 7, "t0": 300, "generate_steps": 3, "edit_steps": 11}).nodes
 
-    def value(node: str, name: str) -> Any:
-        v = nodes[node]["inputs"][name]
+    def value(node: str, input_name: str) -> Any:
+        v = nodes[node]["inputs"][input_name]
         return nodes[v[0]]["inputs"]["value"] if isinstance(v, list) else v
 
     finetunes = [n for n, d in nodes.items() if d["class_type"] == "DiffusionCLIPFinetune"]
