@@ -1,6 +1,7 @@
-"""GAN nodes: StyleGAN2 loading and sampling, GAN inversion, StyleCLIP latent optimisation, StyleGAN-NADA.
+"""GAN nodes: StyleGAN2 loading and sampling, GAN inversion and pivotal tuning, StyleCLIP latent optimisation,
+StyleGAN-NADA.
 
-Each is a thin adapter over `nodegraph.generate` (gan_inversion, styleclip, nada, clip_objective) and
+Each is a thin adapter over `nodegraph.generate` (gan_inversion, pivotal_tuning, styleclip, nada, clip_objective) and
 `nodegraph.models.stylegan_checkpoint`. The long ones report every step with a preview, which is also
 where an interrupt takes effect. An adapted generator is an ordinary GENERATOR output, so the engine
 caches it like a loaded model and every downstream render or edit reuses it.
@@ -39,6 +40,7 @@ loader = lazy_import("nodegraph.models.loader")
 stylegan = lazy_import("nodegraph.models.stylegan")
 objective_lib = lazy_import("nodegraph.generate.clip_objective")
 inversion = lazy_import("nodegraph.generate.gan_inversion")
+pivotal = lazy_import("nodegraph.generate.pivotal_tuning")
 styleclip = lazy_import("nodegraph.generate.styleclip")
 nada = lazy_import("nodegraph.generate.nada")
 gan_sampling = lazy_import("nodegraph.generate.gan_sampling")
@@ -124,6 +126,41 @@ class GANInvert(Node):
                                          generator=ctx.generator(seed, "cpu"), callback=optimisation_callback(ctx))
         ctx.record(psnr=[round(float(v), 2) for v in gan_sampling.reconstruction_psnr(generator, images, recon)])
         return latent, recon
+
+
+class GANPivotalTuning(Node):
+    """Pivotal tuning (PTI): fine-tunes a copy of the generator's synthesis network so that it renders the
+    inverted latents (the pivots) as the images themselves, closing the inversion's reconstruction gap while
+    the latents stay where edits work. The tuned generator goes on to StyleCLIP or a render like any other.
+    0 steps passes the generator through unchanged."""
+
+    category = "gan"
+    inputs = {
+        "generator": In(GENERATOR),
+        "latent": In(W_LATENT, description="the pivots: the inversion of these images"),
+        "images": In(IMAGE, description="the images the pivots should render as"),
+        "classifier": In(CLASSIFIER, optional=True, description="perceptual features (the noisy classifier at "
+                         "t = 0); without it, pixels only"),
+        "steps": In("INT", default=300, min=0, max=2000, description="tuning steps (0 = no tuning)"),
+        "lr": In("FLOAT", default=1e-3, min=1e-6, max=0.1, description="Adam's learning rate"),
+        "perceptual": In("FLOAT", default=1.0, min=0.0, max=100.0, description="weight of the feature loss"),
+        "locality": In("FLOAT", default=0.0, min=0.0, max=100.0, description="weight of the term that keeps "
+                       "codes away from the pivots rendering as before (0 = off)"),
+        "seed": _SEED,
+    }
+    outputs = (Out(GENERATOR, "generator"), Out(IMAGE, "reconstruction"))
+
+    def run(self, ctx: RunContext, generator: GanModel, latent: StyleLatent, images: Tensor, classifier,
+            steps: int, lr: float, perceptual: float, locality: float, seed: int) -> tuple[GanModel, Tensor]:
+        if steps == 0:
+            tuned, recon = generator, generator.render(latent)
+        else:
+            settings = pivotal.PivotalSettings(steps=steps, lr=lr, perceptual=perceptual, locality=locality)
+            features = inversion.classifier_features(classifier) if classifier is not None else None
+            tuned, recon = pivotal.tune(generator, latent, images, settings, features=features,
+                                        generator=ctx.generator(seed, "cpu"), callback=optimisation_callback(ctx))
+        ctx.record(psnr=[round(float(v), 2) for v in gan_sampling.reconstruction_psnr(generator, images, recon)])
+        return tuned, recon
 
 
 class CLIPObjective(Node):

@@ -36,7 +36,10 @@ def test_invert_edit_adapt_and_render_chain(engine):
     nodes = {
         "invert": {"class_type": "GANInvert", "inputs": {"generator": ["p_gan", 0], "images": ["p_image", 0],
                                                           "classifier": ["p_cls", 0], "steps": 4}},
-        "edit": {"class_type": "StyleCLIP", "inputs": {"generator": ["p_gan", 0], "latent": ["invert", 0],
+        "tune": {"class_type": "GANPivotalTuning", "inputs": {"generator": ["p_gan", 0], "latent": ["invert", 0],
+                                                               "images": ["p_image", 0], "classifier": ["p_cls", 0],
+                                                               "steps": 5}},
+        "edit": {"class_type": "StyleCLIP", "inputs": {"generator": ["tune", 0], "latent": ["invert", 0],
                                                         "objective": ["p_objective", 0], "text": ["p_text", 0],
                                                         "steps": 3}},
         "nada": {"class_type": "StyleGANNADA", "inputs": {"generator": ["p_gan", 0], "objective": ["p_objective", 0],
@@ -58,16 +61,33 @@ def test_invert_edit_adapt_and_render_chain(engine):
             executed[data["node"]] = data["output"]
 
     result = _run(engine, nodes, on_event)
-    assert progress == {"invert": 4, "edit": 3, "nada": 2}
+    assert progress == {"invert": 4, "tune": 5, "edit": 3, "nada": 2}
     recon = result.outputs["o_invert"]["value"]
     assert recon.shape == (1, 3, 16, 16) and recon.abs().max() <= 1
     assert isinstance(result.outputs["o_latent"]["value"], StyleLatent)
     assert isinstance(result.outputs["o_gen"]["value"], GanModel)
     assert result.outputs["o_render"]["value"].shape == (1, 3, 16, 16)
     assert len(executed["invert"]["psnr"]) == 1  # the reconstruction's PSNR, in the node's executed event
-    # the adapted generator is cached like a model: a second run trains nothing again
+    assert len(executed["tune"]["psnr"]) == 1
+    # the adapted and tuned generators are cached like models: a second run trains nothing again
     again = _run(engine, nodes)
-    assert "nada" not in again.executed
+    assert "nada" not in again.executed and "tune" not in again.executed
+
+
+def test_pivotal_tuning_with_no_steps_passes_the_generator_through(engine):
+    nodes = {
+        "invert": {"class_type": "GANInvert", "inputs": {"generator": ["p_gan", 0], "images": ["p_image", 0],
+                                                          "steps": 3}},
+        "tune": {"class_type": "GANPivotalTuning", "inputs": {"generator": ["p_gan", 0], "latent": ["invert", 0],
+                                                               "images": ["p_image", 0], "steps": 0}},
+        "o_gen": {"class_type": "Preview", "inputs": {"value": ["tune", 0]}},
+        "o_gan": {"class_type": "Preview", "inputs": {"value": ["p_gan", 0]}},
+        "o_recon": {"class_type": "Preview", "inputs": {"value": ["tune", 1]}},
+        "o_invert": {"class_type": "Preview", "inputs": {"value": ["invert", 1]}},
+    }
+    out = _run(engine, nodes).outputs
+    assert out["o_gen"]["value"].net is out["o_gan"]["value"].net
+    torch.testing.assert_close(out["o_recon"]["value"], out["o_invert"]["value"])
 
 
 def test_sampled_latents_are_seeded_and_render_the_images_sampled(engine):
@@ -101,6 +121,8 @@ def test_a_latent_from_another_architecture_and_a_missing_file_are_input_errors(
 
 LONG_NODES: dict[str, dict[str, Any]] = {
     "GANInvert": {"generator": ["p_gan", 0], "images": ["p_image", 0], "steps": 12},
+    "GANPivotalTuning": {"generator": ["p_gan", 0], "latent": ["p_wlatent", 0], "images": ["p_image", 0],
+                         "steps": 12},
     "StyleCLIP": {"generator": ["p_gan", 0], "latent": ["p_wlatent", 0], "objective": ["p_objective", 0],
                   "text": ["p_text", 0], "steps": 12},
     "StyleGANNADA": {"generator": ["p_gan", 0], "objective": ["p_objective", 0], "source": ["p_text", 0],
@@ -126,7 +148,7 @@ def test_interrupt_stops_a_long_gan_node_within_one_step(engine, class_type):
 
 
 WORKFLOW_FAST = {
-    "styleclip_edit": {"steps": 3, "invert_steps": 4, "views": 2},
+    "styleclip_edit": {"steps": 3, "invert_steps": 4, "tune_steps": 3, "views": 2},
     "stylegan_nada": {"steps": 2, "invert_steps": 4, "views": 2, "batch_size": 2},
 }
 
