@@ -244,6 +244,32 @@ def styleclip_plain_row(ctx: Context) -> RowOutput:
     return _styleclip(ctx, plain=True)
 
 
+@row("StyleCLIP after pivotal tuning (PTI, per image)")
+def styleclip_pti_row(ctx: Context) -> RowOutput:
+    """The inversion above as the pivot, the generator tuned to render it as the source (one copy per image, as
+    in the paper), then the same StyleCLIP edit rendered by that generator; PSNR is the tuned reconstruction's."""
+    from nodegraph.generate.gan_inversion import classifier_features, psnr
+    from nodegraph.generate.pivotal_tuning import PivotalSettings, tune
+    from nodegraph.generate.styleclip import StyleCLIPSettings, edit
+    from nodegraph.models.stylegan import StyleLatent
+
+    latent, _, invert_seconds = gan_inversion(ctx)
+    gan, objective, features = ctx.models.stylegan, ctx.objective(), classifier_features(ctx.models.classifier)
+    settings = StyleCLIPSettings(steps=40 if ctx.quick else 100)
+    start = time.perf_counter()
+    images, recons = [], []
+    for i, e in enumerate(ctx.edits):
+        one = StyleLatent(latent.w[i : i + 1], tuple(n[i : i + 1] for n in latent.noise))
+        tuned, recon = tune(gan, one, ctx.sources[i : i + 1], PivotalSettings(), features=features,
+                            generator=torch.Generator().manual_seed(ctx.seed + i))
+        _, image = edit(tuned, one, objective, [e.target_caption], settings,
+                        generator=torch.Generator().manual_seed(ctx.seed + i))
+        images.append(image)
+        recons.append(recon)
+    return RowOutput(torch.cat(images), invert_seconds + time.perf_counter() - start,
+                     psnr=psnr(torch.cat(recons), ctx.sources))
+
+
 @row("StyleGAN-NADA (per edit)")
 def nada_row(ctx: Context) -> RowOutput:
     from nodegraph.generate.nada import NadaSettings, adapt
