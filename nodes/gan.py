@@ -199,13 +199,17 @@ class StyleCLIP(Node):
         "lr": In("FLOAT", default=0.1, min=1e-4, max=1.0, description="peak learning rate"),
         "l2_lambda": In("FLOAT", default=0.0005, min=0.0, max=10.0,
                         description="weight of the distance to the start latent (larger keeps more)"),
+        "layers": In("STRING", default="all", description="W+ entries the edit may move, e.g. '5-7' (the bundled "
+                     "generator's 32-px layers: colour) or '0,3,5-7'; 'all' = every entry"),
         "seed": _SEED,
     }
     outputs = (Out(W_LATENT, "latent"), Out(IMAGE, "images"))
 
     def run(self, ctx: RunContext, generator: GanModel, latent: StyleLatent, objective: ClipObjective,
-            text: TextEncoding, steps: int, lr: float, l2_lambda: float, seed: int) -> tuple[StyleLatent, Tensor]:
-        settings = styleclip.StyleCLIPSettings(steps=steps, lr=lr, l2_lambda=l2_lambda)
+            text: TextEncoding, steps: int, lr: float, l2_lambda: float, layers: str,
+            seed: int) -> tuple[StyleLatent, Tensor]:
+        settings = styleclip.StyleCLIPSettings(steps=steps, lr=lr, l2_lambda=l2_lambda,
+                                               layers=styleclip.parse_layers(layers))
         return styleclip.edit(generator, latent, objective, text, settings, generator=ctx.generator(seed, "cpu"),
                               callback=optimisation_callback(ctx))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -159,6 +161,37 @@ def test_styleclip_lowers_the_clip_loss_and_lambda_keeps_the_latent_near_its_sta
     assert free.noise is start.noise  # the source's noise maps are kept
     with pytest.raises(InputValueError, match="latent"):
         styleclip.edit(gan, StyleLatent(torch.zeros(1, 3, 8)), obj, text)
+
+
+def test_styleclip_moves_only_the_layers_it_is_given(gan, clip):
+    obj = ClipObjective(clip, None, ObjectiveSettings(views=2, noised_weight=0.0))
+    start = gan_sampling.sample_latents(gan, seed=2, batch=2)
+    text = "a small green circle on the left on a white background"
+    settings = styleclip.StyleCLIPSettings(steps=6, lr=0.2, l2_lambda=0.0, layers=styleclip.parse_layers("1, 3-4"))
+    edited, images = styleclip.edit(gan, start, obj, text, settings, generator=torch.Generator().manual_seed(0))
+    moved = (edited.w - start.w).abs().amax(dim=(0, 2)) > 0
+    assert moved.tolist() == [i in (1, 3, 4) for i in range(gan.n_latent)]
+    torch.testing.assert_close(gan.render(edited), images)
+    everything, _ = styleclip.edit(gan, start, obj, text, styleclip.StyleCLIPSettings(steps=6, lr=0.2, l2_lambda=0.0),
+                                   generator=torch.Generator().manual_seed(0))
+    assert ((everything.w - start.w).abs().amax(dim=(0, 2)) > 0).all()
+
+
+@pytest.mark.parametrize("text, message", [("5-x", "not a W+ index"), ("7-5", "runs backwards"),
+                                           ("0-100000000", "beyond any generator"), ("-1", "not a W+ index")])
+def test_unreadable_layer_lists_are_input_errors_before_any_work(text, message):
+    with pytest.raises(InputValueError, match=re.escape(message)) as err:
+        styleclip.parse_layers(text)
+    assert err.value.input == "layers"
+
+
+def test_layers_the_generator_lacks_are_input_errors(gan, clip):
+    assert styleclip.parse_layers(" all ") is None and styleclip.parse_layers("") is None
+    assert styleclip.parse_layers("6,5-6,2") == (2, 5, 6)
+    obj = ClipObjective(clip, None, ObjectiveSettings(views=1, noised_weight=0.0))
+    start = gan_sampling.sample_latents(gan, seed=2, batch=1)
+    with pytest.raises(InputValueError, match=f"0-{gan.n_latent - 1}"):
+        styleclip.edit(gan, start, obj, "a red circle", styleclip.StyleCLIPSettings(steps=1, layers=(gan.n_latent,)))
 
 
 def test_nada_trains_a_copy_on_the_chosen_layers_only(gan, clip):

@@ -119,6 +119,17 @@ def test_a_latent_from_another_architecture_and_a_missing_file_are_input_errors(
         _run(engine, {**graph, "other": {"class_type": "StyleGANLoader", "inputs": {"checkpoint": "missing.pt"}}})
 
 
+@pytest.mark.parametrize("layers", ["9-3", "five", "0-99"])
+def test_a_layer_list_styleclip_cannot_use_names_the_node_and_its_input(engine, layers):
+    graph = {"edit": {"class_type": "StyleCLIP", "inputs": {"generator": ["p_gan", 0], "latent": ["p_wlatent", 0],
+                                                             "objective": ["p_objective", 0], "text": ["p_text", 0],
+                                                             "steps": 2, "layers": layers}},
+             "o": {"class_type": "Preview", "inputs": {"value": ["edit", 1]}}}
+    with pytest.raises(NodeExecutionError) as err:
+        _run(engine, graph)
+    assert err.value.is_input_error and err.value.node_id == "edit" and err.value.input == "layers"
+
+
 LONG_NODES: dict[str, dict[str, Any]] = {
     "GANInvert": {"generator": ["p_gan", 0], "images": ["p_image", 0], "steps": 12},
     "GANPivotalTuning": {"generator": ["p_gan", 0], "latent": ["p_wlatent", 0], "images": ["p_image", 0],
@@ -148,7 +159,7 @@ def test_interrupt_stops_a_long_gan_node_within_one_step(engine, class_type):
 
 
 WORKFLOW_FAST = {
-    "styleclip_edit": {"steps": 3, "invert_steps": 4, "tune_steps": 3, "views": 2},
+    "styleclip_edit": {"steps": 3, "invert_steps": 4, "tune_steps": 3, "views": 2, "layers": "5-7"},
     "stylegan_nada": {"steps": 2, "invert_steps": 4, "views": 2, "batch_size": 2},
 }
 

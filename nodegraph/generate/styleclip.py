@@ -5,7 +5,10 @@
 from the source code w_s (a sampled latent or an inverted image), with Adam and the paper's learning-rate
 ramp (linear warm-up, cosine ramp-down: `gan_inversion.ramped_lr`). The noise maps stay those of the
 source, so what changes is what the styles control. The paper's identity loss is for faces and has no
-counterpart here; λ alone keeps the rest of the image. L_CLIP is the project's `ClipObjective`
+counterpart here; λ alone keeps the rest of the image, and `layers` can hold the codes of the layers an edit
+should not touch at the source's (StyleGAN's coarse layers set the layout, the fine ones colour and texture:
+a colour edit on the bundled generator's 32-px layers alone keeps more of the shape than one on every layer).
+L_CLIP is the project's `ClipObjective`
 (augmented views and the noised-CLIP ensemble), not a single CLIP forward, which the bundled 32-px CLIP
 lets the optimiser satisfy with specks (see `nodegraph.generate.clip_objective`).
 """
@@ -33,6 +36,7 @@ class StyleCLIPSettings:
     # edits, 8 each, 40 steps) 0.008 edited 0.38 / 0.12, 0.002 0.50 / 0.50, 0.0005 0.62 / 0.62, 0 0.38 / 0.62
     # with the least preserved
     l2_lambda: float = 0.0005
+    layers: tuple[int, ...] | None = None  # the W+ entries optimised (None = all); the others keep the source's
 
 
 def edit(gan: GanModel, latent: StyleLatent, objective: ClipObjective, text: TextEncoding | Tensor | str | list[str],
@@ -46,19 +50,60 @@ def edit(gan: GanModel, latent: StyleLatent, objective: ClipObjective, text: Tex
                               f"({gan.n_latent}, {gan.net.style_dim})")
     device = gan.device
     source = latent.w.to(device).float()
-    w = source.clone().requires_grad_(True)
-    opt = torch.optim.Adam([w], lr=settings.lr)
+    chosen = edited_layers(settings.layers, gan.n_latent).to(device).view(1, -1, 1)
+    free = source.clone().requires_grad_(True)
+    opt = torch.optim.Adam([free], lr=settings.lr)
     for step in range(settings.steps):
         for group in opt.param_groups:
             group["lr"] = ramped_lr(step / settings.steps, settings.lr)
+        w = torch.where(chosen, free, source)
         image = render_latent(gan.net, StyleLatent(w, latent.noise))  # the source's noise throughout
         clip_loss = objective.text_loss(image, text, generator)
         l2 = (w - source).pow(2).flatten(1).sum(1)
         loss = (clip_loss + settings.l2_lambda * l2).sum()
         opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=[w])
+        loss.backward(inputs=[free])
         opt.step()
         if callback is not None:
             callback(step + 1, settings.steps, image.detach().clamp(-1, 1))
-    edited = StyleLatent(w.detach().clone(), latent.noise)
+    edited = StyleLatent(torch.where(chosen, free, source).detach().clone(), latent.noise)
     return edited, gan.render(edited)
+
+
+_MAX_ENTRIES = 64
+
+
+def edited_layers(layers: tuple[int, ...] | None, n_latent: int) -> Tensor:
+    """A boolean mask over the W+ entries: True where the edit may move the code."""
+    if layers is None:
+        return torch.ones(n_latent, dtype=torch.bool)
+    if not layers:
+        raise InputValueError("layers", "no layer to edit; name at least one W+ entry, or none for all")
+    bad = [i for i in layers if not 0 <= i < n_latent]
+    if bad:
+        raise InputValueError("layers", f"W+ entries {bad} do not exist; this generator has 0-{n_latent - 1}")
+    mask = torch.zeros(n_latent, dtype=torch.bool)
+    mask[list(layers)] = True
+    return mask
+
+
+def parse_layers(text: str) -> tuple[int, ...] | None:
+    """The node's `layers` text: "" or "all" for every entry, else W+ indices and ranges, e.g. "5-7" or "0,3,5-7"."""
+    text = text.strip().lower()
+    if text in ("", "all"):
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        try:
+            first, last = (int(lo), int(hi)) if sep else (int(part), int(part))
+        except ValueError:
+            raise InputValueError("layers", f"{part!r} is not a W+ index or range; write e.g. '5-7' or '0,3,5-7', "
+                                  "or 'all'") from None
+        if first > last:
+            raise InputValueError("layers", f"the range {part!r} runs backwards; write it low-high")
+        if last >= _MAX_ENTRIES:  # StyleGAN2 at 1024 px has 18; a huge range would only cost memory here
+            raise InputValueError("layers", f"W+ index {last} is beyond any generator's ({_MAX_ENTRIES - 1} at most)")
+        out.extend(range(first, last + 1))
+    return tuple(sorted(set(out)))
