@@ -244,10 +244,18 @@ def styleclip_plain_row(ctx: Context) -> RowOutput:
     return _styleclip(ctx, plain=True)
 
 
+# What the StyleCLIP edit may move after pivotal tuning, per category (the node's `layers` and `l2_lambda`), from
+# a sweep on the 12 colour and 12 background edits (docs/editing.md): colour lives in the bundled generator's 32-px
+# layers (W+ 5-7); a background edit keeps the coarse layout (W+ 0-1: the 4-px and the first 8-px convolution) and
+# needs no pull back to the pivot.
+STYLECLIP_PTI = {"colour": {"layers": (5, 6, 7)}, "background": {"layers": (2, 3, 4, 5, 6, 7), "l2_lambda": 0.0}}
+
+
 @row("StyleCLIP after pivotal tuning (PTI, per image)")
 def styleclip_pti_row(ctx: Context) -> RowOutput:
     """The inversion above as the pivot, the generator tuned to render it as the source (one copy per image, as
-    in the paper), then the same StyleCLIP edit rendered by that generator; PSNR is the tuned reconstruction's."""
+    in the paper), then a StyleCLIP edit (`STYLECLIP_PTI`) rendered by that generator; PSNR is the tuned
+    reconstruction's."""
     from nodegraph.generate.gan_inversion import classifier_features, psnr
     from nodegraph.generate.pivotal_tuning import PivotalSettings, tune
     from nodegraph.generate.styleclip import StyleCLIPSettings, edit
@@ -255,13 +263,14 @@ def styleclip_pti_row(ctx: Context) -> RowOutput:
 
     latent, _, invert_seconds = gan_inversion(ctx)
     gan, objective, features = ctx.models.stylegan, ctx.objective(), classifier_features(ctx.models.classifier)
-    settings = StyleCLIPSettings(steps=40 if ctx.quick else 100)
+    steps = 40 if ctx.quick else 100
     start = time.perf_counter()
     images, recons = [], []
     for i, e in enumerate(ctx.edits):
         one = StyleLatent(latent.w[i : i + 1], tuple(n[i : i + 1] for n in latent.noise))
         tuned, recon = tune(gan, one, ctx.sources[i : i + 1], PivotalSettings(), features=features,
                             generator=torch.Generator().manual_seed(ctx.seed + i))
+        settings = StyleCLIPSettings(steps=steps, **STYLECLIP_PTI.get(e.category, {}))
         _, image = edit(tuned, one, objective, [e.target_caption], settings,
                         generator=torch.Generator().manual_seed(ctx.seed + i))
         images.append(image)
