@@ -152,13 +152,10 @@ class GANPivotalTuning(Node):
 
     def run(self, ctx: RunContext, generator: GanModel, latent: StyleLatent, images: Tensor, classifier,
             steps: int, lr: float, perceptual: float, locality: float, seed: int) -> tuple[GanModel, Tensor]:
-        if steps == 0:
-            tuned, recon = generator, generator.render(latent)
-        else:
-            settings = pivotal.PivotalSettings(steps=steps, lr=lr, perceptual=perceptual, locality=locality)
-            features = inversion.classifier_features(classifier) if classifier is not None else None
-            tuned, recon = pivotal.tune(generator, latent, images, settings, features=features,
-                                        generator=ctx.generator(seed, "cpu"), callback=optimisation_callback(ctx))
+        settings = pivotal.PivotalSettings(steps=steps, lr=lr, perceptual=perceptual, locality=locality)
+        features = inversion.classifier_features(classifier) if classifier is not None else None
+        tuned, recon = pivotal.tune(generator, latent, images, settings, features=features,
+                                    generator=ctx.generator(seed, "cpu"), callback=optimisation_callback(ctx))
         ctx.record(psnr=[round(float(v), 2) for v in gan_sampling.reconstruction_psnr(generator, images, recon)])
         return tuned, recon
 

@@ -95,5 +95,10 @@ def test_mismatched_latents_and_steps_are_input_errors(gan, off_manifold, pivot)
     assert err.value.input == "latent"
     with pytest.raises(InputValueError, match="this generator takes"):
         tune(gan, StyleLatent(torch.zeros(2, 3, 8)), off_manifold)
-    with pytest.raises(InputValueError, match="at least one step"):
-        tune(gan, latent, off_manifold, PivotalSettings(steps=0))
+    with pytest.raises(InputValueError, match="negative"):
+        tune(gan, latent, off_manifold, PivotalSettings(steps=-1))
+    with pytest.raises(InputValueError, match="1 latents for 2 images"):  # switched off, still checked
+        tune(gan, one, off_manifold, PivotalSettings(steps=0))
+    same, recon = tune(gan, latent, off_manifold, PivotalSettings(steps=0))
+    assert same is gan
+    torch.testing.assert_close(recon, gan.render(latent))

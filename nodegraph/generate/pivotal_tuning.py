@@ -54,9 +54,10 @@ def tune(gan: GanModel, latent: StyleLatent, images: Tensor, settings: PivotalSe
          callback: Callable[[int, int, Tensor], object] | None = None) -> tuple[GanModel, Tensor]:
     """A copy of the generator tuned to render `latent` [B] as `images` [B, 3, H, W] in [-1, 1] (brought to
     the generator's size by the project's one rule), and its renderings of the latent. The input generator is
-    left untouched. `callback(step, total, preview)` runs every step (an interrupt raised there stops it)."""
-    if settings.steps < 1:
-        raise InputValueError("steps", "pivotal tuning needs at least one step")
+    left untouched; 0 steps returns it as it is, so a workflow can switch tuning off. `callback(step, total,
+    preview)` runs every step (an interrupt raised there stops it)."""
+    if settings.steps < 0:
+        raise InputValueError("steps", "pivotal tuning cannot take a negative number of steps; 0 switches it off")
     if latent.w.shape[1:] != (gan.n_latent, gan.net.style_dim):
         raise InputValueError("latent", f"the latent's W+ is {tuple(latent.w.shape[1:])}; this generator takes "
                               f"({gan.n_latent}, {gan.net.style_dim})")
@@ -66,6 +67,8 @@ def tune(gan: GanModel, latent: StyleLatent, images: Tensor, settings: PivotalSe
     device = gan.device
     target = fit_square(images.to(device).float(), gan.image_size).clamp(-1, 1)
     pivot = StyleLatent(latent.w.to(device).float(), latent.noise)
+    if settings.steps == 0:
+        return gan, gan.render(pivot)
     original = gan.net
     net = copy.deepcopy(original).train()
     net.requires_grad_(False)
