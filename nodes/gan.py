@@ -227,12 +227,18 @@ class StyleGANNADA(Node):
         "layers": In("INT", default=4, min=0, max=64, description="styled convolutions trained per step, chosen "
                      "by a short latent optimisation (0 = all)"),
         "batch": In("INT", default=4, min=1, max=32, description="codes per step"),
+        "trainable_layers": In("STRING", default="all", description="W+ entries whose convolutions may train, e.g. "
+                               "'5-6' (the bundled generator's 32-px layers: colour); 'all' = every one"),
+        "latent": In(W_LATENT, optional=True, description="latents of the images to be edited (an inversion), "
+                     "trained on in every step beside the sampled codes"),
         "seed": _SEED,
     }
     outputs = (Out(GENERATOR, "generator"),)
 
     def run(self, ctx: RunContext, generator: GanModel, objective: ClipObjective, source: TextEncoding,
-            target: TextEncoding, steps: int, lr: float, layers: int, batch: int, seed: int) -> tuple[GanModel]:
-        settings = nada.NadaSettings(steps=steps, lr=lr, layers=layers, batch=batch)
-        return (nada.adapt(generator, objective, source, target, settings, generator=ctx.generator(seed, "cpu"),
-                           callback=optimisation_callback(ctx)),)
+            target: TextEncoding, steps: int, lr: float, layers: int, batch: int, trainable_layers: str,
+            latent: StyleLatent | None, seed: int) -> tuple[GanModel]:
+        settings = nada.NadaSettings(steps=steps, lr=lr, layers=layers, batch=batch,
+                                     trainable_layers=styleclip.parse_layers(trainable_layers, "trainable_layers"))
+        return (nada.adapt(generator, objective, source, target, settings, pivots=latent,
+                           generator=ctx.generator(seed, "cpu"), callback=optimisation_callback(ctx)),)

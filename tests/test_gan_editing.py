@@ -214,6 +214,36 @@ def test_nada_trains_a_copy_on_the_chosen_layers_only(gan, clip):
     assert nada.styled_convs(gan.net)[-1] is None and len(nada.styled_convs(gan.net)) == gan.n_latent
 
 
+def test_nada_trains_only_the_convolutions_of_the_entries_it_may(gan, clip):
+    obj = ClipObjective(clip, None, ObjectiveSettings(views=1, noised_weight=0.0))
+    before = _snapshot(gan)
+    settings = nada.NadaSettings(steps=2, layers=0, batch=2, lr=0.05, trainable_layers=(2,))
+    adapted = nada.adapt(gan, obj, "a red circle", "a blue circle", settings,
+                         generator=torch.Generator().manual_seed(0))
+    allowed = {id(p) for p in nada.styled_convs(adapted.net)[2].parameters()}
+    moved = [name for name, p in adapted.net.named_parameters() if not torch.equal(p, before[name])]
+    assert moved and all(id(dict(adapted.net.named_parameters())[name]) in allowed for name in moved)
+    # an entry that styles only the image output leaves nothing to train: said before any work
+    with pytest.raises(InputValueError) as err:
+        nada.adapt(gan, obj, "a", "b", nada.NadaSettings(steps=1, trainable_layers=(gan.n_latent - 1,)))
+    assert err.value.input == "trainable_layers"
+
+
+def test_nada_trains_on_the_pivots_beside_its_samples(gan, clip):
+    """The images to be edited (their inverted latents) are in every step's batch, rendered as they are."""
+    obj = ClipObjective(clip, None, ObjectiveSettings(views=1, noised_weight=0.0))
+    pivots = gan_sampling.sample_latents(gan, seed=5, batch=2)
+    seen: list[torch.Tensor] = []
+    nada.adapt(gan, obj, "a red circle", "a blue circle", nada.NadaSettings(steps=1, batch=3, layers=0),
+               pivots=pivots, generator=torch.Generator().manual_seed(0),
+               callback=lambda step, total, images: seen.append(images))
+    assert seen[0].shape[0] == 3 + 2
+    torch.testing.assert_close(seen[0][3:], gan.render(pivots).clamp(-1, 1))
+    other = StyleLatent(torch.zeros(1, gan.n_latent + 1, gan.net.style_dim))
+    with pytest.raises(InputValueError, match="latent"):
+        nada.adapt(gan, obj, "a", "b", nada.NadaSettings(steps=1), pivots=other)
+
+
 def test_latents_render_only_on_generators_of_their_layout(gan):
     other = GanModel(tiny_generator(1, StyleGANConfig(size=8, style_dim=8, n_mlp=1, channels=(8, 8))),
                      torch.zeros(8))

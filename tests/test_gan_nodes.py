@@ -102,13 +102,8 @@ def test_sampled_latents_are_seeded_and_render_the_images_sampled(engine):
 
 
 def test_a_latent_from_another_architecture_and_a_missing_file_are_input_errors(engine):
-    from nodegraph import weights
-    from nodegraph.models.stylegan import Generator, StyleGANConfig
-    from nodegraph.train.common import export
-
-    other = Generator(StyleGANConfig(size=8, style_dim=16, n_mlp=1, channels=(8, 8)))
-    export(other, weights.models_dir() / "other.safetensors", {"kind": "stylegan", "config": other.cfg.to_dict()})
-    graph = {"other": {"class_type": "StyleGANLoader", "inputs": {"checkpoint": "other.safetensors"}},
+    _export_small_generator()
+    graph = {"other": {"class_type": "StyleGANLoader", "inputs": {"checkpoint": "small.safetensors"}},
              "render": {"class_type": "StyleGANRender",
                         "inputs": {"generator": ["other", 0], "latent": ["p_wlatent", 0]}},
              "o": {"class_type": "Preview", "inputs": {"value": ["render", 0]}}}
@@ -119,15 +114,50 @@ def test_a_latent_from_another_architecture_and_a_missing_file_are_input_errors(
         _run(engine, {**graph, "other": {"class_type": "StyleGANLoader", "inputs": {"checkpoint": "missing.pt"}}})
 
 
+LAYER_INPUTS = {
+    "StyleCLIP": ({"generator": ["p_gan", 0], "latent": ["p_wlatent", 0], "objective": ["p_objective", 0],
+                   "text": ["p_text", 0], "steps": 2}, "layers"),
+    "StyleGANNADA": ({"generator": ["p_gan", 0], "objective": ["p_objective", 0], "source": ["p_text", 0],
+                      "target": ["p_text", 0], "steps": 2, "batch": 1}, "trainable_layers"),
+}
+
+
+@pytest.mark.parametrize("class_type", list(LAYER_INPUTS))
 @pytest.mark.parametrize("layers", ["9-3", "five", "0-99"])
-def test_a_layer_list_styleclip_cannot_use_names_the_node_and_its_input(engine, layers):
-    graph = {"edit": {"class_type": "StyleCLIP", "inputs": {"generator": ["p_gan", 0], "latent": ["p_wlatent", 0],
-                                                             "objective": ["p_objective", 0], "text": ["p_text", 0],
-                                                             "steps": 2, "layers": layers}},
-             "o": {"class_type": "Preview", "inputs": {"value": ["edit", 1]}}}
+def test_a_layer_list_the_generator_cannot_use_names_the_node_and_its_input(engine, class_type, layers):
+    inputs, name = LAYER_INPUTS[class_type]
+    graph = {"edit": {"class_type": class_type, "inputs": {**inputs, name: layers}},
+             "o": {"class_type": "Preview", "inputs": {"value": ["edit", 0]}}}
     with pytest.raises(NodeExecutionError) as err:
         _run(engine, graph)
-    assert err.value.is_input_error and err.value.node_id == "edit" and err.value.input == "layers"
+    assert err.value.is_input_error and err.value.node_id == "edit" and err.value.input == name
+
+
+def test_nada_trains_on_the_latent_it_is_given_and_refuses_one_of_another_layout(engine):
+    nada_inputs = {"generator": ["p_gan", 0], "objective": ["p_objective", 0], "source": ["p_text", 0],
+                   "target": ["p_text", 0], "steps": 1, "batch": 2, "trainable_layers": "1-2"}
+    nodes = {"invert": {"class_type": "GANInvert", "inputs": {"generator": ["p_gan", 0], "images": ["p_image", 0],
+                                                               "steps": 2}},
+             "nada": {"class_type": "StyleGANNADA", "inputs": {**nada_inputs, "latent": ["invert", 0]}},
+             "o": {"class_type": "Preview", "inputs": {"value": ["nada", 0]}}}
+    assert isinstance(_run(engine, nodes).outputs["o"]["value"], GanModel)
+    nodes["other"] = {"class_type": "StyleGANSample", "inputs": {"generator": ["small", 0], "noise": ["noise", 0]}}
+    nodes["small"] = {"class_type": "StyleGANLoader", "inputs": {"checkpoint": "small.safetensors"}}
+    nodes["noise"] = {"class_type": "Noise", "inputs": {"seed": 0, "batch_size": 1}}
+    nodes["nada"]["inputs"]["latent"] = ["other", 0]
+    _export_small_generator()
+    with pytest.raises(NodeExecutionError) as err:
+        _run(engine, nodes)
+    assert err.value.is_input_error and err.value.node_id == "nada" and err.value.input == "latent"
+
+
+def _export_small_generator() -> None:
+    from nodegraph import weights
+    from nodegraph.models.stylegan import Generator, StyleGANConfig
+    from nodegraph.train.common import export
+
+    small = Generator(StyleGANConfig(size=8, style_dim=16, n_mlp=1, channels=(8, 8)))
+    export(small, weights.models_dir() / "small.safetensors", {"kind": "stylegan", "config": small.cfg.to_dict()})
 
 
 LONG_NODES: dict[str, dict[str, Any]] = {

@@ -12,6 +12,11 @@ themselves toward the target text shows which layers' codes the edit needs; only
 convolutions those codes drive are trained in that step, which keeps the rest of the generator, and so
 the rest of the image, as it was.
 
+`trainable_layers` limits the layers to the W+ entries an edit lives in (as StyleCLIP's `layers`: colour in the bundled
+generator's 32-px layers), and `pivots` adds the codes of the images that will be edited (an inversion) to
+every step's batch, so the adaptation is made where it will be used and not only on samples of W (after
+pivotal tuning the tuned generator renders the pivot as the image, its samples as before).
+
 The CLIP loss is the project's `ClipObjective` (augmented views, noised-CLIP ensemble; both images of a
 pair seen through the same views), not a single CLIP forward.
 """
@@ -27,8 +32,9 @@ from torch import Tensor, nn
 
 from nodegraph.errors import InputValueError
 from nodegraph.generate.clip_objective import ClipObjective
+from nodegraph.generate.styleclip import edited_layers
 from nodegraph.models.clip import TextEncoding
-from nodegraph.models.stylegan import GanModel, Generator
+from nodegraph.models.stylegan import GanModel, Generator, StyleLatent
 
 Text = TextEncoding | Tensor | str | list[str]
 
@@ -42,6 +48,7 @@ class NadaSettings:
     select_iters: int = 1  # latent optimisation steps that pick the k layers
     select_lr: float = 0.01
     truncation: float = 0.7  # codes drawn nearer the centre of W, where samples are cleanest
+    trainable_layers: tuple[int, ...] | None = None  # W+ entries whose styled convs may train (None = all)
 
 
 def styled_convs(net: Generator) -> list[nn.Module | None]:
@@ -51,8 +58,10 @@ def styled_convs(net: Generator) -> list[nn.Module | None]:
 
 
 def select_layers(net: Generator, objective: ClipObjective, target_text: Text, w_plus: Tensor, noise: list[Tensor],
-                  k: int, iters: int, lr: float, generator: torch.Generator | None = None) -> list[int]:
-    """The W+ entries whose codes move most under `iters` SGD steps toward the target text (top k)."""
+                  k: int, iters: int, lr: float, generator: torch.Generator | None = None,
+                  candidates: list[int] | None = None) -> list[int]:
+    """The W+ entries (of `candidates`, default every styled one) whose codes move most under `iters` SGD steps
+    toward the target text (top k)."""
     w = w_plus.detach().clone().requires_grad_(True)
     opt = torch.optim.SGD([w], lr=lr)
     for _ in range(iters):
@@ -61,22 +70,33 @@ def select_layers(net: Generator, objective: ClipObjective, target_text: Text, w
         loss.backward(inputs=[w])
         opt.step()
     movement = (w.detach() - w_plus).abs().mean(dim=(0, 2))
-    candidates = [i for i, conv in enumerate(styled_convs(net)) if conv is not None]
+    if candidates is None:
+        candidates = [i for i, conv in enumerate(styled_convs(net)) if conv is not None]
     order = sorted(candidates, key=lambda i: -float(movement[i]))
     return sorted(order[:k])
 
 
 def adapt(gan: GanModel, objective: ClipObjective, source_text: Text, target_text: Text,
-          settings: NadaSettings = NadaSettings(), *, generator: torch.Generator | None = None,
+          settings: NadaSettings = NadaSettings(), *, pivots: StyleLatent | None = None,
+          generator: torch.Generator | None = None,
           callback: Callable[[int, int, Tensor], object] | None = None) -> GanModel:
-    """A new generator for the target domain (the input generator is left untouched)."""
+    """A new generator for the target domain (the input generator is left untouched). `pivots`: latents of
+    images to be edited, trained on in every step beside `settings.batch` sampled codes."""
     if settings.steps < 1 or settings.batch < 1:
         raise InputValueError("steps", "StyleGAN-NADA needs at least one step of at least one code")
+    if pivots is not None and pivots.w.shape[1:] != (gan.n_latent, gan.net.style_dim):
+        raise InputValueError("latent", f"the latent's W+ is {tuple(pivots.w.shape[1:])}; this generator takes "
+                              f"({gan.n_latent}, {gan.net.style_dim})")
     frozen = gan.net
     trainable = copy.deepcopy(frozen).train()
     trainable.requires_grad_(False)
     convs = styled_convs(trainable)
-    every = [i for i, conv in enumerate(convs) if conv is not None]
+    allowed = edited_layers(settings.trainable_layers, gan.n_latent, "trainable_layers")
+    every = [i for i, conv in enumerate(convs) if conv is not None and allowed[i]]
+    if not every:
+        named = list(settings.trainable_layers or ())
+        raise InputValueError("trainable_layers", f"W+ entries {named} style no convolution (the last styles "
+                              f"only the image output); choose among 0-{len(frozen.convs)}")
     opt = torch.optim.Adam([p for i in every for p in convs[i].parameters()], lr=settings.lr, betas=(0.0, 0.99))
     device = gan.device
     for step in range(settings.steps):
@@ -85,10 +105,12 @@ def adapt(gan: GanModel, objective: ClipObjective, source_text: Text, target_tex
             w = gan.w_avg + settings.truncation * (frozen.mapping(z) - gan.w_avg)
             w_plus = frozen.broadcast(w).contiguous()
             noise = frozen.make_noise(settings.batch, generator)
+            if pivots is not None:
+                w_plus, noise = _with_pivots(frozen, w_plus, noise, pivots)
             source_images = frozen.synthesis(w_plus, noise)
         if settings.layers and settings.layers < len(every):
             chosen = select_layers(trainable, objective, target_text, w_plus, noise, settings.layers,
-                                   settings.select_iters, settings.select_lr, generator)
+                                   settings.select_iters, settings.select_lr, generator, candidates=every)
         else:
             chosen = every
         params = [p for i in chosen for p in convs[i].parameters()]
@@ -105,6 +127,16 @@ def adapt(gan: GanModel, objective: ClipObjective, source_text: Text, target_tex
             callback(step + 1, settings.steps, images.detach().clamp(-1, 1))
     origin = f"StyleGAN-NADA {_name(source_text)!r} -> {_name(target_text)!r} of {gan.origin}"
     return GanModel(trainable.eval(), gan.w_avg, origin=origin)
+
+
+def _with_pivots(net: Generator, w_plus: Tensor, noise: list[Tensor],
+                 pivots: StyleLatent) -> tuple[Tensor, list[Tensor]]:
+    """The sampled codes and the pivots in one batch (pivots with no noise of their own take the fixed maps)."""
+    b = pivots.batch
+    device = w_plus.device
+    pivot_noise = pivots.noise_on(device) if pivots.noise is not None else [n.to(device) for n in net.fixed_noise()]
+    joined = [torch.cat([n, p.expand(b, *p.shape[1:])]) for n, p in zip(noise, pivot_noise, strict=True)]
+    return torch.cat([w_plus, pivots.w.to(device).float()]), joined
 
 
 def _name(text: Text) -> str:

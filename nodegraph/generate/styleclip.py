@@ -73,21 +73,22 @@ def edit(gan: GanModel, latent: StyleLatent, objective: ClipObjective, text: Tex
 _MAX_ENTRIES = 64
 
 
-def edited_layers(layers: tuple[int, ...] | None, n_latent: int) -> Tensor:
-    """A boolean mask over the W+ entries: True where the edit may move the code."""
+def edited_layers(layers: tuple[int, ...] | None, n_latent: int, input: str = "layers") -> Tensor:
+    """A boolean mask over the W+ entries: True where the edit may move the code (`input`: the name errors
+    blame)."""
     if layers is None:
         return torch.ones(n_latent, dtype=torch.bool)
     if not layers:
-        raise InputValueError("layers", "no layer to edit; name at least one W+ entry, or none for all")
+        raise InputValueError(input, "no layer to edit; name at least one W+ entry, or none for all")
     bad = [i for i in layers if not 0 <= i < n_latent]
     if bad:
-        raise InputValueError("layers", f"W+ entries {bad} do not exist; this generator has 0-{n_latent - 1}")
+        raise InputValueError(input, f"W+ entries {bad} do not exist; this generator has 0-{n_latent - 1}")
     mask = torch.zeros(n_latent, dtype=torch.bool)
     mask[list(layers)] = True
     return mask
 
 
-def parse_layers(text: str) -> tuple[int, ...] | None:
+def parse_layers(text: str, input: str = "layers") -> tuple[int, ...] | None:
     """The node's `layers` text: "" or "all" for every entry, else W+ indices and ranges, e.g. "5-7" or "0,3,5-7"."""
     text = text.strip().lower()
     if text in ("", "all"):
@@ -99,11 +100,11 @@ def parse_layers(text: str) -> tuple[int, ...] | None:
         try:
             first, last = (int(lo), int(hi)) if sep else (int(part), int(part))
         except ValueError:
-            raise InputValueError("layers", f"{part!r} is not a W+ index or range; write e.g. '5-7' or '0,3,5-7', "
+            raise InputValueError(input, f"{part!r} is not a W+ index or range; write e.g. '5-7' or '0,3,5-7', "
                                   "or 'all'") from None
         if first > last:
-            raise InputValueError("layers", f"the range {part!r} runs backwards; write it low-high")
+            raise InputValueError(input, f"the range {part!r} runs backwards; write it low-high")
         if last >= _MAX_ENTRIES:  # StyleGAN2 at 1024 px has 18; a huge range would only cost memory here
-            raise InputValueError("layers", f"W+ index {last} is beyond any generator's ({_MAX_ENTRIES - 1} at most)")
+            raise InputValueError(input, f"W+ index {last} is beyond any generator's ({_MAX_ENTRIES - 1} at most)")
         out.extend(range(first, last + 1))
     return tuple(sorted(set(out)))
