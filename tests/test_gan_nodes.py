@@ -190,7 +190,7 @@ def test_interrupt_stops_a_long_gan_node_within_one_step(engine, class_type):
 
 WORKFLOW_FAST = {
     "styleclip_edit": {"steps": 3, "invert_steps": 4, "tune_steps": 3, "views": 2, "layers": "5-7"},
-    "stylegan_nada": {"steps": 2, "invert_steps": 4, "views": 2, "batch_size": 2},
+    "stylegan_nada": {"steps": 2, "invert_steps": 4, "tune_steps": 3, "views": 2, "batch_size": 2},
 }
 
 
