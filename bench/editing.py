@@ -251,32 +251,72 @@ def styleclip_plain_row(ctx: Context) -> RowOutput:
 STYLECLIP_PTI = {"colour": {"layers": (5, 6, 7)}, "background": {"layers": (2, 3, 4, 5, 6, 7), "l2_lambda": 0.0}}
 
 
+def pivotal_tuning(ctx: Context) -> tuple[list[object], list[object], torch.Tensor, float]:
+    """Per source: its inverted latent and a copy of the generator tuned to render it as the source (PTI, one copy
+    per image as in the paper), with the tuned reconstructions' PSNR and the seconds spent, inversion included;
+    computed once for every row that edits after tuning."""
+    if "pivotal_tuning" not in ctx.shared:
+        from nodegraph.generate.gan_inversion import classifier_features, psnr
+        from nodegraph.generate.pivotal_tuning import PivotalSettings, tune
+        from nodegraph.models.stylegan import StyleLatent
+
+        latent, _, invert_seconds = gan_inversion(ctx)
+        features = classifier_features(ctx.models.classifier)
+        start = time.perf_counter()
+        pivots, tuned, recons = [], [], []
+        for i in range(len(ctx.edits)):
+            one = StyleLatent(latent.w[i : i + 1], tuple(n[i : i + 1] for n in latent.noise))
+            gan, recon = tune(ctx.models.stylegan, one, ctx.sources[i : i + 1], PivotalSettings(), features=features,
+                              generator=torch.Generator().manual_seed(ctx.seed + i))
+            pivots.append(one)
+            tuned.append(gan)
+            recons.append(recon)
+        seconds = invert_seconds + time.perf_counter() - start
+        ctx.shared["pivotal_tuning"] = (pivots, tuned, psnr(torch.cat(recons), ctx.sources), seconds)
+    return ctx.shared["pivotal_tuning"]
+
+
 @row("StyleCLIP after pivotal tuning (PTI, per image)")
 def styleclip_pti_row(ctx: Context) -> RowOutput:
-    """The inversion above as the pivot, the generator tuned to render it as the source (one copy per image, as
-    in the paper), then a StyleCLIP edit (`STYLECLIP_PTI`) rendered by that generator; PSNR is the tuned
-    reconstruction's."""
-    from nodegraph.generate.gan_inversion import classifier_features, psnr
-    from nodegraph.generate.pivotal_tuning import PivotalSettings, tune
+    """The inversion above as the pivot, the generator tuned to render it as the source, then a StyleCLIP edit
+    (`STYLECLIP_PTI`) rendered by that generator; PSNR is the tuned reconstruction's."""
     from nodegraph.generate.styleclip import StyleCLIPSettings, edit
-    from nodegraph.models.stylegan import StyleLatent
 
-    latent, _, invert_seconds = gan_inversion(ctx)
-    gan, objective, features = ctx.models.stylegan, ctx.objective(), classifier_features(ctx.models.classifier)
-    steps = 40 if ctx.quick else 100
+    pivots, tuned, psnr, tune_seconds = pivotal_tuning(ctx)
+    objective, steps = ctx.objective(), 40 if ctx.quick else 100
     start = time.perf_counter()
-    images, recons = [], []
+    images = []
     for i, e in enumerate(ctx.edits):
-        one = StyleLatent(latent.w[i : i + 1], tuple(n[i : i + 1] for n in latent.noise))
-        tuned, recon = tune(gan, one, ctx.sources[i : i + 1], PivotalSettings(), features=features,
-                            generator=torch.Generator().manual_seed(ctx.seed + i))
         settings = StyleCLIPSettings(steps=steps, **STYLECLIP_PTI.get(e.category, {}))
-        _, image = edit(tuned, one, objective, [e.target_caption], settings,
+        _, image = edit(tuned[i], pivots[i], objective, [e.target_caption], settings,
                         generator=torch.Generator().manual_seed(ctx.seed + i))
         images.append(image)
-        recons.append(recon)
-    return RowOutput(torch.cat(images), invert_seconds + time.perf_counter() - start,
-                     psnr=psnr(torch.cat(recons), ctx.sources))
+    return RowOutput(torch.cat(images), tune_seconds + time.perf_counter() - start, psnr=psnr)
+
+
+# NADA after pivotal tuning, per category (the node's `trainable_layers`, `lr` and `latent`), from a sweep on 12
+# colour and 12 background edits (docs/editing.md): colour in the 32-px convolutions (W+ 5-6), a background in the
+# 16- and 32-px ones (3-5); the pivot in every step's batch; lr 10x the paper's (at 0.002 nothing flips).
+NADA_PTI = {"colour": {"trainable_layers": (5, 6)}, "background": {"trainable_layers": (3, 4, 5)}}
+NADA_PTI_LR = 0.02
+
+
+@row("StyleGAN-NADA after pivotal tuning (pivot in the batch)")
+def nada_pti_row(ctx: Context) -> RowOutput:
+    """Each edit adapts the generator tuned to its image, with the image's pivot trained on beside the sampled
+    codes (`NADA_PTI`), and renders the pivot with the adapted generator."""
+    from nodegraph.generate.nada import NadaSettings, adapt
+
+    pivots, tuned, psnr, tune_seconds = pivotal_tuning(ctx)
+    objective = ctx.objective()
+    start = time.perf_counter()
+    images = []
+    for i, e in enumerate(ctx.edits):
+        settings = NadaSettings(steps=20 if ctx.quick else 80, lr=NADA_PTI_LR, **NADA_PTI.get(e.category, {}))
+        adapted = adapt(tuned[i], objective, e.source_caption, e.target_caption, settings, pivots=pivots[i],
+                        generator=torch.Generator().manual_seed(ctx.seed + i))
+        images.append(adapted.render(pivots[i]))
+    return RowOutput(torch.cat(images), tune_seconds + time.perf_counter() - start, psnr=psnr)
 
 
 @row("StyleGAN-NADA (per edit)")
