@@ -34,7 +34,7 @@ from nodegraph.errors import InputValueError
 from nodegraph.generate.clip_objective import ClipObjective
 from nodegraph.generate.styleclip import edited_layers
 from nodegraph.models.clip import TextEncoding
-from nodegraph.models.stylegan import GanModel, Generator, StyleLatent
+from nodegraph.models.stylegan import GanModel, Generator, StyleLatent, latent_noise
 
 Text = TextEncoding | Tensor | str | list[str]
 
@@ -134,7 +134,7 @@ def _with_pivots(net: Generator, w_plus: Tensor, noise: list[Tensor],
     """The sampled codes and the pivots in one batch (pivots with no noise of their own take the fixed maps)."""
     b = pivots.batch
     device = w_plus.device
-    pivot_noise = pivots.noise_on(device) if pivots.noise is not None else [n.to(device) for n in net.fixed_noise()]
+    pivot_noise = latent_noise(net, pivots, device)
     joined = [torch.cat([n, p.expand(b, *p.shape[1:])]) for n, p in zip(noise, pivot_noise, strict=True)]
     return torch.cat([w_plus, pivots.w.to(device).float()]), joined
 

@@ -382,11 +382,14 @@ class StyleLatent:
                            None if self.noise is None else tuple(n.detach().clone() for n in self.noise))
 
 
+def latent_noise(net: Generator, latent: StyleLatent, device: torch.device) -> list[Tensor]:
+    """The noise maps a latent renders with: its own, or the generator's fixed maps where it has none."""
+    return latent.noise_on(device) if latent.noise is not None else [n.to(device) for n in net.fixed_noise()]
+
+
 def render_latent(net: Generator, latent: StyleLatent) -> Tensor:
     """Differentiable rendering of a latent (the generator's fixed noise where the latent has none)."""
-    device = latent.w.device
-    noise = latent.noise_on(device) if latent.noise is not None else [n.to(device) for n in net.fixed_noise()]
-    return net.synthesis(latent.w, noise)
+    return net.synthesis(latent.w, latent_noise(net, latent, latent.w.device))
 
 
 def count_params(net: nn.Module) -> int:
