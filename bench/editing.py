@@ -258,14 +258,13 @@ def pivotal_tuning(ctx: Context) -> tuple[list[object], list[object], torch.Tens
     if "pivotal_tuning" not in ctx.shared:
         from nodegraph.generate.gan_inversion import classifier_features, psnr
         from nodegraph.generate.pivotal_tuning import PivotalSettings, tune
-        from nodegraph.models.stylegan import StyleLatent
 
         latent, _, invert_seconds = gan_inversion(ctx)
         features = classifier_features(ctx.models.classifier)
         start = time.perf_counter()
         pivots, tuned, recons = [], [], []
         for i in range(len(ctx.edits)):
-            one = StyleLatent(latent.w[i : i + 1], tuple(n[i : i + 1] for n in latent.noise))
+            one = latent.item(i)
             gan, recon = tune(ctx.models.stylegan, one, ctx.sources[i : i + 1], PivotalSettings(), features=features,
                               generator=torch.Generator().manual_seed(ctx.seed + i))
             pivots.append(one)
@@ -322,7 +321,6 @@ def nada_pti_row(ctx: Context) -> RowOutput:
 @row("StyleGAN-NADA (per edit)")
 def nada_row(ctx: Context) -> RowOutput:
     from nodegraph.generate.nada import NadaSettings, adapt
-    from nodegraph.models.stylegan import StyleLatent
 
     latent, psnr, invert_seconds = gan_inversion(ctx)
     gan, objective = ctx.models.stylegan, ctx.objective()
@@ -332,7 +330,7 @@ def nada_row(ctx: Context) -> RowOutput:
     for i, e in enumerate(ctx.edits):
         adapted = adapt(gan, objective, e.source_caption, e.target_caption, settings,
                         generator=torch.Generator().manual_seed(ctx.seed + i))
-        one = StyleLatent(latent.w[i : i + 1], tuple(n[i : i + 1] for n in latent.noise))
+        one = latent.item(i)
         images.append(adapted.render(one))
     return RowOutput(torch.cat(images), invert_seconds + time.perf_counter() - start, psnr=psnr)
 

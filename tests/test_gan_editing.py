@@ -257,6 +257,13 @@ def test_latents_render_only_on_generators_of_their_layout(gan):
                                                                                         strict=True))
 
 
+def test_one_latent_of_a_batch_renders_as_it_did_in_the_batch(gan):
+    latent = gan_sampling.sample_latents(gan, seed=6, batch=3)
+    torch.testing.assert_close(gan.render(latent.item(1)), gan.render(latent)[1:2])
+    fixed = StyleLatent(latent.w)  # no noise of its own: the generator's fixed maps, for the item too
+    torch.testing.assert_close(gan.render(fixed.item(2)), gan.render(fixed)[2:3])
+
+
 # ------------------------------------------------------------------------------------------------ pivotal tuning
 @pytest.fixture(scope="module")
 def off_manifold() -> torch.Tensor:

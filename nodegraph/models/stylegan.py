@@ -377,6 +377,11 @@ class StyleLatent:
     def noise_on(self, device: torch.device) -> list[Tensor] | None:
         return None if self.noise is None else [n.to(device) for n in self.noise]
 
+    def item(self, i: int) -> StyleLatent:
+        """The i-th latent of the batch, with its noise, as a batch of one."""
+        noise = None if self.noise is None else tuple(n[i : i + 1] if n.shape[0] > 1 else n for n in self.noise)
+        return StyleLatent(self.w[i : i + 1], noise)
+
     def detached(self) -> StyleLatent:
         return StyleLatent(self.w.detach().clone(),
                            None if self.noise is None else tuple(n.detach().clone() for n in self.noise))
