@@ -781,6 +781,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="per-attribute: each attribute's measured settings (DCLIP_PER_ATTRIBUTE); uniform: "
                     "DclipOptions' defaults for every attribute")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--edit-seed", type=int, default=EDIT_SEED,
+                    help=f"seed of the edits' scenes (default {EDIT_SEED}, the set the rows' settings were chosen "
+                    "on; another seed reports them on edits no setting saw, e.g. 4242 in docs/editing.md)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "editing")
     args = ap.parse_args(argv)
@@ -796,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(wanted_categories) - set(CATEGORIES))
         if unknown:
             ap.error(f"--categories: unknown {', '.join(unknown)}; known: {', '.join(CATEGORIES)}")
-        edits = [e for e in make_edits(n) if not wanted_categories or e.category in wanted_categories]
+        edits = [e for e in make_edits(n, args.edit_seed) if not wanted_categories or e.category in wanted_categories]
         edits = write_sources(edits, args.out / "sources")
         (args.out / "edits").mkdir(parents=True, exist_ok=True)
         ctx = Context(edits, read_sources(edits, args.out / "sources"), models, args.quick, args.seed,
@@ -805,6 +808,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[editing] DiffusionCLIP settings, {attribute}: {o.describe()}", file=sys.stderr, flush=True)
         wanted = [w.strip().lower() for w in args.rows.split(",") if w.strip()]
         names = [name for name in ROWS if not wanted or any(name.lower().startswith(w) for w in wanted)]
+        if not names:
+            ap.error(f"--rows: no row's name starts with {args.rows!r}; rows: " + "; ".join(ROWS))
         editing_table(ctx, names, args.out)
     return 0
 
