@@ -789,6 +789,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     # before any work: a typo should not cost the objective table's minutes
     dclip = dclip_options(args.dclip_preset, args.dclip)
+    wanted = [w.strip().lower() for w in args.rows.split(",") if w.strip()]
+    names = [name for name in ROWS if not wanted or any(name.lower().startswith(w) for w in wanted)]
+    if not names:
+        ap.error(f"--rows: no row's name starts with {args.rows!r}; rows: " + "; ".join(ROWS))
     torch.set_num_threads(args.threads)
     models = Models()
     if args.only in ("", "objective"):
@@ -806,10 +810,6 @@ def main(argv: list[str] | None = None) -> int:
                       dclip=dclip)
         for attribute, o in ctx.dclip.items():
             print(f"[editing] DiffusionCLIP settings, {attribute}: {o.describe()}", file=sys.stderr, flush=True)
-        wanted = [w.strip().lower() for w in args.rows.split(",") if w.strip()]
-        names = [name for name in ROWS if not wanted or any(name.lower().startswith(w) for w in wanted)]
-        if not names:
-            ap.error(f"--rows: no row's name starts with {args.rows!r}; rows: " + "; ".join(ROWS))
         editing_table(ctx, names, args.out)
     return 0
 
