@@ -244,7 +244,7 @@ def fit_steps_to_deadline(cfg: TrainConfig, step: int, seconds_per_step: float, 
 def train_loop(
     cfg: TrainConfig,
     state: RunState,
-    loss_fn: Callable[[nn.Module, int], tuple[torch.Tensor | None, dict[str, float]]],
+    loss_fn: Callable[[nn.Module, int], tuple[torch.Tensor, dict[str, float]]],
     evaluate: Callable[[RunState], dict[str, float]] | None = None,
     on_checkpoint: Callable[[RunState], None] | None = None,
     plan_after: int = 50,
@@ -257,9 +257,6 @@ def train_loop(
     once more after the next ``plan_after`` steps from their speed alone: the first steps carry one-off
     costs (on a GPU, CUDA's start-up made them 1.3x slower, and a plan from them alone left 24% of a
     6-minute budget unused).
-
-    A step whose loss is None updates nothing of the model (its optimiser, EMA and gradients untouched):
-    a GAN's critic training alone, see `recipe.Adversary.lead`.
     """
     torch.set_num_threads(cfg.threads)
     log = Logger(cfg)
@@ -267,15 +264,13 @@ def train_loop(
     params = [p for g in state.opt.param_groups for p in g["params"]]
     window: list[float] = []
     t_last = t_planned = time.time()
-    trained = 0  # this invocation's steps that updated the model: plans are timed on these (a critic's lead is cheaper)
+    first_step = state.step
     cap = cfg.steps  # re-planning may lengthen a run planned short again, never beyond the steps asked for
     # the card reads where and how each segment ran (its wall time means little without the hardware)
     log.log(step=state.step, device=cfg.device, hardware=hardware_name(cfg.device), batch_size=cfg.batch_size,
             lr_max=cfg.lr)
     while state.step < cfg.steps:
-        if trained == 0:
-            t_planned = time.time()
-        elif cfg.deadline and trained in (plan_after, 2 * plan_after):
+        if cfg.deadline and state.step - first_step in (plan_after, 2 * plan_after):
             now = time.time()
             planned = fit_steps_to_deadline(cfg, state.step, (now - t_planned) / plan_after, now, cap)
             t_planned = now
@@ -285,20 +280,17 @@ def train_loop(
         for g in state.opt.param_groups:
             g["lr"] = lr_at(state.step, cfg)
         loss, stats = loss_fn(model, state.step)
-        if loss is not None:
-            state.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            state.opt.step()
-            state.ema.update(model)
-            window.append(loss.item())
-            trained += 1
+        state.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        state.opt.step()
+        state.ema.update(model)
         state.step += 1
+        window.append(loss.item())
         if state.step % cfg.log_every == 0:
             now = time.time()
-            updated = {"loss": sum(window) / len(window), "gnorm": float(gnorm)} if window else {}
-            log.log(step=state.step, **updated, lr=state.opt.param_groups[0]["lr"],
-                    s_per_step=(now - t_last) / cfg.log_every, **stats)
+            log.log(step=state.step, loss=sum(window) / len(window), gnorm=float(gnorm),
+                    lr=state.opt.param_groups[0]["lr"], s_per_step=(now - t_last) / cfg.log_every, **stats)
             window.clear()
             t_last = now
         if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps:

@@ -40,15 +40,12 @@ class Adversary:
     Before every step of `net` the skeleton calls `step(net, gen, step_index, lr)`, which updates the
     adversary (lr follows the run's schedule) and returns statistics to log; the network and optimiser are
     saved in the run's checkpoint beside `net`'s and restored with them, so a resumed run equals one that
-    never stopped. For the first `lead` steps only the adversary trains: a run that starts a trained
-    generator against a fresh critic would otherwise follow the critic's first random gradients (from the
-    bundled weights, 50 such steps took the valid-scene rate from 0.61 to 0.19).
+    never stopped.
     """
 
     net: nn.Module
     opt: torch.optim.Optimizer
     step: Callable[[nn.Module, torch.Generator, int, float], dict[str, float]]
-    lead: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,12 +92,10 @@ def run(recipe: Recipe, cfg: TrainConfig) -> RunState:
     companions = {"adversary": adversary.net, "adversary_opt": adversary.opt} if adversary is not None else None
     state = start_or_resume(trainee.net, cfg, betas=trainee.betas, companions=companions)
 
-    def step(model: nn.Module, i: int) -> tuple[torch.Tensor | None, dict[str, float]]:
+    def step(model: nn.Module, i: int) -> tuple[torch.Tensor, dict[str, float]]:
         if adversary is None:
             return trainee.loss(model, state.gen)
         adversary_stats = adversary.step(model, state.gen, i, lr_at(i, cfg))
-        if i < adversary.lead:
-            return None, adversary_stats
         loss, stats = trainee.loss(model, state.gen)
         return loss, {**adversary_stats, **stats}
 

@@ -32,8 +32,7 @@ DEFAULTS = dict(
     steps=30_000, batch_size=16, lr=2e-3, warmup=100, eval_every=500, ckpt_every=100, ema_decay=0.999,
     grad_clip=100.0,  # only a guard against blow-ups: equalised-lr gradients are large by construction
     extra=dict(pool=60_000, style_dim=128, n_mlp=4, g_channels="128,128,64,32", d_channels="32,64,128,128",
-               r1=0.5, r1_every=16, p_mix=0.5, eval_n=512, projected=1,
-               d_lead=0),  # steps the critic trains alone first: give one (a few hundred) with --set init=
+               r1=0.5, r1_every=16, p_mix=0.5, eval_n=512, projected=1),
 )
 EVAL_SEED = 30_000
 SIZE = 32
@@ -208,8 +207,7 @@ def build(setup: Setup) -> Trainee:
     d_cfg["projected"] = bool(ex["projected"])
     meta = {"kind": "stylegan", "config": g.cfg.to_dict(), "discriminator": d_cfg,
             "metric": "valid-scene rate x attribute coverage of 512 samples (truncation 1)"}
-    adversary = Adversary(d, d_opt, d_step, lead=int(ex["d_lead"]))
-    return Trainee(g, g_loss, evaluate, meta, adversary=adversary, betas=(0.0, 0.99))
+    return Trainee(g, g_loss, evaluate, meta, adversary=Adversary(d, d_opt, d_step), betas=(0.0, 0.99))
 
 
 RECIPE = Recipe("stylegan", build, pool_seed=5, device_aware=True)
