@@ -183,8 +183,9 @@ class CLIPObjective(Node):
 
 
 class StyleCLIP(Node):
-    """StyleCLIP latent optimisation: W+ moved toward a caption by Adam (cosine learning-rate ramp), under the
-    CLIP objective plus λ times the squared distance to the start latent (a sample or an inverted image)."""
+    """StyleCLIP latent optimisation: W+ (or, in S, the style vectors the chosen W+ entries feed) moved toward a
+    caption by Adam (cosine learning-rate ramp), under the CLIP objective plus λ times the squared distance to the
+    start latent (a sample or an inverted image)."""
 
     category = "gan"
     inputs = {
@@ -198,15 +199,17 @@ class StyleCLIP(Node):
                         description="weight of the distance to the start latent (larger keeps more)"),
         "layers": In("STRING", default="all", description="W+ entries the edit may move, e.g. '5-7' (the bundled "
                      "generator's 32-px layers: colour) or '0,3,5-7'; 'all' = every entry"),
+        "space": In("STRING", default="w+", choices=("w+", "s"), description="what moves: the W+ "
+                    "entries, or (s) the style vectors of the convolutions they feed, channel by channel"),
         "seed": _SEED,
     }
     outputs = (Out(W_LATENT, "latent"), Out(IMAGE, "images"))
 
     def run(self, ctx: RunContext, generator: GanModel, latent: StyleLatent, objective: ClipObjective,
-            text: TextEncoding, steps: int, lr: float, l2_lambda: float, layers: str,
+            text: TextEncoding, steps: int, lr: float, l2_lambda: float, layers: str, space: str,
             seed: int) -> tuple[StyleLatent, Tensor]:
         settings = styleclip.StyleCLIPSettings(steps=steps, lr=lr, l2_lambda=l2_lambda,
-                                               layers=styleclip.parse_layers(layers))
+                                               layers=styleclip.parse_layers(layers), space=space)
         return styleclip.edit(generator, latent, objective, text, settings, generator=ctx.generator(seed, "cpu"),
                               callback=optimisation_callback(ctx))
 

@@ -3,6 +3,7 @@ models."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -177,6 +178,53 @@ def test_styleclip_moves_only_the_layers_it_is_given(gan, clip):
     everything, _ = styleclip.edit(gan, start, obj, text, styleclip.StyleCLIPSettings(steps=6, lr=0.2, l2_lambda=0.0),
                                    generator=torch.Generator().manual_seed(0))
     assert ((everything.w - start.w).abs().amax(dim=(0, 2)) > 0).all()
+
+
+def test_style_offsets_move_one_convolution_and_zero_offsets_change_nothing(gan):
+    net, latent = gan.net, gan_sampling.sample_latents(gan, seed=4, batch=2)
+    layers = net.style_layers()
+    modulated = [net.conv1.conv, net.to_rgb1.conv, *(m.conv for j in range(len(net.to_rgbs))
+                                                     for m in (net.convs[2 * j], net.convs[2 * j + 1], net.to_rgbs[j]))]
+    assert [w for _, w in layers] == [m.modulation.weight.shape[0] for m in modulated]
+    assert [e for e, _ in layers][-1] == gan.n_latent - 1
+    plain = gan.render(latent)
+    zeros = tuple(torch.zeros(2, w) for _, w in layers)
+    torch.testing.assert_close(gan.render(StyleLatent(latent.w, latent.noise, zeros)), plain, rtol=0, atol=0)
+    last = [None] * (len(layers) - 1) + [torch.full((1, layers[-1][1]), 0.5)]  # the last toRGB: colour only
+    moved = gan.render(StyleLatent(latent.w, latent.noise, tuple(last)))
+    assert (moved - plain).abs().mean() > 1e-3
+    with pytest.raises(ValueError, match="modulated convs"):
+        net.synthesis(latent.w, list(latent.noise), [None])
+    wrong = StyleLatent(latent.w, latent.noise, tuple(torch.zeros(2, w + 1) for _, w in layers))
+    with pytest.raises(InputValueError, match="style offsets"):
+        gan_sampling.render(gan, wrong)
+
+
+def test_styleclip_in_s_moves_the_style_vectors_of_the_chosen_entries_only(gan, clip):
+    obj = ClipObjective(clip, None, ObjectiveSettings(views=2, noised_weight=0.0))
+    start = gan_sampling.sample_latents(gan, seed=2, batch=2)
+    text = "a large blue square in the center on a red background"
+    before = obj.text_loss(gan.render(start), text, torch.Generator().manual_seed(5)).mean()
+    settings = styleclip.StyleCLIPSettings(steps=12, lr=0.2, l2_lambda=0.0, layers=(3, 4), space="s")
+    edited, images = styleclip.edit(gan, start, obj, text, settings, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(edited.w, start.w) and edited.noise is start.noise
+    moved = [s is not None and bool(s.abs().amax() > 0) for s in edited.styles]
+    assert moved == [entry in (3, 4) for entry, _ in gan.net.style_layers()]
+    torch.testing.assert_close(gan.render(edited), images)
+    assert obj.text_loss(images, text, torch.Generator().manual_seed(5)).mean() < before
+    tied, _ = styleclip.edit(gan, start, obj, text, dataclasses.replace(settings, l2_lambda=10.0),
+                             generator=torch.Generator().manual_seed(0))
+    size = [sum(float(s.norm()) for s in e.styles if s is not None) for e in (tied, edited)]
+    assert size[0] < size[1]  # λ weighs the squared offsets in S
+    again, _ = styleclip.edit(gan, edited, obj, text, dataclasses.replace(settings, layers=(1,)),
+                              generator=torch.Generator().manual_seed(0))
+    kept = [k for k, (entry, _) in enumerate(gan.net.style_layers()) if entry in (3, 4)]
+    assert all(torch.equal(again.styles[k], edited.styles[k]) for k in kept)  # a second edit adds to the first
+    with pytest.raises(InputValueError, match="latent space") as err:
+        styleclip.edit(gan, start, obj, text, dataclasses.replace(settings, space="z"))
+    assert err.value.input == "space"
+    with pytest.raises(InputValueError, match="style offsets from a StyleCLIP edit in S"):
+        nada.adapt(gan, obj, "a red circle", "a blue circle", nada.NadaSettings(steps=1), pivots=edited)
 
 
 @pytest.mark.parametrize("text, message", [("5-x", "not a W+ index"), ("7-5", "runs backwards"),

@@ -189,7 +189,8 @@ def test_interrupt_stops_a_long_gan_node_within_one_step(engine, class_type):
 
 
 WORKFLOW_FAST = {
-    "styleclip_edit": {"steps": 3, "invert_steps": 4, "tune_steps": 3, "views": 2, "layers": "5-7"},
+    "styleclip_edit": {"steps": 3, "invert_steps": 4, "tune_steps": 3, "views": 2, "layers": "5-7",
+                       "edit_space": "s"},
     "stylegan_nada": {"steps": 2, "invert_steps": 4, "tune_steps": 3, "views": 2, "batch_size": 2},
 }
 

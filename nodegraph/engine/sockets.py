@@ -135,8 +135,9 @@ KARLO_IMAGE_EMBED = SocketType("KARLO_IMAGE_EMBED", "torch:Tensor", "CLIP ViT-L/
 GENERATOR = SocketType("GENERATOR", "nodegraph.models.stylegan:GanModel", "a StyleGAN2 generator (frozen, eval mode) "
                        "with the centre of its W; loaded, or adapted by StyleGAN-NADA")
 W_LATENT = SocketType("W_LATENT", "nodegraph.models.stylegan:StyleLatent", "StyleGAN W+ codes [B, n_latent, "
-                      "style_dim] and the noise maps they render with (none = the generator's fixed maps), from "
-                      "sampling, GAN inversion or StyleCLIP; any generator of the same layout renders them")
+                      "style_dim], the noise maps they render with (none = the generator's fixed maps) and, after a "
+                      "StyleCLIP edit in S, offsets of the style vectors; from sampling, GAN inversion or StyleCLIP; "
+                      "any generator of the same layout renders them")
 CLIP_OBJECTIVE = SocketType("CLIP_OBJECTIVE", "nodegraph.generate.clip_objective:ClipObjective", "the image-text "
                             "loss CLIP-driven editors minimise: CLIP (and the noised CLIP tower) over augmented "
                             "views, so specks and tints cannot lower it")

@@ -33,6 +33,13 @@ def check_layout(gan: GanModel, latent: StyleLatent) -> None:
         if sizes != gan.net.noise_sizes():
             raise InputValueError("latent", f"the latent's noise maps are {sizes} px; this generator's are "
                                   f"{gan.net.noise_sizes()}")
+    if latent.styles is not None:
+        widths = [None if t is None else int(t.shape[-1]) for t in latent.styles]
+        expected_widths = [width for _, width in gan.net.style_layers()]
+        if len(widths) != len(expected_widths) or any(
+                w not in (None, e) for w, e in zip(widths, expected_widths, strict=True)):
+            raise InputValueError("latent", f"the latent's style offsets are {widths} wide; this generator's style "
+                                  f"vectors are {expected_widths}")
 
 
 def render(gan: GanModel, latent: StyleLatent) -> Tensor:

@@ -87,6 +87,9 @@ def adapt(gan: GanModel, objective: ClipObjective, source_text: Text, target_tex
     if pivots is not None and pivots.w.shape[1:] != (gan.n_latent, gan.net.style_dim):
         raise InputValueError("latent", f"the latent's W+ is {tuple(pivots.w.shape[1:])}; this generator takes "
                               f"({gan.n_latent}, {gan.net.style_dim})")
+    if pivots is not None and pivots.styles is not None:
+        raise InputValueError("latent", "this latent carries style offsets from a StyleCLIP edit in S; NADA trains on "
+                              "W+ codes: connect the inversion (or a StyleCLIP edit in W+) instead")
     frozen = gan.net
     trainable = copy.deepcopy(frozen).train()
     trainable.requires_grad_(False)

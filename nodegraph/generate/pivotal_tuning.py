@@ -21,6 +21,7 @@ the paper's per-image PTI, which is what the editing bench measures.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,7 +67,7 @@ def tune(gan: GanModel, latent: StyleLatent, images: Tensor, settings: PivotalSe
                               "inversion of these images")
     device = gan.device
     target = fit_square(images.to(device).float(), gan.image_size).clamp(-1, 1)
-    pivot = StyleLatent(latent.w.to(device).float(), latent.noise)
+    pivot = dataclasses.replace(latent.to(device), w=latent.w.to(device).float())
     if settings.steps == 0:
         return gan, gan.render(pivot)
     original = gan.net

@@ -15,6 +15,7 @@ lets the optimiser satisfy with specks (see `nodegraph.generate.clip_objective`)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from nodegraph.generate.gan_inversion import ramped_lr
 from nodegraph.models.clip import TextEncoding
 from nodegraph.models.stylegan import GanModel, StyleLatent, render_latent
 
+SPACES = ("w+", "s")
+
 
 @dataclass(frozen=True)
 class StyleCLIPSettings:
@@ -37,6 +40,9 @@ class StyleCLIPSettings:
     # with the least preserved
     l2_lambda: float = 0.0005
     layers: tuple[int, ...] | None = None  # the W+ entries optimised (None = all); the others keep the source's
+    # "w+": move the chosen W+ entries; "s": move the style vectors (StyleSpace, Wu et al. 2021) of the modulated
+    # convolutions those entries feed, channel by channel (λ then weighs the squared offsets)
+    space: str = "w+"
 
 
 def edit(gan: GanModel, latent: StyleLatent, objective: ClipObjective, text: TextEncoding | Tensor | str | list[str],
@@ -45,29 +51,70 @@ def edit(gan: GanModel, latent: StyleLatent, objective: ClipObjective, text: Tex
     """The edited latent and its images. `text` is one caption for the batch or one per latent."""
     if settings.steps < 1:
         raise InputValueError("steps", "latent optimisation needs at least one step")
+    if settings.space not in SPACES:
+        raise InputValueError("space", f"unknown latent space {settings.space!r}; choose one of {', '.join(SPACES)}")
     if latent.w.shape[1:] != (gan.n_latent, gan.net.style_dim):
         raise InputValueError("latent", f"the latent's W+ is {tuple(latent.w.shape[1:])}; this generator takes "
                               f"({gan.n_latent}, {gan.net.style_dim})")
-    device = gan.device
-    source = latent.w.to(device).float()
-    chosen = edited_layers(settings.layers, gan.n_latent).to(device).view(1, -1, 1)
-    free = source.clone().requires_grad_(True)
-    opt = torch.optim.Adam([free], lr=settings.lr)
+    start = latent.to(gan.device)
+    start = dataclasses.replace(start, w=start.w.float())
+    chosen = edited_layers(settings.layers, gan.n_latent).to(gan.device)
+    moved = _WPlusEdit(start, chosen) if settings.space == "w+" else _StyleEdit(gan, start, chosen)
+    opt = torch.optim.Adam(moved.params, lr=settings.lr)
     for step in range(settings.steps):
         for group in opt.param_groups:
             group["lr"] = ramped_lr(step / settings.steps, settings.lr)
-        w = torch.where(chosen, free, source)
-        image = render_latent(gan.net, StyleLatent(w, latent.noise))  # the source's noise throughout
-        clip_loss = objective.text_loss(image, text, generator)
-        l2 = (w - source).pow(2).flatten(1).sum(1)
-        loss = (clip_loss + settings.l2_lambda * l2).sum()
+        current = moved.latent()
+        image = render_latent(gan.net, current)  # the source's noise throughout
+        loss = (objective.text_loss(image, text, generator) + settings.l2_lambda * moved.distance()).sum()
         opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=[free])
+        loss.backward(inputs=moved.params)
         opt.step()
         if callback is not None:
             callback(step + 1, settings.steps, image.detach().clamp(-1, 1))
-    edited = StyleLatent(torch.where(chosen, free, source).detach().clone(), latent.noise)
+    edited = moved.latent()
+    styles = None if edited.styles is None else tuple(None if t is None else t.detach().clone() for t in edited.styles)
+    edited = dataclasses.replace(edited, w=edited.w.detach().clone(), styles=styles)  # the source's noise maps
     return edited, gan.render(edited)
+
+
+class _WPlusEdit:
+    """The chosen W+ entries free, the others the source's."""
+
+    def __init__(self, source: StyleLatent, chosen: Tensor):
+        self.source, self.chosen = source, chosen.view(1, -1, 1)
+        self.free = source.w.clone().requires_grad_(True)
+        self.params = [self.free]
+
+    def latent(self) -> StyleLatent:
+        return dataclasses.replace(self.source, w=torch.where(self.chosen, self.free, self.source.w))
+
+    def distance(self) -> Tensor:
+        return (self.free - self.source.w).mul(self.chosen).pow(2).flatten(1).sum(1)
+
+
+class _StyleEdit:
+    """An offset on the style vector of every modulated conv a chosen W+ entry feeds, on top of any the source
+    carries; W+ stays the source's."""
+
+    def __init__(self, gan: GanModel, source: StyleLatent, chosen: Tensor):
+        self.source = source
+        b, device = source.batch, gan.device
+        base = source.styles_on(device) or [None] * len(gan.net.style_layers())
+        self.base = [None if s is None else s.float() for s in base]
+        self.free = {k: torch.zeros(b, width, device=device, requires_grad=True)
+                     for k, (entry, width) in enumerate(gan.net.style_layers()) if chosen[entry]}
+        self.params = list(self.free.values())
+
+    def latent(self) -> StyleLatent:
+        styles = []
+        for k, base in enumerate(self.base):
+            offset = self.free.get(k)
+            styles.append(base if offset is None else offset if base is None else base + offset)
+        return dataclasses.replace(self.source, styles=tuple(styles))
+
+    def distance(self) -> Tensor:
+        return sum(offset.pow(2).sum(1) for offset in self.params)
 
 
 _MAX_ENTRIES = 64

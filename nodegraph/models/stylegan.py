@@ -168,9 +168,11 @@ class ModulatedConv2d(nn.Module):
             p = (len(blur_kernel) - 2) - (kernel_size - 1)
             self.blur = Blur(blur_kernel, ((p + 1) // 2 + 1, p // 2 + 1), gain=4)
 
-    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+    def forward(self, x: Tensor, w: Tensor, offset: Tensor | None = None) -> Tensor:
         b = x.shape[0]
-        style = self.modulation(w)  # [B, in]
+        style = self.modulation(w)  # [B, in]: this conv's vector in S (StyleSpace), moved by `offset`
+        if offset is not None:
+            style = style + offset
         weight = self.weight[0] * self.scale  # [out, in, k, k]
         x = x * style.view(b, -1, 1, 1)
         if self.upsample:
@@ -213,8 +215,8 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_ch)
 
-    def forward(self, x: Tensor, w: Tensor, noise: Tensor | None) -> Tensor:
-        return self.activate(self.noise(self.conv(x, w), noise))
+    def forward(self, x: Tensor, w: Tensor, noise: Tensor | None, offset: Tensor | None = None) -> Tensor:
+        return self.activate(self.noise(self.conv(x, w, offset), noise))
 
 
 class ToRGB(nn.Module):
@@ -226,8 +228,8 @@ class ToRGB(nn.Module):
         self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
-    def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None) -> Tensor:
-        out = self.conv(x, w) + self.bias
+    def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None, offset: Tensor | None = None) -> Tensor:
+        out = self.conv(x, w, offset) + self.bias
         return out if skip is None else out + self.upsample(skip)
 
 
@@ -287,24 +289,42 @@ class Generator(nn.Module):
         """w [B, D] -> W+ [B, n_latent, D] (every layer the same style); W+ passes through."""
         return w if w.dim() == 3 else w.unsqueeze(1).expand(-1, self.n_latent, -1)
 
-    def synthesis(self, w_plus: Tensor, noise: list[Tensor | None] | None = None) -> Tensor:
+    def synthesis(self, w_plus: Tensor, noise: list[Tensor | None] | None = None,
+                  style_offsets: list[Tensor | None] | tuple[Tensor | None, ...] | None = None) -> Tensor:
         """Images [B, 3, size, size] (about [-1, 1]) from W+ [B, n_latent, D] (or W [B, D]).
 
         `noise`: one map per styled conv ([B or 1, 1, r, r]), or None entries / None for fresh noise.
+        `style_offsets`: one per modulated convolution in `style_layers()` order ([B or 1, width] added to its style
+        vector, None = unmoved): an edit in S (StyleSpace), finer than a W+ entry, which moves every channel of a
+        conv and of the toRGB beside it together.
         """
         w_plus = self.broadcast(w_plus)
         if w_plus.shape[1] != self.n_latent:
             raise ValueError(f"W+ has {w_plus.shape[1]} layers; this generator takes {self.n_latent}")
         noise = list(noise) if noise is not None else [None] * self.cfg.num_layers
-        out = self.conv1(self.input(w_plus.shape[0]), w_plus[:, 0], noise[0])
-        skip = self.to_rgb1(out, w_plus[:, 1])
+        s = list(style_offsets) if style_offsets is not None else [None] * len(self.style_layers())
+        if len(s) != len(self.style_layers()):
+            raise ValueError(f"{len(s)} style offsets; this generator has {len(self.style_layers())} modulated convs")
+        out = self.conv1(self.input(w_plus.shape[0]), w_plus[:, 0], noise[0], s[0])
+        skip = self.to_rgb1(out, w_plus[:, 1], offset=s[1])
         i = 1
         for j, to_rgb in enumerate(self.to_rgbs):
-            out = self.convs[2 * j](out, w_plus[:, i], noise[2 * j + 1])
-            out = self.convs[2 * j + 1](out, w_plus[:, i + 1], noise[2 * j + 2])
-            skip = to_rgb(out, w_plus[:, i + 2], skip)
+            out = self.convs[2 * j](out, w_plus[:, i], noise[2 * j + 1], s[2 + 3 * j])
+            out = self.convs[2 * j + 1](out, w_plus[:, i + 1], noise[2 * j + 2], s[3 + 3 * j])
+            skip = to_rgb(out, w_plus[:, i + 2], skip, offset=s[4 + 3 * j])
             i += 2
         return skip
+
+    def style_layers(self) -> list[tuple[int, int]]:
+        """(W+ entry, style width) of every modulated convolution, in the order `synthesis` applies them: the
+        4-px conv, its toRGB, then per resolution the upsampling conv, the conv and the toRGB (which shares its
+        entry with the next resolution's upsampling conv)."""
+        out = [(0, self.conv1.conv.in_ch), (1, self.to_rgb1.conv.in_ch)]
+        for j, to_rgb in enumerate(self.to_rgbs):
+            i = 1 + 2 * j
+            out += [(i, self.convs[2 * j].conv.in_ch), (i + 1, self.convs[2 * j + 1].conv.in_ch),
+                    (i + 2, to_rgb.conv.in_ch)]
+        return out
 
     def forward(self, z: Tensor, noise: list[Tensor | None] | None = None, truncation: float = 1.0,
                 w_avg: Tensor | None = None) -> Tensor:
@@ -358,17 +378,18 @@ class GanModel:
     @torch.no_grad()
     def render(self, latent: StyleLatent) -> Tensor:
         """The images a latent stands for, clamped to [-1, 1]."""
-        moved = StyleLatent(latent.w.to(self.device), latent.noise)
-        return render_latent(self.net, moved).clamp(-1, 1)
+        return render_latent(self.net, latent.to(self.device)).clamp(-1, 1)
 
 
 @dataclass(eq=False)
 class StyleLatent:
-    """What travels on a W_LATENT socket: W+ codes [B, n_latent, style_dim] and the noise maps they are
-    rendered with (one per styled conv, [B or 1, 1, r, r]; None = the generator's fixed maps)."""
+    """What travels on a W_LATENT socket: W+ codes [B, n_latent, style_dim], the noise maps they are
+    rendered with (one per styled conv, [B or 1, 1, r, r]; None = the generator's fixed maps) and, after an edit
+    in S, offsets of the style vectors (`Generator.synthesis`'s `style_offsets`; None = none moved)."""
 
     w: Tensor
     noise: tuple[Tensor, ...] | None = None
+    styles: tuple[Tensor | None, ...] | None = None
 
     @property
     def batch(self) -> int:
@@ -377,14 +398,31 @@ class StyleLatent:
     def noise_on(self, device: torch.device) -> list[Tensor] | None:
         return None if self.noise is None else [n.to(device) for n in self.noise]
 
+    def styles_on(self, device: torch.device) -> list[Tensor | None] | None:
+        return None if self.styles is None else [None if s is None else s.to(device) for s in self.styles]
+
+    def to(self, device: torch.device) -> StyleLatent:
+        tensors = [self.w, *(self.noise or ()), *(t for t in self.styles or () if t is not None)]
+        if all(t.device == torch.device(device) for t in tensors):
+            return self
+        return StyleLatent(self.w.to(device), None if self.noise is None else tuple(self.noise_on(device)),
+                           None if self.styles is None else tuple(self.styles_on(device)))
+
     def item(self, i: int) -> StyleLatent:
-        """The i-th latent of the batch, with its noise, as a batch of one."""
-        noise = None if self.noise is None else tuple(n[i : i + 1] if n.shape[0] > 1 else n for n in self.noise)
-        return StyleLatent(self.w[i : i + 1], noise)
+        """The i-th latent of the batch, with its noise and style offsets, as a batch of one."""
+        def one(t: Tensor | None) -> Tensor | None:
+            return t if t is None or t.shape[0] == 1 else t[i : i + 1]
+
+        noise = None if self.noise is None else tuple(one(n) for n in self.noise)
+        styles = None if self.styles is None else tuple(one(s) for s in self.styles)
+        return StyleLatent(self.w[i : i + 1], noise, styles)
 
     def detached(self) -> StyleLatent:
-        return StyleLatent(self.w.detach().clone(),
-                           None if self.noise is None else tuple(n.detach().clone() for n in self.noise))
+        def copy(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.detach().clone()
+
+        return StyleLatent(self.w.detach().clone(), None if self.noise is None else tuple(map(copy, self.noise)),
+                           None if self.styles is None else tuple(map(copy, self.styles)))
 
 
 def latent_noise(net: Generator, latent: StyleLatent, device: torch.device) -> list[Tensor]:
@@ -394,7 +432,8 @@ def latent_noise(net: Generator, latent: StyleLatent, device: torch.device) -> l
 
 def render_latent(net: Generator, latent: StyleLatent) -> Tensor:
     """Differentiable rendering of a latent (the generator's fixed noise where the latent has none)."""
-    return net.synthesis(latent.w, latent_noise(net, latent, latent.w.device))
+    device = latent.w.device
+    return net.synthesis(latent.w, latent_noise(net, latent, device), latent.styles_on(device))
 
 
 def count_params(net: nn.Module) -> int:
