@@ -244,11 +244,13 @@ def styleclip_plain_row(ctx: Context) -> RowOutput:
     return _styleclip(ctx, plain=True)
 
 
-# What the StyleCLIP edit may move after pivotal tuning, per category (the node's `layers` and `l2_lambda`), from
-# a sweep on the 12 colour and 12 background edits (docs/editing.md): colour lives in the bundled generator's 32-px
-# layers (W+ 5-7); a background edit keeps the coarse layout (W+ 0-1: the 4-px and the first 8-px convolution) and
-# needs no pull back to the pivot.
-STYLECLIP_PTI = {"colour": {"layers": (5, 6, 7)}, "background": {"layers": (2, 3, 4, 5, 6, 7), "l2_lambda": 0.0}}
+# What the StyleCLIP edit may move after pivotal tuning, per category (the node's `layers`, `space`, `lr` and
+# `l2_lambda`), from a sweep on the 12 colour and 12 background edits (docs/editing.md): colour lives in the bundled
+# generator's 32-px layers (W+ 5-7), moved in S, channel by channel (on both edit sets more made and kept than
+# moving the W+ entries: 0.917 / 0.812 and 0.750 / 0.667 against 0.833 / 0.708 and 0.417 / 0.625); a background
+# edit keeps the coarse layout (W+ 0-1: the 4-px and the first 8-px convolution) and needs no pull back to the pivot.
+STYLECLIP_PTI = {"colour": {"layers": (5, 6, 7), "space": "s", "lr": 0.05, "l2_lambda": 0.0},
+                 "background": {"layers": (2, 3, 4, 5, 6, 7), "l2_lambda": 0.0}}
 
 
 def pivotal_tuning(ctx: Context) -> tuple[list[object], list[object], torch.Tensor, float]:
@@ -406,7 +408,7 @@ def _condition_value(value: str) -> str:
 @dataclass(frozen=True)
 class DclipOptions:
     """The DiffusionCLIP rows' settings, `--dclip KEY=VALUE,...` to sweep them (renders and iterations: 0 = the
-    quick / full default)."""
+    quick / full default; iterations are the GPU-efficient variant's, the full variant takes twice as many)."""
 
     t0: int = 400
     generate_steps: int = 6
@@ -456,10 +458,12 @@ class DclipOptions:
 # made on colour+kind, the colour model tuned under the source caption as before); background: the
 # whole image changes colour, so no global L1 but the `keep` term on the shape and the `uniform` term on the rest
 # (a shape grown into the new background is not in the keep term's reach: 0.938 -> 0.979 preserved), and twice
-# the iterations. Colour and background models edit with 20 DDIM steps, the inversion's count, though fine-tuned
-# with 10 (the same models kept 2 more of 96 checks on 24 edits each; kind lost 2, so it edits with its 10).
+# the iterations. Colour keeps the quick setting's 10 iterations at the full setting too (20 made and kept less
+# on 24 edits: 0.958 / 0.917 against 1.000 / 0.948). Colour and background models edit with 20 DDIM steps, the
+# inversion's count, though fine-tuned with 10 (the same models kept 2 more of 96 checks on 24 edits each; kind
+# lost 2, so it edits with its 10).
 DCLIP_PER_ATTRIBUTE = {
-    "color": "t0=250,l1=1.0,renders=16,condition=1,generate_steps=10,edit_steps=20",
+    "color": "t0=250,l1=1.0,renders=16,condition=1,generate_steps=10,edit_steps=20,iterations=10",
     "kind": "t0=400,l1=1.0,renders=32,condition=target,generate_steps=10",
     "background": "l1=0.0,tv=0.3,keep=2.0,uniform=2.0,renders=16,condition=1,generate_steps=10,iterations=20,"
                   "edit_steps=20",
@@ -486,7 +490,10 @@ def dclip_settings(variant: str, ctx: Context, o: DclipOptions):
     # full: measured on colour -> blue (8 renders): lr 3e-4 wrecks the images (success 0.25, preserved 0.47),
     # 3e-5 barely edits (0.5 / 0.375 held out); 1e-4 between. It updates once per iteration, so it gets twice the
     # iterations at half the batch: the same network calls as the efficient variant
-    iterations = o.iterations or DCLIP_ITERATIONS[variant] * (1 if ctx.quick else 2)
+    if o.iterations:  # set for this attribute: the same at either setting
+        iterations = o.iterations * DCLIP_ITERATIONS[variant] // DCLIP_ITERATIONS["efficient"]
+    else:
+        iterations = DCLIP_ITERATIONS[variant] * (1 if ctx.quick else 2)
     return FinetuneSettings(t0=o.t0, invert_steps=DCLIP_INVERT_STEPS, generate_steps=o.generate_steps,
                             iterations=iterations, batch=2 if variant == "full" else 4, lr=o.lr, l1_weight=o.l1,
                             tv_weight=o.tv, keep_weight=o.keep, uniform_weight=o.uniform,
