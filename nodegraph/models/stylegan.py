@@ -302,9 +302,10 @@ class Generator(nn.Module):
         if w_plus.shape[1] != self.n_latent:
             raise ValueError(f"W+ has {w_plus.shape[1]} layers; this generator takes {self.n_latent}")
         noise = list(noise) if noise is not None else [None] * self.cfg.num_layers
-        s = list(style_offsets) if style_offsets is not None else [None] * len(self.style_layers())
-        if len(s) != len(self.style_layers()):
-            raise ValueError(f"{len(s)} style offsets; this generator has {len(self.style_layers())} modulated convs")
+        n_styles = 2 + 3 * len(self.to_rgbs)  # len(self.style_layers()), without building it every forward
+        s = list(style_offsets) if style_offsets is not None else [None] * n_styles
+        if len(s) != n_styles:
+            raise ValueError(f"{len(s)} style offsets; this generator has {n_styles} modulated convs")
         out = self.conv1(self.input(w_plus.shape[0]), w_plus[:, 0], noise[0], s[0])
         skip = self.to_rgb1(out, w_plus[:, 1], offset=s[1])
         i = 1
