@@ -21,7 +21,6 @@ the paper's per-image PTI, which is what the editing bench measures.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -67,7 +66,7 @@ def tune(gan: GanModel, latent: StyleLatent, images: Tensor, settings: PivotalSe
                               "inversion of these images")
     device = gan.device
     target = fit_square(images.to(device).float(), gan.image_size).clamp(-1, 1)
-    pivot = dataclasses.replace(latent.to(device), w=latent.w.to(device).float())
+    pivot = latent.to(device)
     if settings.steps == 0:
         return gan, gan.render(pivot)
     original = gan.net

@@ -57,7 +57,6 @@ def edit(gan: GanModel, latent: StyleLatent, objective: ClipObjective, text: Tex
         raise InputValueError("latent", f"the latent's W+ is {tuple(latent.w.shape[1:])}; this generator takes "
                               f"({gan.n_latent}, {gan.net.style_dim})")
     start = latent.to(gan.device)
-    start = dataclasses.replace(start, w=start.w.float())
     chosen = edited_layers(settings.layers, gan.n_latent).to(gan.device)
     moved = _WPlusEdit(start, chosen) if settings.space == "w+" else _StyleEdit(gan, start, chosen)
     opt = torch.optim.Adam(moved.params, lr=settings.lr)
@@ -99,10 +98,8 @@ class _StyleEdit:
 
     def __init__(self, gan: GanModel, source: StyleLatent, chosen: Tensor):
         self.source = source
-        b, device = source.batch, gan.device
-        base = source.styles_on(device) or [None] * len(gan.net.style_layers())
-        self.base = [None if s is None else s.float() for s in base]
-        self.free = {k: torch.zeros(b, width, device=device, requires_grad=True)
+        self.base = list(source.styles or [None] * len(gan.net.style_layers()))  # source is on the device already
+        self.free = {k: torch.zeros(source.batch, width, device=gan.device, requires_grad=True)
                      for k, (entry, width) in enumerate(gan.net.style_layers()) if chosen[entry]}
         self.params = list(self.free.values())
 

@@ -403,11 +403,13 @@ class StyleLatent:
         return None if self.styles is None else [None if s is None else s.to(device) for s in self.styles]
 
     def to(self, device: torch.device) -> StyleLatent:
+        """This latent on `device`, W+ in fp32 (what the generator computes in); itself when it is so already."""
         tensors = [self.w, *(self.noise or ()), *(t for t in self.styles or () if t is not None)]
-        if all(t.device == torch.device(device) for t in tensors):
+        if self.w.dtype == torch.float32 and all(t.device == torch.device(device) for t in tensors):
             return self
-        return StyleLatent(self.w.to(device), None if self.noise is None else tuple(self.noise_on(device)),
-                           None if self.styles is None else tuple(self.styles_on(device)))
+        noise = None if self.noise is None else tuple(self.noise_on(device))
+        styles = None if self.styles is None else tuple(self.styles_on(device))
+        return StyleLatent(self.w.to(device, torch.float32), noise, styles)
 
     def item(self, i: int) -> StyleLatent:
         """The i-th latent of the batch, with its noise and style offsets, as a batch of one."""
