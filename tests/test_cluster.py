@@ -97,6 +97,28 @@ def test_a_worker_killed_mid_run_loses_nothing(cluster: ClusterEngine) -> None:
     assert len(cluster.pool.stats()["workers"]) == 2  # a replacement was started
 
 
+def test_a_worker_that_dies_idle_is_replaced_once_and_worker_info_still_answers(cluster: ClusterEngine) -> None:
+    pool = cluster.pool
+    victim = next(iter(pool._workers.values()))
+    ray.kill(victim.handle)
+    # Several callers find the death at once (with the monitor looking every half second): one replacement.
+    answers: list[list[dict[str, Any]]] = []
+    threads = [threading.Thread(target=lambda: answers.append(pool.worker_info())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == 4 and all(len(infos) <= pool.target for infos in answers)  # no caller saw an error
+    sizes = []
+    for _ in range(20):  # the monitor's checks meanwhile start nothing more
+        sizes.append(len(pool.stats()["workers"]))
+        threading.Event().wait(0.1)
+    assert max(sizes) == pool.target == 2, sizes
+    infos = pool.worker_info()
+    assert len(infos) == 2 and victim.name not in {info["name"] for info in infos}
+    assert cluster.run(decode_graph(seed=15)).files  # and the pool still runs prompts
+
+
 def test_interrupt_reaches_the_worker_running_the_prompt(cluster: ClusterEngine) -> None:
     def stop(kind: str, data: dict[str, Any]) -> None:
         if kind == "progress" and data["value"] == 2:

@@ -114,8 +114,7 @@ class WorkerPool:
         self.requeued = 0
         # runs an interrupt was asked for: a run whose worker dies after (or while) it is asked is not run again
         self._stop_asked: set[str] = set()
-        for _ in range(self.target):
-            self._start_worker()
+        self._fill()
         self._threads = [threading.Thread(target=self._drain_events, name="nodegraph-events", daemon=True),
                          threading.Thread(target=self._monitor, args=(monitor_seconds,), name="nodegraph-monitor",
                                           daemon=True)]
@@ -186,7 +185,7 @@ class WorkerPool:
         """Start more workers (a machine joined); the target grows with them."""
         with self._lock:
             self.target += count
-        return [self._start_worker() for _ in range(count)]
+            return self._fill()
 
     def remove_worker(self, name: str) -> bool:
         """Stop a worker once it is idle (its run, if any, finishes first); the target shrinks with it."""
@@ -230,9 +229,17 @@ class WorkerPool:
                 worker.models.clear()  # placement must not count on models it no longer holds
 
     def worker_info(self) -> list[dict[str, Any]]:
+        """What each worker that answers says about itself; one found dead is replaced (as the monitor would)."""
         with self._lock:
-            handles = [w.handle for w in self._workers.values()]
-        return self._ray.get([h.info.remote() for h in handles])
+            workers = list(self._workers.values())
+        calls = [w.handle.info.remote() for w in workers]
+        infos = []
+        for worker, call in zip(workers, calls, strict=True):
+            try:
+                infos.append(self._ray.get(call))
+            except self._ray.exceptions.RayActorError as exc:
+                self._lost(worker, exc)
+        return infos
 
     def shutdown(self) -> None:
         with self._lock:
@@ -246,13 +253,18 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ internals
 
-    def _start_worker(self) -> str:
-        name = next(self._names)
-        handle = self._actor.options(name=None, **self._options).remote(name, **self._args)
+    def _fill(self) -> list[str]:
+        """Start workers up to the target; the one place that decides how many, under the lock, so a death seen by
+        a run, the monitor and worker_info at once is replaced once (creating an actor only queues it)."""
+        started = []
         with self._lock:
-            self._workers[name] = WorkerState(name, handle)
+            while not self._closed and len(self._workers) < self.target:
+                name = next(self._names)
+                handle = self._actor.options(name=None, **self._options).remote(name, **self._args)
+                self._workers[name] = WorkerState(name, handle)
+                started.append(name)
             self._lock.notify_all()
-        return name
+        return started
 
     def _acquire(self, prompt_id: str, models: set[ModelKey] | frozenset) -> WorkerState:
         with self._lock:
@@ -285,10 +297,8 @@ class WorkerPool:
             worker.busy = None
             self._workers.pop(worker.name, None)
             self._lock.notify_all()
-            replace = not self._closed and len(self._workers) < self.target
-        logger.warning("worker %s is gone (%s)%s", worker.name, reason, "; starting another" if replace else "")
-        if replace:
-            self._start_worker()
+        started = self._fill()
+        logger.warning("worker %s is gone (%s)%s", worker.name, reason, f"; started {started[0]}" if started else "")
 
     def _drain_events(self) -> None:
         """Deliver the workers' events to the callbacks of their runs, in the order each worker sent them."""
@@ -309,25 +319,28 @@ class WorkerPool:
         """Replace idle workers that died (a machine went away) and, with workers="auto", grow with the cluster."""
         while not self._closed:
             time.sleep(every)
+            try:
+                self._check_workers()
+            except Exception:  # one bad look (the cluster briefly unreachable) must not end the watching
+                logger.exception("the worker monitor's check failed; trying again in %.1f s", every)
+
+    def _check_workers(self) -> None:
+        with self._lock:
+            idle = [w for w in self._workers.values() if w.busy is None and w.alive]
+        for worker in idle:
+            try:
+                self._ray.get(worker.handle.info.remote(), timeout=10)
+            except self._ray.exceptions.GetTimeoutError:
+                continue  # slow (starting up, or busy with a message): not dead
+            except Exception as exc:
+                self._lost(worker, exc)
+        if self._auto:
+            wanted = self._auto_count()
             with self._lock:
-                idle = [w for w in self._workers.values() if w.busy is None and w.alive]
-            for worker in idle:
-                try:
-                    self._ray.get(worker.handle.info.remote(), timeout=10)
-                except self._ray.exceptions.GetTimeoutError:
-                    continue  # slow (starting up, or busy with a message): not dead
-                except Exception as exc:
-                    self._lost(worker, exc)
-            if self._auto:
-                wanted = self._auto_count()
-                with self._lock:
-                    grow = wanted - self.target
-                if grow > 0:
-                    self.add_workers(grow)
-            with self._lock:
-                missing = 0 if self._closed else self.target - len(self._workers)
-            for _ in range(max(0, missing)):
-                self._start_worker()
+                grow = wanted - self.target
+            if grow > 0:
+                self.add_workers(grow)
+        self._fill()
 
     def _auto_count(self) -> int:
         resources = self._ray.cluster_resources()
