@@ -4,6 +4,9 @@
     python bench/editing.py --quick              # 4 edits per category, fewer steps
     python bench/editing.py --rows styleclip,ddim --n 12
     python bench/editing.py --only objective     # the CLIP objective's failure mode, before and after
+    python bench/editing.py --edit-seed 90000,4242
+                                                 # the set the settings were chosen on and one they were
+                                                 # not: every row run once over both, a table per set
     python bench/editing.py --only edits --rows "DiffusionCLIP GPU" --categories background --dclip tv=1.0,l1=0.1
                                                  # DiffusionCLIP's settings, one sweep point (DclipOptions)
 
@@ -65,6 +68,7 @@ class Edit:
     source: Scene
     target: Scene
     file: str = ""
+    edit_set: int = EDIT_SEED  # the seed the edit was drawn from (`--edit-seed`)
 
     @property
     def source_caption(self) -> str:
@@ -93,7 +97,7 @@ def make_edits(n: int, seed: int = EDIT_SEED) -> list[Edit]:
                 new_shape = replace(new_shape, kind=_other(KINDS, {shape.kind}, gen))
             if category == "background":
                 background = _other(COLORS, {scene.background, shape.color}, gen)
-            edits.append(Edit(category, scene, Scene(background, (new_shape,))))
+            edits.append(Edit(category, scene, Scene(background, (new_shape,)), edit_set=seed))
     return edits
 
 
@@ -106,8 +110,8 @@ def write_sources(edits: list[Edit], directory: Path) -> list[Edit]:
         name = f"{i:03d}_{edit.category.replace('+', '_')}.png"
         picture.save(directory / name)
         out.append(replace(edit, file=name))
-    manifest = [{"file": e.file, "category": e.category, "source": e.source_caption, "target": e.target_caption}
-                for e in out]
+    manifest = [{"file": e.file, "set": e.edit_set, "category": e.category, "source": e.source_caption,
+                 "target": e.target_caption} for e in out]
     (directory / "edits.json").write_text(json.dumps(manifest, indent=1))
     return out
 
@@ -193,7 +197,7 @@ class RowOutput:
     images: torch.Tensor  # [N, 3, 32, 32] in [-1, 1], in the order of ctx.edits
     seconds: float  # spent on the edits themselves (inversion included), all of them
     setup_seconds: float = 0.0  # one-off work shared by every edit (a fine-tuning)
-    psnr: torch.Tensor | None = None  # [N] reconstruction PSNR without an edit, where the method has one
+    psnr: torch.Tensor | None = None  # [N] reconstruction PSNR without an edit, where the method has one (NaN: none)
     categories: tuple[str, ...] = CATEGORIES  # the categories the row edits (the others are left out of its rows)
     train_success: dict[str, float] | None = None  # per category, a fine-tuned method's success on its training images
 
@@ -621,8 +625,10 @@ def _dclip(ctx: Context, variant: str, schedule=None, only: tuple[str, ...] = ()
                for c in _changes(e)]
         if own:
             train[category] = sum(own) / len(own)
-    return RowOutput(images, seconds, sum(models[c][1] for c in used), psnr(recon[done], ctx.sources[done]),
-                     categories=only or CATEGORIES, train_success=train)
+    psnrs = torch.full((len(ctx.edits),), float("nan"))  # NaN: an edit this row leaves to another
+    psnrs[done] = psnr(recon[done], ctx.sources[done])
+    return RowOutput(images, seconds, sum(models[c][1] for c in used), psnrs, categories=only or CATEGORIES,
+                     train_success=train)
 
 
 @row("DiffusionCLIP full (backprop through the generative chain)")
@@ -691,25 +697,35 @@ def editing_table(ctx: Context, names: list[str], out: Path) -> None:
         for picture, e in zip(to_pil(grid), ctx.edits, strict=True):
             picture.save(out / "edits" / f"{name.split()[0].lower()}_{e.file}")
     n = len(ctx.edits)
-    rows = []
-    for name, result, report in results:
-        psnr = "-" if result.psnr is None else f"{float(result.psnr.mean()):.1f}"
-        for category, r in report.items():
-            if category not in result.categories:
-                continue
-            rows.append([name, category, r["success"], r["preserved"], round(r["outside"], 1), psnr,
-                         round(result.seconds / n, 2), round(result.setup_seconds, 1)])
-    per = n // len({e.category for e in ctx.edits})
-    table(f"Edits on held-out images ({per} per category; success and preservation read by the scorer)",
-          ["method", "edit", "success", "preserved", "Δ outside (0-255)", "inversion PSNR dB", "s/edit", "set-up s"],
-          rows)
-    tuned = [(name, result, report) for name, result, report in results if result.train_success]
-    if tuned:
-        table("Fine-tuned once, then used on images it never saw: success on its training renders against the "
-              "held-out edits above", ["method", "edit", "success on training renders", "success held out",
-                                       "gap"],
-              [[name, category, train, report[category]["success"], round(train - report[category]["success"], 3)]
-               for name, result, report in tuned for category, train in result.train_success.items()])
+    sets = sorted({e.edit_set for e in ctx.edits}, key=[e.edit_set for e in ctx.edits].index)
+    for edit_set in sets:
+        idx = [i for i, e in enumerate(ctx.edits) if e.edit_set == edit_set]
+        edits = [ctx.edits[i] for i in idx]
+        reports = [(name, result, score_edits(edits, ctx.sources[idx], result.images[idx]))
+                   for name, result, _ in results]
+        chosen_on = " (the set the rows' settings were chosen on)" if edit_set == EDIT_SEED else \
+            " (no setting was chosen on it)"
+        where = f"; edit set {edit_set}{chosen_on}" if len(sets) > 1 or edit_set != EDIT_SEED else ""
+        rows = []
+        for name, result, report in reports:
+            psnr = "-" if result.psnr is None or result.psnr[idx].isnan().all() else \
+                f"{float(result.psnr[idx].nanmean()):.1f}"
+            for category, r in report.items():
+                if category not in result.categories:
+                    continue
+                rows.append([name, category, r["success"], r["preserved"], round(r["outside"], 1), psnr,
+                             round(result.seconds / n, 2), round(result.setup_seconds, 1)])
+        per = len(edits) // len({e.category for e in edits})
+        table(f"Edits on held-out images ({per} per category{where}; success and preservation read by the scorer)",
+              ["method", "edit", "success", "preserved", "Δ outside (0-255)", "inversion PSNR dB", "s/edit",
+               "set-up s"], rows)
+        tuned = [(name, result, report) for name, result, report in reports if result.train_success]
+        if tuned:
+            table(f"Fine-tuned once, then used on images it never saw{where}: success on its training renders "
+                  "against the held-out edits above", ["method", "edit", "success on training renders",
+                                                       "success held out", "gap"],
+                  [[name, category, train, report[category]["success"], round(train - report[category]["success"], 3)]
+                   for name, result, report in tuned for category, train in result.train_success.items()])
 
 
 # ------------------------------------------------------------------------------------------------ objective
@@ -789,9 +805,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="per-attribute: each attribute's measured settings (DCLIP_PER_ATTRIBUTE); uniform: "
                     "DclipOptions' defaults for every attribute")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--edit-seed", type=int, default=EDIT_SEED,
+    ap.add_argument("--edit-seed", default=str(EDIT_SEED),
                     help=f"seed of the edits' scenes (default {EDIT_SEED}, the set the rows' settings were chosen "
-                    "on; another seed reports them on edits no setting saw, e.g. 4242 in docs/editing.md)")
+                    "on; another seed reports them on edits no setting saw, e.g. 4242 in docs/editing.md); several, "
+                    "comma-separated, run every row once over all the sets (one fine-tuning) and print a table per set")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "editing")
     args = ap.parse_args(argv)
@@ -811,7 +828,14 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(wanted_categories) - set(CATEGORIES))
         if unknown:
             ap.error(f"--categories: unknown {', '.join(unknown)}; known: {', '.join(CATEGORIES)}")
-        edits = [e for e in make_edits(n, args.edit_seed) if not wanted_categories or e.category in wanted_categories]
+        try:
+            edit_seeds = list(dict.fromkeys(int(part) for part in args.edit_seed.split(",") if part.strip()))
+        except ValueError:
+            ap.error(f"--edit-seed: {args.edit_seed!r} is not a seed or a comma-separated list of seeds")
+        if not edit_seeds:
+            ap.error("--edit-seed: name at least one seed")
+        edits = [e for seed in edit_seeds for e in make_edits(n, seed)
+                 if not wanted_categories or e.category in wanted_categories]
         edits = write_sources(edits, args.out / "sources")
         (args.out / "edits").mkdir(parents=True, exist_ok=True)
         ctx = Context(edits, read_sources(edits, args.out / "sources"), models, args.quick, args.seed,
