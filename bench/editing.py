@@ -697,7 +697,7 @@ def editing_table(ctx: Context, names: list[str], out: Path) -> None:
         for picture, e in zip(to_pil(grid), ctx.edits, strict=True):
             picture.save(out / "edits" / f"{name.split()[0].lower()}_{e.file}")
     n = len(ctx.edits)
-    sets = sorted({e.edit_set for e in ctx.edits}, key=[e.edit_set for e in ctx.edits].index)
+    sets = list(dict.fromkeys(e.edit_set for e in ctx.edits))  # in the order given
     for edit_set in sets:
         idx = [i for i, e in enumerate(ctx.edits) if e.edit_set == edit_set]
         edits = [ctx.edits[i] for i in idx]
