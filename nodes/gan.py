@@ -1,5 +1,5 @@
 """GAN nodes: StyleGAN2 loading and sampling, GAN inversion and pivotal tuning, StyleCLIP latent optimisation,
-StyleGAN-NADA.
+StyleGAN-NADA, and local rendering (an edit shown inside a region, the unedited render kept outside).
 
 Each is a thin adapter over `nodegraph.generate` (gan_inversion, pivotal_tuning, styleclip, nada, clip_objective) and
 `nodegraph.models.stylegan_checkpoint`. The long ones report every step with a preview, which is also
@@ -21,6 +21,7 @@ from nodegraph.engine.sockets import (
     CLIP_OBJECTIVE,
     GENERATOR,
     IMAGE,
+    MASK,
     NOISE,
     NOISED_CLIP,
     TEXT_EMBED,
@@ -93,6 +94,33 @@ class StyleGANRender(Node):
 
     def run(self, ctx: RunContext, generator: GanModel, latent: StyleLatent) -> tuple[Tensor]:
         return (gan_sampling.render(generator, latent),)
+
+
+class StyleGANBlendRender(Node):
+    """A local edit: renders edited latents, keeping the unedited render (the reference latent, e.g. the inversion,
+    by the reference generator, e.g. the pivotally tuned one) outside the edit region. The two renders' feature
+    maps are blended under the region at every resolution from `blend_from` px up, so the edit cannot redraw what
+    it was not asked to change and the finer layers blend the seam."""
+
+    category = "gan"
+    inputs = {
+        "generator": In(GENERATOR, description="renders the edit (an adapted generator, or the reference itself)"),
+        "latent": In(W_LATENT, description="the edited latents (a StyleCLIP edit, or the inversion for NADA)"),
+        "reference_latent": In(W_LATENT, description="the unedited latents: one per edited latent, or one for all"),
+        "edit_region": In(MASK, description="1 where the edit shows, 0 where the reference is kept (ObjectMask: "
+                          "the object for a colour edit, the background for a background edit)"),
+        "reference_generator": In(GENERATOR, optional=True, description="renders the reference (default: the "
+                                  "generator); must share its architecture"),
+        "blend_from": In("INT", default=16, min=1, max=4096, description="the coarsest resolution (px) whose maps "
+                         "are blended: the image's own size is a plain composite; lower blends the seam more "
+                         "smoothly and lets the reference hold more of the edit back"),
+    }
+    outputs = (Out(IMAGE, "images"),)
+
+    def run(self, ctx: RunContext, generator: GanModel, latent: StyleLatent, reference_latent: StyleLatent,
+            edit_region: Tensor, reference_generator: GanModel | None, blend_from: int) -> tuple[Tensor]:
+        reference = reference_generator if reference_generator is not None else generator
+        return (gan_sampling.render_keeping(generator, latent, reference, reference_latent, edit_region, blend_from),)
 
 
 class GANInvert(Node):

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 torch = lazy_import("torch")
+masks = lazy_import("nodegraph.generate.masks")
 
 
 class MaskFromRect(Node):
@@ -69,3 +70,27 @@ class InvertMask(Node):
 
     def run(self, ctx: RunContext, mask: Tensor) -> tuple[Tensor]:
         return (1 - mask,)
+
+
+class ObjectMask(Node):
+    """A mask found from the image itself: the object (what differs from the median colour of the image's border,
+    the plain ground of a Shapes World scene), grown a little, or the background around it. For editors that must
+    leave part of an image alone (StyleGANBlendRender's edit_region: the object for a colour edit, the background
+    for a background edit)."""
+
+    category = "mask"
+    inputs = {
+        "images": In(IMAGE, description="images in [-1, 1] on a plain ground (e.g. a GAN reconstruction)"),
+        "region": In("STRING", default="object", choices=("object", "background", "all"),
+                     description="what is 1: the object (grown), everything else, or all of the image (nothing "
+                     "kept: a switch for workflows)"),
+        "threshold": In("FLOAT", default=0.125, min=0.0, max=1.0, step=0.005, description="a pixel is object when "
+                        "a channel differs from the ground's colour by more than this (0..1 scale)"),
+        "grow": In("INT", default=1, min=0, max=64, description="pixels the object is grown by (its anti-aliased "
+                   "edge is object, not background)"),
+    }
+    outputs = (Out(MASK, "mask"),)
+
+    def run(self, ctx: RunContext, images: Tensor, region: str, threshold: float, grow: int) -> tuple[Tensor]:
+        found = masks.object_mask(images, threshold, grow)
+        return ({"object": found, "background": 1 - found, "all": torch.ones_like(found)}[region],)

@@ -312,6 +312,45 @@ def test_one_latent_of_a_batch_renders_as_it_did_in_the_batch(gan):
     torch.testing.assert_close(gan.render(fixed.item(2)), gan.render(fixed)[2:3])
 
 
+def test_a_blended_render_keeps_the_reference_outside_the_edit_region_and_shows_the_edit_inside(gan):
+    edited, reference = gan_sampling.sample_latents(gan, 1, 2), gan_sampling.sample_latents(gan, 2, 2)
+    plain, ref = gan.render(edited), gan.render(reference)
+    region = torch.zeros(2, 1, 16, 16)
+    region[0, :, 2:9, 3:12] = 1.0
+    region[1, :, 8:, :] = 1.0
+    # blended from the last resolution: exactly the edit inside, exactly the reference outside
+    out = gan_sampling.render_keeping(gan, edited, gan, reference, region, from_size=16)
+    torch.testing.assert_close(out * region, plain * region)
+    torch.testing.assert_close(out * (1 - region), ref * (1 - region))
+    # blended from 4 px: coarser maps carry the seam, so the kept side is close to the reference, not equal
+    coarse = gan_sampling.render_keeping(gan, edited, gan, reference, region, from_size=4)
+    kept = (1 - region).bool().expand_as(coarse)
+    assert (coarse - ref).abs()[kept].mean() < 0.5 * (plain - ref).abs()[kept].mean()
+    # nothing to show keeps the reference whole; everything to show is the plain render, at any resolution
+    torch.testing.assert_close(gan_sampling.render_keeping(gan, edited, gan, reference, torch.zeros(1, 1, 16, 16), 4),
+                               ref)
+    torch.testing.assert_close(gan_sampling.render_keeping(gan, edited, gan, reference, torch.ones(1, 1, 16, 16), 4),
+                               plain)
+    # one reference latent serves a batch of edits
+    one = gan_sampling.render_keeping(gan, edited, gan, reference.item(0), torch.zeros(1, 1, 16, 16), 16)
+    torch.testing.assert_close(one, ref[:1].expand(2, -1, -1, -1))
+
+
+def test_blended_renders_refuse_other_architectures_batches_and_masks_by_input(gan):
+    latent = gan_sampling.sample_latents(gan, 0, 2)
+    other = GanModel(tiny_generator(1, StyleGANConfig(size=16, style_dim=8, n_mlp=2, channels=(16, 12, 4))),
+                     torch.zeros(8))
+    region = torch.ones(1, 1, 16, 16)
+    cases = [((gan, latent, other, latent, region), "reference_generator"),
+             ((gan, latent, gan, gan_sampling.sample_latents(gan, 0, 3), region), "reference_latent"),
+             ((gan, latent, gan, latent, torch.ones(3, 1, 16, 16)), "edit_region"),
+             ((gan, latent, gan, latent, torch.ones(1, 3, 16, 16)), "edit_region")]
+    for args, name in cases:
+        with pytest.raises(InputValueError) as err:
+            gan_sampling.render_keeping(*args, from_size=8)
+        assert err.value.input == name
+
+
 # ------------------------------------------------------------------------------------------------ pivotal tuning
 @pytest.fixture(scope="module")
 def off_manifold() -> torch.Tensor:

@@ -20,7 +20,7 @@ from nodegraph.engine.api import Engine
 from nodegraph.engine.context import RunContext
 from nodegraph.engine.node import In, Node, Out
 from nodegraph.engine.registry import Registry
-from nodegraph.errors import Interrupted, NodeExecutionError, WorkflowError
+from nodegraph.errors import InputValueError, Interrupted, NodeExecutionError, WorkflowError
 from nodegraph.generate.embeddings import slerp, text_direction
 from nodegraph.models.checkpoint import load_state_dict
 from nodegraph.world.scorer import score
@@ -468,6 +468,48 @@ def test_mask_from_image_thresholds_channels_and_invert_mask(shared):
     # Strictly brighter than the threshold: nothing exceeds 1, and black (25/255) exceeds 0.
     assert masks(white_on_black, "luminance", 1.0).sum() == 0
     assert masks(white_on_black, "luminance", 0.0).sum() == 32 * 32
+
+
+@pytest.mark.parametrize("prompt", ["a small red triangle on the left on a blue background",
+                                    "a large white cross in the center on a black background",
+                                    "a large yellow circle at the bottom on a white background"])
+def test_object_mask_finds_the_shape_on_its_ground_and_the_background_is_its_complement(shared, prompt):
+    from nodegraph.world.captions import parse_prompt
+    from nodegraph.world.scene import PALETTE
+
+    graph = {
+        "image": node("RenderScene", caption=prompt, resolution=32),
+        "tight": node("ObjectMask", images=["image", 0], grow=0),
+        "grown": node("ObjectMask", images=["image", 0], grow=1),
+        "ground": node("ObjectMask", images=["image", 0], region="background", grow=1),
+        "all": node("ObjectMask", images=["image", 0], region="all"),
+        "t": preview("tight"), "g": preview("grown"), "b": preview("ground"), "i": preview("image"), "a": preview("all"),
+    }
+    result = shared.run(graph)
+    assert bool((value(result, "a") == 1).all())
+    tight, grown, ground, image = (value(result, k)[0, 0] if k != "i" else value(result, k)[0] for k in "tgbi")
+    spec = parse_prompt(prompt)
+    shape = torch.tensor(PALETTE[spec.shapes[0].color], dtype=torch.float32).view(3, 1, 1) / 127.5 - 1
+    ground_colour = torch.tensor(PALETTE[spec.background], dtype=torch.float32).view(3, 1, 1) / 127.5 - 1
+    # every pixel nearer the shape's colour than the ground's is the object, every pure ground pixel is not
+    nearer_shape = (image - shape).abs().sum(0) < (image - ground_colour).abs().sum(0)
+    pure_ground = (image - ground_colour).abs().amax(0) < 1e-3
+    assert nearer_shape.any() and bool(tight[nearer_shape].all()) and not tight[pure_ground].any()
+    # growing covers the anti-aliased edge and one more pixel; the background side is the grown object's complement
+    assert bool((grown >= tight).all()) and grown.sum() > tight.sum()
+    assert torch.equal(ground, 1 - grown)
+
+
+def test_object_mask_refuses_what_it_cannot_read_naming_the_input():
+    from nodegraph.generate.masks import object_mask
+
+    for images, name in ((torch.zeros(1, 3, 2, 2), "images"), (torch.zeros(1, 1, 8, 8), "images")):
+        with pytest.raises(InputValueError) as err:
+            object_mask(images)
+        assert err.value.input == name
+    with pytest.raises(InputValueError) as err:
+        object_mask(torch.zeros(1, 3, 8, 8), grow=-1)
+    assert err.value.input == "grow"
 
 
 # ------------------------------------------------------------------------------------------- World

@@ -24,11 +24,15 @@ rather than building one weight per sample (the equivalent "non-fused" form, fas
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+# after_block(level, features, rgb) -> (features, rgb): a look at (or a change of) the synthesis after each resolution
+BlockHook = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass
@@ -290,13 +294,17 @@ class Generator(nn.Module):
         return w if w.dim() == 3 else w.unsqueeze(1).expand(-1, self.n_latent, -1)
 
     def synthesis(self, w_plus: Tensor, noise: list[Tensor | None] | None = None,
-                  style_offsets: list[Tensor | None] | tuple[Tensor | None, ...] | None = None) -> Tensor:
+                  style_offsets: list[Tensor | None] | tuple[Tensor | None, ...] | None = None,
+                  after_block: BlockHook | None = None) -> Tensor:
         """Images [B, 3, size, size] (about [-1, 1]) from W+ [B, n_latent, D] (or W [B, D]).
 
         `noise`: one map per styled conv ([B or 1, 1, r, r]), or None entries / None for fresh noise.
         `style_offsets`: one per modulated convolution in `style_layers()` order ([B or 1, width] added to its style
         vector, None = unmoved): an edit in S (StyleSpace), finer than a W+ entry, which moves every channel of a
         conv and of the toRGB beside it together.
+        `after_block(level, features, rgb)`: called after each resolution (level 0 = 4 px) with its feature maps
+        and the RGB image summed so far; what it returns continues the synthesis (local editing blends another
+        render's maps in here: `generate.gan_sampling.render_keeping`).
         """
         w_plus = self.broadcast(w_plus)
         if w_plus.shape[1] != self.n_latent:
@@ -308,11 +316,15 @@ class Generator(nn.Module):
             raise ValueError(f"{len(s)} style offsets; this generator has {n_styles} modulated convs")
         out = self.conv1(self.input(w_plus.shape[0]), w_plus[:, 0], noise[0], s[0])
         skip = self.to_rgb1(out, w_plus[:, 1], offset=s[1])
+        if after_block is not None:
+            out, skip = after_block(0, out, skip)
         i = 1
         for j, to_rgb in enumerate(self.to_rgbs):
             out = self.convs[2 * j](out, w_plus[:, i], noise[2 * j + 1], s[2 + 3 * j])
             out = self.convs[2 * j + 1](out, w_plus[:, i + 1], noise[2 * j + 2], s[3 + 3 * j])
             skip = to_rgb(out, w_plus[:, i + 2], skip, offset=s[4 + 3 * j])
+            if after_block is not None:
+                out, skip = after_block(j + 1, out, skip)
             i += 2
         return skip
 
@@ -433,10 +445,10 @@ def latent_noise(net: Generator, latent: StyleLatent, device: torch.device) -> l
     return latent.noise_on(device) if latent.noise is not None else [n.to(device) for n in net.fixed_noise()]
 
 
-def render_latent(net: Generator, latent: StyleLatent) -> Tensor:
+def render_latent(net: Generator, latent: StyleLatent, after_block: BlockHook | None = None) -> Tensor:
     """Differentiable rendering of a latent (the generator's fixed noise where the latent has none)."""
     device = latent.w.device
-    return net.synthesis(latent.w, latent_noise(net, latent, device), latent.styles_on(device))
+    return net.synthesis(latent.w, latent_noise(net, latent, device), latent.styles_on(device), after_block)
 
 
 def count_params(net: nn.Module) -> int:
