@@ -483,7 +483,8 @@ def test_object_mask_finds_the_shape_on_its_ground_and_the_background_is_its_com
         "grown": node("ObjectMask", images=["image", 0], grow=1),
         "ground": node("ObjectMask", images=["image", 0], region="background", grow=1),
         "all": node("ObjectMask", images=["image", 0], region="all"),
-        "t": preview("tight"), "g": preview("grown"), "b": preview("ground"), "i": preview("image"), "a": preview("all"),
+        "t": preview("tight"), "g": preview("grown"), "b": preview("ground"), "i": preview("image"),
+        "a": preview("all"),
     }
     result = shared.run(graph)
     assert bool((value(result, "a") == 1).all())
