@@ -258,6 +258,20 @@ STYLECLIP_PTI = {"colour": {"layers": (5, 6, 7), "space": "s", "lr": 0.05, "l2_l
                  "background": {"layers": (2, 3, 4, 5, 6, 7), "l2_lambda": 0.0}}
 
 
+# The local rows: a background edit rendered with the pivot's render kept on the shape, found from the source's own
+# pixels (`generate.masks.object_mask`, the workflows' ObjectMask node, grown by GROUND_GROW px), the two renders'
+# maps blended from KEEP_FROM px up. Shape edits are left out: their region (the shape, grown) kept less and made
+# fewer edits than the plain render on 12 colour edits of each set (docs/editing.md).
+GROUND_GROW, KEEP_FROM = 0, 16
+
+
+def background_regions(ctx: Context) -> torch.Tensor:
+    """[N, 1, 32, 32]: 1 where each edit may change the image: everything but the source's shape."""
+    from nodegraph.generate.masks import object_mask
+
+    return 1 - object_mask(ctx.sources, grow=GROUND_GROW)
+
+
 def pivotal_tuning(ctx: Context) -> tuple[list[object], list[object], torch.Tensor, float]:
     """Per source: its inverted latent and a copy of the generator tuned to render it as the source (PTI, one copy
     per image as in the paper), with the tuned reconstructions' PSNR and the seconds spent, inversion included;
@@ -282,22 +296,47 @@ def pivotal_tuning(ctx: Context) -> tuple[list[object], list[object], torch.Tens
     return ctx.shared["pivotal_tuning"]
 
 
+def styleclip_pti_edits(ctx: Context) -> tuple[list[tuple[object, object]], torch.Tensor, float]:
+    """Per edit: (the generator tuned to its image, the StyleCLIP-edited latent), the tuned reconstructions' PSNR
+    and the seconds spent; computed once for the plain and the local row."""
+    if "styleclip_pti" not in ctx.shared:
+        from nodegraph.generate.styleclip import StyleCLIPSettings, edit
+
+        pivots, tuned, psnr, tune_seconds = pivotal_tuning(ctx)
+        objective, steps = ctx.objective(), 40 if ctx.quick else 100
+        start = time.perf_counter()
+        edits = []
+        for i, e in enumerate(ctx.edits):
+            settings = StyleCLIPSettings(steps=steps, **STYLECLIP_PTI.get(e.category, {}))
+            latent, _ = edit(tuned[i], pivots[i], objective, [e.target_caption], settings,
+                             generator=torch.Generator().manual_seed(ctx.seed + i))
+            edits.append((tuned[i], latent))
+        ctx.shared["styleclip_pti"] = (edits, psnr, tune_seconds + time.perf_counter() - start)
+    return ctx.shared["styleclip_pti"]
+
+
 @row("StyleCLIP after pivotal tuning (PTI, per image)")
 def styleclip_pti_row(ctx: Context) -> RowOutput:
     """The inversion above as the pivot, the generator tuned to render it as the source, then a StyleCLIP edit
     (`STYLECLIP_PTI`) rendered by that generator; PSNR is the tuned reconstruction's."""
-    from nodegraph.generate.styleclip import StyleCLIPSettings, edit
+    edits, psnr, seconds = styleclip_pti_edits(ctx)
+    return RowOutput(torch.cat([gan.render(latent) for gan, latent in edits]), seconds, psnr=psnr)
 
-    pivots, tuned, psnr, tune_seconds = pivotal_tuning(ctx)
-    objective, steps = ctx.objective(), 40 if ctx.quick else 100
+
+@row(f"StyleCLIP after PTI, local (the shape kept from {KEEP_FROM} px)")
+def styleclip_local_row(ctx: Context) -> RowOutput:
+    """The background edits of the row above rendered with the pivot's render kept on the shape
+    (`background_regions`; `gan_sampling.render_keeping`)."""
+    from nodegraph.generate.gan_sampling import render_keeping
+
+    edits, psnr, seconds = styleclip_pti_edits(ctx)
+    pivots, regions = pivotal_tuning(ctx)[0], background_regions(ctx)
     start = time.perf_counter()
-    images = []
-    for i, e in enumerate(ctx.edits):
-        settings = StyleCLIPSettings(steps=steps, **STYLECLIP_PTI.get(e.category, {}))
-        _, image = edit(tuned[i], pivots[i], objective, [e.target_caption], settings,
-                        generator=torch.Generator().manual_seed(ctx.seed + i))
-        images.append(image)
-    return RowOutput(torch.cat(images), tune_seconds + time.perf_counter() - start, psnr=psnr)
+    images = ctx.sources.clone()
+    for i, (gan, latent) in enumerate(edits):
+        if ctx.edits[i].category == "background":
+            images[i : i + 1] = render_keeping(gan, latent, gan, pivots[i], regions[i : i + 1], KEEP_FROM)
+    return RowOutput(images, seconds + time.perf_counter() - start, psnr=psnr, categories=("background",))
 
 
 # NADA after pivotal tuning, per category (the node's `trainable_layers`, `lr` and `latent`), from a sweep on 12
@@ -307,22 +346,47 @@ NADA_PTI = {"colour": {"trainable_layers": (5, 6)}, "background": {"trainable_la
 NADA_PTI_LR = 0.02
 
 
+def nada_pti_edits(ctx: Context) -> tuple[list[object], torch.Tensor, float]:
+    """Per edit, the generator tuned to its image and then adapted by NADA with the image's pivot trained on beside
+    the sampled codes (`NADA_PTI`); PSNR and seconds as `styleclip_pti_edits`."""
+    if "nada_pti" not in ctx.shared:
+        from nodegraph.generate.nada import NadaSettings, adapt
+
+        pivots, tuned, psnr, tune_seconds = pivotal_tuning(ctx)
+        objective = ctx.objective()
+        start = time.perf_counter()
+        adapted = []
+        for i, e in enumerate(ctx.edits):
+            settings = NadaSettings(steps=20 if ctx.quick else 80, lr=NADA_PTI_LR, **NADA_PTI.get(e.category, {}))
+            adapted.append(adapt(tuned[i], objective, e.source_caption, e.target_caption, settings,
+                                 pivots=pivots[i], generator=torch.Generator().manual_seed(ctx.seed + i)))
+        ctx.shared["nada_pti"] = (adapted, psnr, tune_seconds + time.perf_counter() - start)
+    return ctx.shared["nada_pti"]
+
+
 @row("StyleGAN-NADA after pivotal tuning (pivot in the batch)")
 def nada_pti_row(ctx: Context) -> RowOutput:
-    """Each edit adapts the generator tuned to its image, with the image's pivot trained on beside the sampled
-    codes (`NADA_PTI`), and renders the pivot with the adapted generator."""
-    from nodegraph.generate.nada import NadaSettings, adapt
+    """Each edit's adapted generator renders the image's pivot."""
+    adapted, psnr, seconds = nada_pti_edits(ctx)
+    pivots = pivotal_tuning(ctx)[0]
+    return RowOutput(torch.cat([gan.render(pivots[i]) for i, gan in enumerate(adapted)]), seconds, psnr=psnr)
 
-    pivots, tuned, psnr, tune_seconds = pivotal_tuning(ctx)
-    objective = ctx.objective()
+
+@row(f"StyleGAN-NADA after PTI, local (the shape kept from {KEEP_FROM} px)")
+def nada_local_row(ctx: Context) -> RowOutput:
+    """The row above's background edits with the tuned generator's render of the pivot kept on the shape (as the
+    StyleCLIP local row)."""
+    from nodegraph.generate.gan_sampling import render_keeping
+
+    adapted, psnr, seconds = nada_pti_edits(ctx)
+    pivots, tuned = pivotal_tuning(ctx)[:2]
+    regions = background_regions(ctx)
     start = time.perf_counter()
-    images = []
-    for i, e in enumerate(ctx.edits):
-        settings = NadaSettings(steps=20 if ctx.quick else 80, lr=NADA_PTI_LR, **NADA_PTI.get(e.category, {}))
-        adapted = adapt(tuned[i], objective, e.source_caption, e.target_caption, settings, pivots=pivots[i],
-                        generator=torch.Generator().manual_seed(ctx.seed + i))
-        images.append(adapted.render(pivots[i]))
-    return RowOutput(torch.cat(images), tune_seconds + time.perf_counter() - start, psnr=psnr)
+    images = ctx.sources.clone()
+    for i, gan in enumerate(adapted):
+        if ctx.edits[i].category == "background":
+            images[i : i + 1] = render_keeping(gan, pivots[i], tuned[i], pivots[i], regions[i : i + 1], KEEP_FROM)
+    return RowOutput(images, seconds + time.perf_counter() - start, psnr=psnr, categories=("background",))
 
 
 @row("StyleGAN-NADA (per edit)")
