@@ -107,8 +107,8 @@ class StyleGANBlendRender(Node):
         "generator": In(GENERATOR, description="renders the edit (an adapted generator, or the reference itself)"),
         "latent": In(W_LATENT, description="the edited latents (a StyleCLIP edit, or the inversion for NADA)"),
         "reference_latent": In(W_LATENT, description="the unedited latents: one per edited latent, or one for all"),
-        "edit_region": In(MASK, description="1 where the edit shows, 0 where the reference is kept (ObjectMask: "
-                          "the object for a colour edit, the background for a background edit)"),
+        "edit_region": In(MASK, description="1 where the edit shows, 0 where the reference is kept (ObjectMask's "
+                          "background for a background edit keeps the shape: docs/editing.md)"),
         "reference_generator": In(GENERATOR, optional=True, description="renders the reference (default: the "
                                   "generator); must share its architecture"),
         "blend_from": In("INT", default=16, min=1, max=4096, description="the coarsest resolution (px) whose maps "

@@ -1,5 +1,5 @@
-"""Masks for inpainting. MASK sockets hold [B, 1, H, W] floats in [0, 1], 1 = the region to generate
-(as LoadImage reads it from transparency, and as ComfyUI does)."""
+"""Masks for inpainting and local edits. MASK sockets hold [B, 1, H, W] floats in [0, 1], 1 = the region to
+generate or edit (as LoadImage reads it from transparency, and as ComfyUI does)."""
 
 from __future__ import annotations
 
@@ -75,8 +75,8 @@ class InvertMask(Node):
 class ObjectMask(Node):
     """A mask found from the image itself: the object (what differs from the median colour of the image's border,
     the plain ground of a Shapes World scene), grown a little, or the background around it. For editors that must
-    leave part of an image alone (StyleGANBlendRender's edit_region: the object for a colour edit, the background
-    for a background edit)."""
+    leave part of an image alone (StyleGANBlendRender's edit_region: the background, for a background edit that
+    must keep the shape)."""
 
     category = "mask"
     inputs = {
