@@ -258,10 +258,10 @@ STYLECLIP_PTI = {"colour": {"layers": (5, 6, 7), "space": "s", "lr": 0.05, "l2_l
                  "background": {"layers": (2, 3, 4, 5, 6, 7), "l2_lambda": 0.0}}
 
 
-# The local rows: a background edit rendered with the pivot's render kept on the shape, found from the source's own
-# pixels (`generate.masks.object_mask`, the workflows' ObjectMask node, grown by GROUND_GROW px), the two renders'
-# maps blended from KEEP_FROM px up. Shape edits are left out: their region (the shape, grown) kept less and made
-# fewer edits than the plain render on 12 colour edits of each set (docs/editing.md).
+# The local rows (GAN and DiffusionCLIP): a background edit that keeps the source's shape, found from the source's own
+# pixels (`generate.masks.object_mask`, the workflows' ObjectMask node, grown by GROUND_GROW px); the GAN rows blend
+# the two renders' maps from KEEP_FROM px up. Shape edits are left out: their region (the shape, grown) kept less
+# and made fewer edits than the plain GAN render on 12 colour edits of each set (docs/editing.md).
 GROUND_GROW, KEEP_FROM = 0, 16
 
 
@@ -657,7 +657,8 @@ def dclip_models(ctx: Context, variant: str) -> dict[tuple[str, str], tuple[obje
     return models
 
 
-def _dclip(ctx: Context, variant: str, schedule=None, only: tuple[str, ...] = ()) -> RowOutput:
+def _dclip(ctx: Context, variant: str, schedule=None, only: tuple[str, ...] = (),
+           regions: torch.Tensor | None = None) -> RowOutput:
     from nodegraph.generate import diffusionclip as D
     from nodegraph.generate.gan_inversion import psnr
 
@@ -677,7 +678,8 @@ def _dclip(ctx: Context, variant: str, schedule=None, only: tuple[str, ...] = ()
         start = time.perf_counter()
         latents = D.invert(decoder, ctx.sources[idx], o.t0, DCLIP_INVERT_STEPS, inverted_under)
         images[idx] = D.edit(decoder, tuned, ctx.sources[idx], schedule=schedule if len(tuned) > 1 else None,
-                             condition=condition, latents=latents, **kwargs)
+                             condition=condition, latents=latents,
+                             edit_region=None if regions is None else regions[idx], **kwargs)
         seconds += time.perf_counter() - start
         # the reconstruction: the original decoder regenerating the same latents under the source condition
         recon[idx] = D.edit(decoder, decoder, ctx.sources[idx], condition=inverted_under, latents=latents, **kwargs)
@@ -703,6 +705,14 @@ def dclip_full_row(ctx: Context) -> RowOutput:
 @row("DiffusionCLIP GPU-efficient (an update per step)")
 def dclip_efficient_row(ctx: Context) -> RowOutput:
     return _dclip(ctx, "efficient")
+
+
+@row("DiffusionCLIP GPU-efficient, local (the shape kept)")
+def dclip_local_row(ctx: Context) -> RowOutput:
+    """The row above's background models editing only outside the source's shape (`background_regions`): after
+    every step the shape's pixels are put back on the image's own inversion path (`diffusionclip.edit`'s
+    `edit_region`)."""
+    return _dclip(ctx, "efficient", only=("background",), regions=background_regions(ctx))
 
 
 @row("DiffusionCLIP multi-attribute, scheduled (kind model above 0.2 T, colour model below)")

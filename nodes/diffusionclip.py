@@ -134,16 +134,21 @@ class DiffusionCLIPEdit(Node):
                    "(keeps the image); noise: stochastic forward to t0 (images unlike the training data)"),
         "caption": _CAPTION,
         "inversion_caption": _INVERSION_CAPTION,
+        "edit_region": In(MASK, optional=True, description="makes the edit local: 1 where it shows; elsewhere the "
+                          "image is kept, pixel for pixel, and the model fills the region to fit it (ObjectMask's "
+                          "background for a background edit)"),
         "seed": _SEED,
     }
     outputs = (Out(IMAGE, "images"),)
 
     def run(self, ctx: RunContext, original: DiffusionModel, decoder: DiffusionModel, images: Tensor, t0: int,
-            invert_steps: int, generate_steps: int, mode: str, caption, inversion_caption, seed: int) -> tuple[Tensor]:
+            invert_steps: int, generate_steps: int, mode: str, caption, inversion_caption, edit_region: Tensor | None,
+            seed: int) -> tuple[Tensor]:
         latents = _inverted(original, images, t0, invert_steps, inversion_caption) if mode == "invert" else None
         return (dclip.edit(original, decoder, images, t0=t0, invert_steps=invert_steps,
                            generate_steps=generate_steps, condition=_condition(caption), latents=latents, mode=mode,
-                           generator=ctx.generator(seed, "cpu"), callback=optimisation_callback(ctx)),)
+                           edit_region=edit_region, generator=ctx.generator(seed, "cpu"),
+                           callback=optimisation_callback(ctx)),)
 
 
 def parse_schedule(text: str, n: int) -> list[tuple[float, float]] | None:

@@ -110,6 +110,29 @@ def test_edit_reuses_the_model_on_new_images_and_mixes_several(tiny):
     torch.testing.assert_close(a, b)
 
 
+def test_a_local_edit_keeps_the_image_outside_its_region_and_edits_inside(tiny):
+    decoder = tiny["decoder"]
+    tuned = D.finetune(decoder, tiny["objective"], _images(), CAPTION, TARGET, FAST,
+                       generator=torch.Generator().manual_seed(0))
+    new = _images(2, seed=7)
+    kwargs = {"t0": FAST.t0, "invert_steps": FAST.invert_steps, "generate_steps": FAST.generate_steps}
+    plain = D.edit(decoder, tuned, new, **kwargs)
+    region = torch.zeros(2, 1, 32, 32)
+    region[0, :, 4:20, 6:30] = 1.0
+    region[1, :, 16:, :] = 1.0
+    local = D.edit(decoder, tuned, new, edit_region=region, **kwargs)
+    inside, outside = region.bool().expand_as(new), ~region.bool().expand_as(new)
+    torch.testing.assert_close(local[outside], new[outside], rtol=0, atol=0)  # the image itself, pixel for pixel
+    assert (local[inside] - new[inside]).abs().mean() > 0.5 * (plain[inside] - new[inside]).abs().mean() > 0
+    # everything editable is the plain edit; one region serves a batch; a region of another size is resized
+    torch.testing.assert_close(D.edit(decoder, tuned, new, edit_region=torch.ones(1, 1, 32, 32), **kwargs), plain)
+    half = D.edit(decoder, tuned, new, edit_region=torch.ones(1, 1, 8, 8).tril(), **kwargs)
+    assert half.shape == new.shape
+    with pytest.raises(InputValueError) as err:
+        D.edit(decoder, tuned, new, edit_region=torch.ones(3, 1, 32, 32), **kwargs)
+    assert err.value.input == "edit_region"
+
+
 def test_an_edit_generating_under_the_target_caption_starts_from_the_inversion_under_the_source(tiny):
     """condition "target": the latents come from an inversion under the image's own caption, then the models
     generate under the target caption; given latents replace the edit's own inversion and nothing else."""
@@ -291,6 +314,16 @@ def test_nodes_fine_tune_once_and_edit_new_images_from_the_cache(tiny):
     assert "edit" in again.executed and "finetune" not in again.executed
 
 
+def test_the_edit_node_keeps_the_image_outside_its_edit_region(tiny):
+    nodes = {**NODES, "o_image": {"class_type": "Preview", "inputs": {"value": ["p_image", 0]}},
+             "o_mask": {"class_type": "Preview", "inputs": {"value": ["p_mask", 0]}}}
+    nodes["edit"] = {**NODES["edit"], "inputs": {**NODES["edit"]["inputs"], "edit_region": ["p_mask", 0]}}
+    out = {k: v["value"] for k, v in tiny["engine"].run({**PRODUCERS, **nodes}).outputs.items()}
+    kept = ~out["o_mask"].bool().expand_as(out["o_edit"])
+    assert kept.any() and not kept.all()
+    torch.testing.assert_close(out["o_edit"][kept], out["o_image"][kept], rtol=0, atol=0)
+
+
 def test_the_nodes_fine_tune_and_edit_under_the_target_caption(tiny):
     """condition "target" on the fine-tuning node; the edit nodes invert under `inversion_caption` and generate
     under `caption`, as the library does with latents from an inversion under the source caption."""
@@ -406,3 +439,26 @@ def test_a_workflows_step_params_reach_fine_tuning_and_editing_alike(engine, nam
 def test_diffusionclip_workflow_runs_on_the_bundled_models(tmp_path, name, monkeypatch):
     result = run_bundled_workflow(name, WORKFLOW_FAST[name], tmp_path, monkeypatch)
     assert result.files and 0.0 <= result.outputs["score"]["attribute_accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_a_local_background_edit_keeps_the_shape_of_the_users_image(tmp_path, monkeypatch):
+    from nodegraph.engine.imageio import read_image, to_pil
+    from nodegraph.generate.masks import object_mask
+    from nodegraph.models.resize import fit_square
+    from nodegraph.world.render import render, to_model_range
+    from nodegraph.world.scene import Scene, Shape
+
+    # the user's own image, 128 x 96 (not square, not the decoder's size): centre-cropped, and the region with it
+    scene = Scene("blue", (Shape("circle", "red", "large", "center"),))
+    to_pil(to_model_range(render([scene], 128))[..., 16:112, :])[0].save(tmp_path / "mine.png")
+    params = {**WORKFLOW_FAST["diffusionclip_edit"], "image": "mine.png", "edit_region": "background",
+              "target": "a large red circle in the center on a yellow background"}
+    run_bundled_workflow("diffusionclip_edit", params, tmp_path, monkeypatch)
+    [edit_file] = tmp_path.glob("diffusionclip_edit_*.png")
+    edit, mine = read_image(edit_file)[0], read_image(tmp_path / "mine.png")[0]
+    source = fit_square(mine, edit.shape[-1])
+    shape = (fit_square(object_mask(mine), edit.shape[-1]) == 1).expand_as(edit)  # wholly shape at 32 px
+    assert shape.any() and not shape.all()
+    torch.testing.assert_close(edit[shape], source[shape], atol=1 / 127.5, rtol=0)
+    assert (edit[~shape] - source[~shape]).abs().mean() > 0.05  # the background was regenerated

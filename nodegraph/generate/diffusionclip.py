@@ -315,6 +315,23 @@ def _first(text: TextEncoding | Text) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ editing
+def _inversion_path(model: DiffusionModel, images: Tensor, ts: list[int], condition: Condition | None,
+                    region: Tensor, batch: int) -> tuple[Tensor, dict[int, Tensor]]:
+    """(the edit region at the model's resolution, {timestep: the images' DDIM inversion at it}, -1: the images)."""
+    size = model.image_size
+    if region.dim() != 4 or region.shape[1] != 1 or region.shape[0] not in (1, batch):
+        raise InputValueError("edit_region", f"expected a mask [1 or {batch}, 1, H, W], got {tuple(region.shape)}")
+    region = fit_square(region.to(model.device).float().clamp(0, 1), size)  # cropped as the images are
+    clean = fit_square(images.to(model.device).float(), size)
+    path = {-1: clean}
+
+    def record(k: int, n: int, x: Tensor, x0: Tensor) -> None:
+        path[ts[n - k]] = x  # the k-th inversion step reaches ts[n - k] (walking the chain from its end)
+
+    ddim_invert(model.diffusion, _model_fn(model, condition, clean.shape[0]), clean, ts, callback=record)
+    return region, path
+
+
 def schedule_weights(n_models: int, timesteps: Sequence[int], num_timesteps: int,
                      schedule: Sequence[tuple[float, float]] | None) -> Tensor:
     """[steps, models] weights summing to 1 per step. `schedule` gives each model the span of noise levels
@@ -345,6 +362,7 @@ def edit(
     latents: Tensor | None = None,
     schedule: Sequence[tuple[float, float]] | None = None,
     mode: str = "invert",
+    edit_region: Tensor | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> Tensor:
@@ -352,7 +370,10 @@ def edit(
     process, for images unlike the training data), then DDIM with the fine-tuned model(s), several models'
     predictions mixed by `schedule_weights`. Needs no training: any image, any number of times. `latents`: the
     images' x_t0 when already computed (an inversion under another condition than the one the models generate
-    under, say), in place of `mode`'s."""
+    under, say), in place of `mode`'s. `edit_region` [B or 1, 1, H, W] (1 = the edit shows) makes the edit local:
+    after every step, outside the region x is put back on the images' own DDIM-inversion path at that step
+    (the original model under `condition`, on the generative chain), so what is kept stays the image and the
+    model fills the region to fit it, as a latent blend."""
     models = [models] if isinstance(models, DiffusionModel) else list(models)
     if not models:
         raise InputValueError("decoder", "connect at least one fine-tuned decoder")
@@ -376,6 +397,8 @@ def edit(
     ts = chain(t0, generate_steps)
     weights = schedule_weights(len(models), ts, original.diffusion.num_timesteps, schedule).to(x)
     fns = [_model_fn(m, condition, x.shape[0]) for m in models]
+    kept = _inversion_path(original, images, ts, condition, edit_region, x.shape[0]) if edit_region is not None \
+        else None
 
     def mixed(i: int) -> G.ModelFn:
         # a convex mix of the models' outputs; the ε (and x̂0) a v- or ε-output implies is linear in it
@@ -383,6 +406,9 @@ def edit(
 
     for i, (t, s) in enumerate(zip(ts, [*ts[1:], -1], strict=True)):
         x, _ = _step(mixed(i), original.diffusion, x, t, s)
+        if kept is not None:
+            region, path = kept
+            x = torch.lerp(path[s], x, region)
         if callback is not None:
             callback(i + 1, len(ts), x.clamp(-1, 1))
     return x.clamp(-1, 1)
