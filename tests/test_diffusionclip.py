@@ -21,6 +21,7 @@ from fixtures_models import CAPTION, PRODUCERS, TIMESTEPS, build_tiny_models
 
 TARGET = "a large green circle on the left on a blue background"
 FAST = D.FinetuneSettings(t0=20, invert_steps=4, generate_steps=3, iterations=2, batch=2, lr=1e-3)
+EDIT = {"t0": FAST.t0, "invert_steps": FAST.invert_steps, "generate_steps": FAST.generate_steps}  # edits under FAST
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
         yield {"decoder": decoder, "clip": clip, "objective": ClipObjective.plain(clip),
                "engine": Engine("cpu", input_dir=root, output_dir=root / "out", plugins=False)}
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny) -> DiffusionModel:
+    """The decoder fine-tuned under FAST on three fixed images (shared by the edit tests, which do not change it)."""
+    return D.finetune(tiny["decoder"], tiny["objective"], _images(), CAPTION, TARGET, FAST,
+                      generator=torch.Generator().manual_seed(0))
 
 
 def _images(n: int = 3, seed: int = 0) -> torch.Tensor:
@@ -89,12 +97,8 @@ def test_the_efficient_variant_backpropagates_through_one_step_at_a_time(tiny):
     assert seen["full"] == [False, True, True]
 
 
-def test_edit_reuses_the_model_on_new_images_and_mixes_several(tiny):
-    decoder = tiny["decoder"]
-    tuned = D.finetune(decoder, tiny["objective"], _images(), CAPTION, TARGET, FAST,
-                       generator=torch.Generator().manual_seed(0))
-    new = _images(2, seed=5)
-    kwargs = {"t0": FAST.t0, "invert_steps": FAST.invert_steps, "generate_steps": FAST.generate_steps}
+def test_edit_reuses_the_model_on_new_images_and_mixes_several(tiny, tuned):
+    decoder, new, kwargs = tiny["decoder"], _images(2, seed=5), EDIT
     edited = D.edit(decoder, tuned, new, **kwargs)
     assert edited.shape == new.shape and edited.abs().max() <= 1
     # the original decoder regenerates (close to) the image; the fine-tuned one does not
@@ -110,12 +114,8 @@ def test_edit_reuses_the_model_on_new_images_and_mixes_several(tiny):
     torch.testing.assert_close(a, b)
 
 
-def test_a_local_edit_keeps_the_image_outside_its_region_and_edits_inside(tiny):
-    decoder = tiny["decoder"]
-    tuned = D.finetune(decoder, tiny["objective"], _images(), CAPTION, TARGET, FAST,
-                       generator=torch.Generator().manual_seed(0))
-    new = _images(2, seed=7)
-    kwargs = {"t0": FAST.t0, "invert_steps": FAST.invert_steps, "generate_steps": FAST.generate_steps}
+def test_a_local_edit_keeps_the_image_outside_its_region_and_edits_inside(tiny, tuned):
+    decoder, new, kwargs = tiny["decoder"], _images(2, seed=7), EDIT
     plain = D.edit(decoder, tuned, new, **kwargs)
     region = torch.zeros(2, 1, 32, 32)
     region[0, :, 4:20, 6:30] = 1.0
@@ -141,8 +141,7 @@ def test_an_edit_generating_under_the_target_caption_starts_from_the_inversion_u
     tuned = D.finetune(decoder, tiny["objective"], _images(2), CAPTION, TARGET, FAST, condition=target,
                        latents=D.invert(decoder, _images(2), FAST.t0, FAST.invert_steps, source),
                        generator=torch.Generator().manual_seed(0))
-    new = _images(2, seed=5)
-    kwargs = {"t0": FAST.t0, "invert_steps": FAST.invert_steps, "generate_steps": FAST.generate_steps}
+    new, kwargs = _images(2, seed=5), EDIT
     under_source = D.invert(decoder, new, FAST.t0, FAST.invert_steps, source)
     # given latents from the edit's own inversion: the same edit
     torch.testing.assert_close(D.edit(decoder, tuned, new, condition=source, latents=under_source, **kwargs),
