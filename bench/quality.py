@@ -4,6 +4,7 @@
     python bench/quality.py --quick      # smaller prompt sets, same sections
     python bench/quality.py --only clip,pipeline,speed
     python bench/quality.py --only speed --threads 1   # torch threads: N, or auto (the CLI's policy; default)
+    python bench/quality.py --only speed --compile     # and the job with the UNets compiled (torch.compile)
 
 Sections: clip (retrieval), pipeline (DALL·E 2 / GLIDE / unconditional accuracy), upsampler, inpaint,
 classifier, noised_clip, speed (the main job's warm time per model beside its FLOP floor measured in the same
@@ -33,6 +34,7 @@ from nodegraph import weights
 from nodegraph.generate.conditions import ClassifierTerm, ClipTerm, Condition, Guidance
 from nodegraph.generate.sampling import SamplerSettings, inpaint, invert, run_denoiser, sample_prior, upsample
 from nodegraph.models import loader
+from nodegraph.models.diffusion_model import UNET_KINDS
 from nodegraph.world.captions import PromptSpec, ShapeSpec, caption, parse_prompt
 from nodegraph.world.render import render, to_model_range
 from nodegraph.world.scene import random_scenes
@@ -237,6 +239,8 @@ def sec_speed(m: Models, q: bool) -> None:
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     ok = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
     variants = {"auto": PrecisionModels(m, "auto"), "fp32": m, "bf16": PrecisionModels(m, "bf16")}
+    if COMPILE[0]:
+        variants["auto compiled"] = PrecisionModels(m, "auto", compiled=True)
     for models in variants.values():
         dalle2(models, cap, 0, prior_steps=2, steps=2, up_steps=2)
     runs = _interleaved_job_times(variants, 3 if q else 5, threads)
@@ -255,8 +259,8 @@ class PrecisionModels:
     """The bundled models with the diffusion networks at another precision, as a loader's `dtype` gives them:
     "auto" (the loaders' default: the UNets' convolutions in bf16 where the CPU has native bf16) or "bf16"."""
 
-    def __init__(self, m: Models, precision: str) -> None:
-        self._m, self._precision, self._cache = m, precision, {}
+    def __init__(self, m: Models, precision: str, compiled: bool = False) -> None:
+        self._m, self._precision, self._compiled, self._cache = m, precision, compiled, {}
 
     def __getattr__(self, family: str):
         if family.startswith("_"):
@@ -264,7 +268,10 @@ class PrecisionModels:
         if family not in self._cache:
             model = getattr(self._m, family)
             cast = family in loader.DIFFUSION_FAMILIES
-            self._cache[family] = model.with_precision(self._precision) if cast else model
+            model = model.with_precision(self._precision) if cast else model
+            if self._compiled and family in UNET_KINDS:
+                model = model.compile_for_inference()  # a copy: "auto" is another precision than the file's
+            self._cache[family] = model
         return self._cache[family]
 
 
@@ -288,6 +295,7 @@ class _JobThreads:
 
 
 _THREADS: list[_JobThreads] = []  # set by main() from --threads
+COMPILE = [False]  # set by main() from --compile
 
 
 def _job_threads() -> _JobThreads:
@@ -731,7 +739,10 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated sections: " + ",".join(SECTIONS))
     ap.add_argument("--threads", default="auto", help="torch threads: N, or auto (nodegraph.threads' policy, "
                     "as the CLI runs; the speed section re-decides before each job)")
+    ap.add_argument("--compile", action="store_true", help="speed: also the job with the UNets compiled (the "
+                    "loaders' compile input; compiling takes minutes before the timed repeats)")
     args = ap.parse_args()
+    COMPILE[0] = args.compile
     _openmp_as_the_cli(args.threads)
     _THREADS.append(_JobThreads(args.threads))
     _THREADS[0].start()

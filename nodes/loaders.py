@@ -76,6 +76,21 @@ class _DiffusionLoader(_Loader):
         return (loader.load(self.family, checkpoint, ctx.device).with_precision(dtype, copy_weights=False),)
 
 
+class _UNetLoader(_DiffusionLoader):
+    """A UNet (decoder, inpainting decoder, upsampler): also offers its inference compiled."""
+
+    inputs = {
+        **_DiffusionLoader.inputs,
+        "compile": In("BOOLEAN", default=False, description="compile the network's per-step work with torch.compile "
+                      "for CPU inference: 1.3-1.6x faster steps after a first call that takes 20-40 s per batch "
+                      "size (needs a C++ compiler); worth it for a server or many prompts"),
+    }
+
+    def run(self, ctx: RunContext, checkpoint: str, dtype: str, compile: bool = False) -> tuple[Any]:
+        (model,) = super().run(ctx, checkpoint, dtype)
+        return (model.compile_for_inference() if compile else model,)
+
+
 class PriorLoader(_DiffusionLoader):
     """Loads a DALL·E 2 diffusion prior (text -> CLIP image embedding)."""
 
@@ -83,21 +98,21 @@ class PriorLoader(_DiffusionLoader):
     outputs = (Out(PRIOR, "prior"),)
 
 
-class DecoderLoader(_DiffusionLoader):
+class DecoderLoader(_UNetLoader):
     """Loads a decoder (text- and image-embedding-conditioned, GLIDE / unCLIP)."""
 
     family = "decoder"
     outputs = (Out(DECODER, "decoder"),)
 
 
-class InpaintLoader(_DiffusionLoader):
+class InpaintLoader(_UNetLoader):
     """Loads the inpainting decoder (GLIDE-style: sees the known pixels and the mask)."""
 
     family = "inpaint"
     outputs = (Out(INPAINT_MODEL, "inpaint_model"),)
 
 
-class UpsamplerLoader(_DiffusionLoader):
+class UpsamplerLoader(_UNetLoader):
     """Loads a diffusion upsampler."""
 
     family = "upsampler"

@@ -17,13 +17,14 @@ from nodegraph.models.unet import AttentionBlock, timestep_embedding
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
-def reference_attention(block: AttentionBlock, x, context, context_mask):
-    """Channel-major attention: the 1x1 Conv1d projections on [B, C, N], heads split channel = head * d + i."""
+def reference_attention(block: AttentionBlock, x, context_kv, context_mask):
+    """Channel-major attention: the 1x1 Conv1d projections on [B, C, N], heads split channel = head * d + i.
+    `context_kv` is the context's projection [B, L, 2C] as the weights give it (`reference_context`)."""
     b, c, h, w = x.shape
     q, k, v = block.qkv(block.norm(x).reshape(b, c, -1)).chunk(3, dim=1)
     visible = torch.ones(b, h * w, dtype=torch.bool)
-    if block.context_kv is not None and context is not None:
-        ck, cv = block.context_kv(context).transpose(1, 2).chunk(2, dim=1)
+    if context_kv is not None:
+        ck, cv = context_kv.transpose(1, 2).chunk(2, dim=1)
         k, v = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)
         visible = torch.cat([context_mask, visible], dim=1)
     d = c // block.heads
@@ -32,6 +33,11 @@ def reference_attention(block: AttentionBlock, x, context, context_mask):
     weights = logits.masked_fill(~visible[:, None, None, :], float("-inf")).softmax(-1)
     out = torch.einsum("bhnm,bhdm->bhdn", weights, v).reshape(b, c, -1)
     return x + block.proj(out).view(b, c, h, w)
+
+
+def reference_context(block: AttentionBlock, context):
+    """What the reference takes in place of the fast path's context heads: the projection, not yet split."""
+    return block.context_kv(context)
 
 
 def reference_prior(net, x, t, tokens, mask, embed, on):
@@ -85,8 +91,12 @@ def test_unet_attention_equals_the_channel_major_formulation(bundled, family, mo
     args, kwargs = (_decoder_inputs if family == "decoder" else _upsampler_inputs)(gen)
     with torch.no_grad():
         fast = net(*args, **kwargs)
-        monkeypatch.setattr(AttentionBlock, "forward", reference_attention)
-        reference = net(*args, **kwargs)
+        with monkeypatch.context() as patch:
+            patch.setattr(AttentionBlock, "forward", reference_attention)
+            patch.setattr(AttentionBlock, "context_heads", reference_context)
+            net._conditions_memo.clear()  # it holds the fast path's context heads
+            reference = net(*args, **kwargs)
+        net._conditions_memo.clear()  # and now the reference's: the other tests share this network
     torch.testing.assert_close(fast, reference, **TOL)
 
 
@@ -100,7 +110,8 @@ def test_unet_attention_takes_channels_first_inputs_too(bundled, monkeypatch):
     with torch.no_grad():
         for layout in (torch.contiguous_format, torch.channels_last):
             xl = x.to(memory_format=layout)
-            torch.testing.assert_close(block(xl, context, mask), reference_attention(block, xl, context, mask), **TOL)
+            torch.testing.assert_close(block(xl, block.context_heads(context), mask),
+                                       reference_attention(block, xl, block.context_kv(context), mask), **TOL)
 
 
 def _prior_inputs(gen, b=4):

@@ -84,6 +84,18 @@ class DiffusionModel:
         convs = (m for m in self.net.modules() if isinstance(m, Conv2d))
         return "auto" if any(m.compute_dtype == torch.bfloat16 for m in convs) else "fp32"
 
+    def compile_for_inference(self) -> DiffusionModel:
+        """This model, its UNet's per-step work compiled for CPU inference from the next call on (in place; see
+        models/compiled.py for what it costs and when the network runs as written instead)."""
+        if self.kind not in UNET_KINDS:
+            raise ValueError(f"compiling applies to the UNets ({', '.join(UNET_KINDS)}), not to a {self.kind}")
+        self.net.compile_for_inference()
+        return self
+
+    @property
+    def compiled(self) -> bool:
+        return bool(getattr(self.net, "compiled", False))
+
     def with_precision(self, name: str, copy_weights: bool = True) -> DiffusionModel:
         """The model computing at precision `name`:
 

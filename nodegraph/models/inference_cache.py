@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -107,6 +108,8 @@ class Conv2d(nn.Conv2d):
         self._packed_for: WeightsSnapshot | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self._traced(x)
         if not self._can_pack(x):
             return super().forward(x)
         conv, _ = _ONEDNN
@@ -115,6 +118,15 @@ class Conv2d(nn.Conv2d):
                         self.stride, self.dilation, self.groups, "none", [], "").to(x.dtype)
         return conv(x, self._packed_weight(x, x.dtype), self.bias, self.padding, self.stride, self.dilation,
                     self.groups, "none", [], "")
+
+    def _traced(self, x: torch.Tensor) -> torch.Tensor:
+        """What torch.compile traces (models/compiled.py): the plain convolution, whose weight inductor freezes and
+        prepacks itself; in bf16 where this convolution's `compute_dtype` asks for it, as the eager path does."""
+        if not self._in_bf16(x):
+            return super().forward(x)
+        y = F.conv2d(x.to(torch.bfloat16), self.weight.to(torch.bfloat16), None, self.stride, self.padding,
+                     self.dilation, self.groups).to(x.dtype)
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
 
     def _in_bf16(self, x: torch.Tensor) -> bool:
         return self.compute_dtype == torch.bfloat16 and x.dtype == torch.float32 and _BF16

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nodegraph.models.compiled import CompiledForward
 from nodegraph.models.inference_cache import Conv2d, InputMemo
 
 
@@ -113,9 +114,14 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.context_kv = nn.Linear(context_dim, 2 * channels) if context_dim else None
         self.proj = zero(nn.Conv1d(channels, channels, 1))
-        self._context_memo: InputMemo[tuple[torch.Tensor, ...]] = InputMemo()
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None, context_mask: torch.Tensor | None):
+    def context_heads(self, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The context's keys and values [B, H, L, d]: the same at every sampling step, so the UNet computes them
+        once per set of conditions (`UNet._conditions`) and hands them to `forward`."""
+        return _split_heads(self.context_kv(context), 2, self.heads)
+
+    def forward(self, x: torch.Tensor, context_heads: tuple[torch.Tensor, ...] | None,
+                context_mask: torch.Tensor | None):
         b, c, hgt, wid = x.shape
         # Token-major [B, N, C]: a free view of the channels-last feature map, and heads whose last dim is
         # contiguous, which the fused (flash) attention kernel requires; channel-major q/k/v sent every call
@@ -123,8 +129,8 @@ class AttentionBlock(nn.Module):
         tokens = self.norm(x).flatten(2).transpose(1, 2)
         q, k, v = _split_heads(F.linear(tokens, self.qkv.weight[..., 0], self.qkv.bias), 3, self.heads)
         mask = None
-        if self.context_kv is not None and context is not None:
-            ck, cv = self._context_heads(context)  # [B, H, L, d]
+        if context_heads is not None:
+            ck, cv = context_heads
             k, v = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)
             # Image tokens are always visible, so a fully masked context never empties a row.
             mask = torch.cat([context_mask, context_mask.new_ones(b, hgt * wid)], dim=1)
@@ -132,19 +138,6 @@ class AttentionBlock(nn.Module):
         out = attention(q, k, v, mask).transpose(1, 2).reshape(b, hgt * wid, c)
         out = F.linear(out, self.proj.weight[..., 0], self.proj.bias)
         return x + out.transpose(1, 2).view(b, c, hgt, wid)  # a channels-last view again, no copy
-
-    def _apply(self, fn, recurse=True):
-        self._context_memo.clear()  # a move or cast must not keep the old device's tensors alive
-        return super()._apply(fn, recurse)
-
-    def _context_heads(self, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The context's keys and values: the same at every sampling step, so computed once per context."""
-        def compute() -> tuple[torch.Tensor, ...]:
-            return _split_heads(self.context_kv(context), 2, self.heads)
-
-        if _recomputes(self, context):
-            return compute()
-        return self._context_memo.get((context,), self.context_kv.parameters(), compute)
 
 
 def _recomputes(module: nn.Module, x: torch.Tensor) -> bool:
@@ -186,6 +179,7 @@ class UNet(nn.Module):
             self.null_text = nn.Parameter(torch.zeros(cfg.text_embed_dim))
         self.context_norm = nn.LayerNorm(emb_dim) if context_dim else None
         self._conditions_memo: InputMemo[tuple] = InputMemo()
+        self._compiled: CompiledForward | None = None
 
         self.inp = Conv2d(cfg.in_channels, mc, 3, padding=1)
         self.down = nn.ModuleList()
@@ -222,6 +216,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(
             GroupNorm(g, ch), nn.SiLU(inplace=True), zero(Conv2d(ch, cfg.out_channels, 3, padding=1))
         )
+        self._attention = tuple(m for m in self.modules() if isinstance(m, AttentionBlock))  # in `denoise`'s order
 
     def forward(
         self,
@@ -239,33 +234,77 @@ class UNet(nn.Module):
 
         `extra` is concatenated to x along channels (low-res image, or [image * mask, mask]).
         """
+        cond_emb, context_heads, context_mask = self._conditions(x, image_embed, image_on, text_tokens, text_mask,
+                                                                 text_embed)
+        compiled = self._compiled
+        if compiled is not None and compiled.serves(self, x):
+            return compiled(x, t, cond_emb, context_heads, context_mask, extra, aug_level)
+        return self.denoise(x, t, cond_emb, context_heads, context_mask, extra, aug_level)
+
+    def denoise(self, x, t, cond_emb, context_heads, context_mask, extra, aug_level) -> torch.Tensor:
+        """The per-step work, given the conditions' step-invariant part (`_conditions`): what `compile_for_inference`
+        compiles."""
         cfg = self.cfg
         emb = self.time_mlp(timestep_embedding(t, cfg.model_channels).to(x.dtype))  # bf16 weights: bf16 in
         if cfg.aug_level:
             emb = emb + self.aug_mlp(timestep_embedding(aug_level, cfg.model_channels).to(x.dtype))
-        cond_emb, context, context_mask = self._conditions(x, image_embed, image_on, text_tokens, text_mask, text_embed)
         if cond_emb is not None:
             emb = emb + cond_emb
+        heads = iter(context_heads)
+
+        def run(block: nn.ModuleList, h: torch.Tensor) -> torch.Tensor:
+            for layer in block:
+                if isinstance(layer, ResBlock):
+                    h = layer(h, emb)
+                elif isinstance(layer, AttentionBlock):
+                    h = layer(h, next(heads), context_mask)
+                else:
+                    h = layer(h)
+            return h
 
         h = self.inp(torch.cat([x, extra], dim=1) if extra is not None else x)
         hs = [h]
         for block in self.down:
-            h = self._run_block(block, h, emb, context, context_mask)
+            h = run(block, h)
             hs.append(h)
-        h = self._run_block(self.mid, h, emb, context, context_mask)
+        h = run(self.mid, h)
         for block in self.up:
-            h = self._run_block(block, torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
+            h = run(block, torch.cat([h, hs.pop()], dim=1))
         return self.out(h)
 
+    def compile_for_inference(self) -> None:
+        """From now on, inference on the CPU runs `denoise` compiled by torch.compile (see models/compiled.py);
+        training, autograd, other devices and weights changed since then run it as written."""
+        self._compiled = CompiledForward(self.denoise, self.parameters())
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
     def _apply(self, fn, recurse=True):
-        self._conditions_memo.clear()  # a move or cast must not keep the old device's tensors alive
-        return super()._apply(fn, recurse)
+        # A move or cast must not keep the old device's tensors alive (the memo) nor the old weights (frozen into
+        # the compiled code); a compiled network compiles again for its new weights on its next call.
+        self._conditions_memo.clear()
+        compiled, self._compiled = self._compiled is not None, None
+        out = super()._apply(fn, recurse)
+        if compiled:
+            self.compile_for_inference()
+        return out
+
+    def __getstate__(self) -> dict:
+        # A copy (deepcopy, pickling) starts uncompiled: copies are made to be trained, and a fine-tuned copy
+        # sampled between steps would compile again after every step.
+        return {**super().__getstate__(), "_compiled": None}
 
     def _conditions(self, x, image_embed, image_on, text_tokens, text_mask, text_embed):
-        """(embedding added to the time embedding, context tokens, context mask): none of it depends on x_t or
-        t, so sampling computes it once per set of conditions."""
+        """(embedding added to the time embedding, each attention block's context keys and values or None, context
+        mask): none of it depends on x_t or t, so sampling computes it once per set of conditions."""
         def compute() -> tuple:
-            return self._compute_conditions(x, image_embed, image_on, text_tokens, text_mask, text_embed)
+            cond_emb, context, mask = self._compute_conditions(x, image_embed, image_on, text_tokens, text_mask,
+                                                               text_embed)
+            heads = tuple(None if context is None or blk.context_kv is None else blk.context_heads(context)
+                          for blk in self._attention)
+            return cond_emb, heads, mask
 
         if _recomputes(self, x):
             return compute()
@@ -281,6 +320,9 @@ class UNet(nn.Module):
                 params.append(part)
             elif part is not None:
                 params.extend(part.parameters())
+        for blk in self._attention:
+            if blk.context_kv is not None:
+                params.extend(blk.context_kv.parameters())
         return params
 
     def _compute_conditions(self, x, image_embed, image_on, text_tokens, text_mask, text_embed) -> tuple:
@@ -314,17 +356,6 @@ class UNet(nn.Module):
         context = self.context_norm(torch.cat(tokens, dim=1)) if tokens else None
         context_mask = torch.cat(masks, dim=1) if masks else None
         return cond_emb, context, context_mask
-
-    @staticmethod
-    def _run_block(block: nn.ModuleList, h, emb, context, context_mask) -> torch.Tensor:
-        for layer in block:
-            if isinstance(layer, ResBlock):
-                h = layer(h, emb)
-            elif isinstance(layer, AttentionBlock):
-                h = layer(h, context, context_mask)
-            else:
-                h = layer(h)
-        return h
 
 
 def count_params(model: nn.Module) -> int:
