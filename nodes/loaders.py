@@ -82,8 +82,8 @@ class _UNetLoader(_DiffusionLoader):
     inputs = {
         **_DiffusionLoader.inputs,
         "compile": In("BOOLEAN", default=False, description="compile the network's per-step work with torch.compile "
-                      "for CPU inference: 1.3-1.6x faster steps after a first call that takes 20-40 s per batch "
-                      "size (needs a C++ compiler); worth it for a server or many prompts"),
+                      "for CPU inference: steps 1.4-1.6x faster once ~30 s of compiling per batch size is done (needs "
+                      "a C++ compiler); pays off in a server or a batch of a few hundred prompts, not in one run"),
     }
 
     def run(self, ctx: RunContext, checkpoint: str, dtype: str, compile: bool = False) -> tuple[Any]:

@@ -6,9 +6,10 @@ generated C++ loops and, with `freezing`, folds the weights into the code as con
 convolutions' weights for oneDNN -- 1.4-1.6x faster per step for the bundled decoder and upsampler on an AMX CPU.
 
 What that costs and how it stays correct:
-- Compiling takes 20-40 s per network and input shape on two cores (a new batch size compiles
-  again; inductor's on-disk cache makes a repeat in a new process faster). Worth it for a server or a batch of
-  prompts, not for one CLI run, so it is opt-in (the UNet loaders' `compile` input).
+- Compiling takes ~30 s per network and input shape on two cores (a new batch size compiles again), and every
+  process pays most of it (the decoder: 37 s with an empty inductor cache, 27 s with a warm one): the main job's
+  two UNets add ~85 s to a CLI run and save ~0.37 s per prompt -- worth it for a server or a batch of a few
+  hundred prompts, not for one run, so it is opt-in (the UNet loaders' `compile` input).
 - Frozen weights are a copy: a compiled forward serves a call only while the parameters still hold the values
   it froze (`WeightsSnapshot`); after an optimiser step or a `load_state_dict` the network runs as written.
 - Generated element-wise kernels keep the OpenMP width of the call that compiled them when the thread policy
