@@ -59,3 +59,17 @@ def run_bundled_workflow(name: str, params: dict[str, Any], tmp_path: Path, monk
         return Engine("cpu", input_dir=tmp_path, output_dir=tmp_path, plugins=False).run(str(path), params=params)
     finally:
         torch.set_num_threads(threads)
+
+
+def small_unet(seed: int = 0):
+    """A tiny UNet with every condition (image embedding, text tokens, pooled text), channels-last, random weights
+    everywhere (the zero-initialised output layers would hide a wrong result), frozen for inference."""
+    from nodegraph.models.unet import UNet, UNetConfig
+
+    torch.manual_seed(seed)
+    cfg = UNetConfig(model_channels=16, channel_mult=(1, 2), attention_resolutions=(8,), image_size=16,
+                     head_channels=8, norm_groups=4, clip_dim=8, text_dim=8, text_embed_dim=8)
+    net = UNet(cfg).eval().requires_grad_(False)
+    for p in net.parameters():
+        p.add_(0.05 * torch.randn(p.shape))
+    return net.to(memory_format=torch.channels_last)

@@ -16,9 +16,9 @@ from nodegraph.engine.api import Engine
 from nodegraph.errors import InputValueError, NodeExecutionError
 from nodegraph.models import compiled as compiled_module
 from nodegraph.models.diffusion_model import DiffusionModel, DiffusionSpec
-from nodegraph.models.unet import UNet, UNetConfig
+from nodegraph.models.unet import UNet
 
-from conftest import REPO
+from conftest import REPO, small_unet
 
 pytestmark = [
     pytest.mark.slow,  # each compilation takes seconds
@@ -29,16 +29,6 @@ pytestmark = [
 # fp32 differs only by the order of fused arithmetic.
 FP32 = {"rtol": 1e-4, "atol": 1e-5}
 AUTO = {"rtol": 0.0, "atol": 0.05}
-
-
-def small_unet(seed: int = 0) -> UNet:
-    torch.manual_seed(seed)
-    cfg = UNetConfig(model_channels=16, channel_mult=(1, 2), attention_resolutions=(8,), image_size=16,
-                     head_channels=8, norm_groups=4, clip_dim=8, text_dim=8, text_embed_dim=8)
-    net = UNet(cfg).eval().requires_grad_(False)
-    for p in net.parameters():  # the zero-initialised output layers would hide a wrong result
-        p.add_(0.05 * torch.randn(p.shape))
-    return net.to(memory_format=torch.channels_last)
 
 
 def inputs(gen: torch.Generator, batch: int = 2) -> dict:

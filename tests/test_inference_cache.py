@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 from nodegraph.models import inference_cache
 from nodegraph.models.inference_cache import Conv2d, WeightsSnapshot
-from nodegraph.models.unet import UNet, UNetConfig
+from nodegraph.models.unet import UNet
+
+from conftest import small_unet
 
 needs_onednn = pytest.mark.skipif(inference_cache._ONEDNN is None, reason="this torch build has no oneDNN fused ops")
 
@@ -93,16 +95,6 @@ def test_shapes_kept_per_convolution_are_bounded():
     assert len(conv._packed) == inference_cache._SHAPES_KEPT
 
 
-def _small_unet() -> UNet:
-    torch.manual_seed(0)
-    cfg = UNetConfig(model_channels=16, channel_mult=(1, 2), attention_resolutions=(8,), image_size=16,
-                     head_channels=8, norm_groups=4, clip_dim=8, text_dim=8, text_embed_dim=8)
-    net = UNet(cfg).eval().requires_grad_(False)
-    for p in net.parameters():  # the zero-initialised output layers would hide a wrong packed weight
-        p.add_(0.05 * torch.randn(p.shape))
-    return net.to(memory_format=torch.channels_last)
-
-
 def _unet_inputs(gen: torch.Generator) -> dict:
     return dict(x=_cl(2, 3, 16, 16, gen=gen), t=torch.tensor([10, 900]),
                 image_embed=F.normalize(torch.randn(2, 8, generator=gen), dim=-1),
@@ -112,7 +104,7 @@ def _unet_inputs(gen: torch.Generator) -> dict:
 
 @needs_onednn
 def test_unet_with_packed_convolutions_equals_the_plain_network(monkeypatch):
-    net, gen = _small_unet(), torch.Generator().manual_seed(5)
+    net, gen = small_unet(), torch.Generator().manual_seed(5)
     inputs = _unet_inputs(gen)
     with torch.no_grad():
         packed = net(**inputs)
@@ -124,7 +116,7 @@ def test_unet_with_packed_convolutions_equals_the_plain_network(monkeypatch):
 @needs_onednn
 def test_copies_of_a_network_with_packed_weights():
     """NADA and DiffusionCLIP deep-copy networks that have sampled; the server pickles nothing, but a user may."""
-    net, gen = _small_unet(), torch.Generator().manual_seed(6)
+    net, gen = small_unet(), torch.Generator().manual_seed(6)
     inputs = _unet_inputs(gen)
     with torch.no_grad():
         before = net(**inputs)
@@ -162,7 +154,7 @@ def _dense(net: UNet, inputs: dict, monkeypatch) -> torch.Tensor:
 
 
 def test_unet_conditioning_memo_never_serves_stale_conditions(monkeypatch):
-    net, gen = _small_unet(), torch.Generator().manual_seed(7)
+    net, gen = small_unet(), torch.Generator().manual_seed(7)
     first, second = _unet_inputs(gen), _unet_inputs(gen)
     with torch.no_grad():
         for t in (900, 500, 10):  # a sampler's steps: the first fills the memo, the others reuse it
@@ -180,7 +172,7 @@ def test_unet_conditioning_memo_never_serves_stale_conditions(monkeypatch):
 
 def test_unet_conditioning_memo_follows_weight_updates(monkeypatch):
     """A decoder sampled between fine-tuning steps (DiffusionCLIP's previews) must see its new weights."""
-    net, gen = _small_unet(), torch.Generator().manual_seed(8)
+    net, gen = small_unet(), torch.Generator().manual_seed(8)
     inputs = _unet_inputs(gen)
     with torch.no_grad():
         net(**inputs)
@@ -198,7 +190,7 @@ def test_moving_or_casting_a_network_forgets_what_it_remembered(monkeypatch):
     """The memos and packed weights hold the old device's (or dtype's) tensors: offloading a model must free them."""
     from nodegraph.models.prior import PriorConfig, PriorTransformer
 
-    net, gen = _small_unet(), torch.Generator().manual_seed(9)
+    net, gen = small_unet(), torch.Generator().manual_seed(9)
     inputs = _unet_inputs(gen)
     with torch.no_grad():
         net(**inputs)
