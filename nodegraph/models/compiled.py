@@ -16,8 +16,9 @@ What that costs and how it stays correct:
   (nodegraph/threads.py) later changes torch's count -- a compilation per count would stall a job for 20-40 s
   whenever a busy neighbour moved the count, and inductor's dynamic-threads mode was 37% slower on one thread.
   The convolutions, attention and matmuls follow torch's current count as before.
-- Dynamo keeps its compiled variants per code object, at most 8; each compiled network gets its own copy of the
-  function's code, so one model's shapes never evict another's.
+- Dynamo keeps its compiled variants per code object (at most 8) and the compiled graphs in the function's
+  globals; each compiled network gets its own copy of both, so one model's shapes never evict another's and a
+  model dropped from the cache takes its compiled code and frozen weights with it.
 - Training, autograd, devices other than the CPU and dtypes other than fp32 / bf16 (inductor's frozen oneDNN
   convolutions refuse float64) run the network as written.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import shutil
 import types
+import weakref
 from collections.abc import Callable, Iterable
 
 import torch
@@ -61,7 +63,12 @@ class CompiledForward:
         check_compiler()
         self._params = list(params)
         self._frozen = WeightsSnapshot(self._params)
-        self._fn = torch.compile(_own_code(method), dynamic=False, fullgraph=True)
+        own = _own_code(method)
+        self._fn = torch.compile(own, dynamic=False, fullgraph=True)
+        # Dynamo's guards hold these globals, and are themselves kept by finalizers on the very weights the
+        # compiled graphs in them hold: a cycle through a global registry. Emptying the globals when this object
+        # goes breaks it, so a dropped model frees its weights.
+        weakref.finalize(self, own.__func__.__globals__.clear)
 
     def serves(self, module: nn.Module, x: torch.Tensor) -> bool:
         return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and not torch.is_grad_enabled()
@@ -75,11 +82,12 @@ class CompiledForward:
 
 
 def _own_code(method: Callable) -> Callable:
-    """The same method on a fresh copy of its code object: dynamo's cache of compiled variants (limit 8) is per
-    code object, and this one is ours alone."""
+    """The same method on fresh copies of its code object and globals. Dynamo keeps its compiled variants (at most
+    8) on the code object and stores each compiled graph, with the frozen weights, in the function's globals: in
+    the module's own globals that would keep every model ever compiled alive. These copies are ours alone."""
     func = method.__func__
-    code = func.__code__.replace()
-    copy = types.FunctionType(code, func.__globals__, func.__name__, func.__defaults__, func.__closure__)
+    copy = types.FunctionType(func.__code__.replace(), dict(func.__globals__), func.__name__, func.__defaults__,
+                              func.__closure__)
     copy.__kwdefaults__ = func.__kwdefaults__
     return types.MethodType(copy, method.__self__)
 
