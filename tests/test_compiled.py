@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import shutil
 import weakref
 
 import numpy as np
@@ -24,7 +23,7 @@ from conftest import REPO, small_unet
 
 pytestmark = [
     pytest.mark.slow,  # each compilation takes seconds
-    pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="no C++ compiler"),
+    pytest.mark.skipif(not compiled_module.has_compiler(), reason="no C++ compiler"),
 ]
 
 # bf16 convolutions ("auto") round the maps to 8 bits of mantissa, as the network as written does on this CPU;
