@@ -157,6 +157,28 @@ def test_an_edit_generating_under_the_target_caption_starts_from_the_inversion_u
     assert err.value.input == "latents"
 
 
+def test_guidance_scale_guides_the_fine_tuned_model_toward_its_caption(tiny, tuned):
+    """guidance_scale s: ε_∅ + s (ε_c - ε_∅) of each fine-tuned model; 1 is the plain edit under the caption, 0 the
+    model's unconditional mode, and a scale above 1 moves the edit further from the unconditional one."""
+    decoder, new, kwargs = tiny["decoder"], _images(2, seed=9), EDIT
+    target = Condition(text=tiny["clip"].encode_text([TARGET] * 2))
+    latents = D.invert(decoder, new, FAST.t0, FAST.invert_steps, target)
+
+    def edit(scale: float, condition: Condition | None = target, models=tuned) -> torch.Tensor:
+        return D.edit(decoder, models, new, condition=condition, latents=latents, guidance_scale=scale, **kwargs)
+
+    plain, unconditional = edit(1.0), edit(1.0, condition=None)
+    torch.testing.assert_close(edit(0.0), unconditional, rtol=0, atol=1e-4)
+    assert (plain - unconditional).abs().mean() > 1e-4
+    guided = edit(3.0)
+    assert (guided - unconditional).abs().mean() > 1.5 * (plain - unconditional).abs().mean()
+    torch.testing.assert_close(edit(3.0, models=[tuned, tuned]), guided)  # each mixed model guided alike
+    for scale, condition in ((2.0, None), (-1.0, target), (float("nan"), target), (51.0, target)):
+        with pytest.raises(InputValueError) as err:
+            edit(scale, condition=condition)
+        assert err.value.input == "guidance_scale"
+
+
 def test_schedule_weights_sum_to_one_per_step():
     w = D.schedule_weights(2, [900, 600, 300], 1000, [(1.0, 0.5), (0.5, 0.0)])
     assert w.tolist() == [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
@@ -348,6 +370,14 @@ def test_the_nodes_fine_tune_and_edit_under_the_target_caption(tiny):
                       condition=target_cond, latents=latents)
     torch.testing.assert_close(out["o_edit"]["value"], expected)
     assert (out["o_t"]["value"] - expected).abs().max() > 1e-5  # without it: inverted under the target caption
+    # guidance_scale reaches both edit nodes as the library's
+    guided = {name: {**graph[name], "inputs": {**graph[name]["inputs"], "guidance_scale": 2.5}}
+              for name in ("edit", "multi")}
+    again = tiny["engine"].run({**graph, **guided}).outputs
+    torch.testing.assert_close(again["o_edit"]["value"], D.edit(
+        decoder, out["o_tuned"]["value"], image, t0=20, invert_steps=4, generate_steps=3, condition=target_cond,
+        latents=latents, guidance_scale=2.5))
+    assert (again["o_multi"]["value"] - out["o_multi"]["value"]).abs().max() > 1e-5
 
 
 def test_the_finetune_node_keeps_what_lies_outside_its_edit_region(tiny):
@@ -398,6 +428,8 @@ def test_interrupt_stops_fine_tuning_within_one_iteration(tiny):
     ("finetune", {"generate_steps": 30}, "generate_steps"),
     ("multi", {"schedule": "1.0-0.5"}, "schedule"),
     ("multi", {"schedule": "high-low, 0.5-0"}, "schedule"),
+    ("edit", {"guidance_scale": 2.0}, "guidance_scale"),  # no caption to guide toward
+    ("multi", {"guidance_scale": 2.0}, "guidance_scale"),
 ])
 def test_node_input_errors_name_the_input(tiny, node, inputs, blamed):
     nodes = {**NODES, node: {**NODES[node], "inputs": {**NODES[node]["inputs"], **inputs}}}

@@ -48,8 +48,8 @@ from nodegraph.diffusion.gaussian import ddim_update
 from nodegraph.diffusion.inversion import ddim_invert
 from nodegraph.errors import InputValueError
 from nodegraph.generate.clip_objective import ClipObjective
-from nodegraph.generate.conditions import Condition
-from nodegraph.generate.sampling import condition_tensors
+from nodegraph.generate.conditions import Condition, Guidance
+from nodegraph.generate.sampling import condition_tensors, guided_model_fn
 from nodegraph.models.clip import TextEncoding
 from nodegraph.models.diffusion_model import DiffusionModel
 from nodegraph.models.resize import fit_square
@@ -363,6 +363,7 @@ def edit(
     schedule: Sequence[tuple[float, float]] | None = None,
     mode: str = "invert",
     edit_region: Tensor | None = None,
+    guidance_scale: float = 1.0,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> Tensor:
@@ -373,10 +374,18 @@ def edit(
     under, say), in place of `mode`'s. `edit_region` [B or 1, 1, H, W] (1 = the edit shows) makes the edit local:
     after every step, outside the region x is put back on the images' own DDIM-inversion path at that step
     (the original model under `condition`, on the generative chain), so what is kept stays the image and the
-    model fills the region to fit it, as a latent blend."""
+    model fills the region to fit it, as a latent blend. `guidance_scale` > 1 applies classifier-free guidance to
+    each fine-tuned model, `condition` against its own unconditional mode (1: none): the caption the model
+    generates under then counts for more than the inverted latent's pull back to the source (kind edits under the
+    target caption, measured in docs/editing.md)."""
     models = [models] if isinstance(models, DiffusionModel) else list(models)
     if not models:
         raise InputValueError("decoder", "connect at least one fine-tuned decoder")
+    if not 0.0 <= guidance_scale <= 50.0:  # NaN too
+        raise InputValueError("guidance_scale", f"{guidance_scale} is out of range; use 1 (no guidance) ... 50")
+    if guidance_scale != 1.0 and (condition is None or condition.text is None):
+        raise InputValueError("guidance_scale", "guidance needs a caption to guide toward: connect `caption` "
+                              "(the source or target caption), or set guidance_scale to 1")
     FinetuneSettings(t0=t0, invert_steps=invert_steps, generate_steps=generate_steps).check(
         original.diffusion.num_timesteps)
     for m in models:
@@ -396,7 +405,8 @@ def edit(
         raise InputValueError("mode", f"unknown start {mode!r}; use 'invert' (DDIM inversion) or 'noise' (forward)")
     ts = chain(t0, generate_steps)
     weights = schedule_weights(len(models), ts, original.diffusion.num_timesteps, schedule).to(x)
-    fns = [_model_fn(m, condition, x.shape[0]) for m in models]
+    fns = [_model_fn(m, condition, x.shape[0]) if guidance_scale == 1.0 else
+           guided_model_fn(m, Guidance.cfg(condition, guidance_scale), x.shape[0]) for m in models]
     kept = _inversion_path(original, images, ts, condition, edit_region, x.shape[0]) if edit_region is not None \
         else None
 
