@@ -32,14 +32,19 @@ _INVERT_STEPS = In("INT", default=20, min=1, max=1000, description="DDIM inversi
 _GENERATE_STEPS = In("INT", default=6, min=1, max=1000, description="DDIM steps from t0 back to the image "
                      "(use the fine-tuning's)")
 _SEED = In("INT", default=0, min=0, max=2**63 - 1, description="seed of every random draw (batches, views, noise)")
-_CAPTION = In(TEXT_EMBED, optional=True, description="what the fine-tuned decoder generates under, as it was "
-              "fine-tuned: the images' own caption (condition 'source') or the caption they should get ('target'); "
-              "unconnected = the decoder's unconditional mode")
-_INVERSION_CAPTION = In(TEXT_EMBED, optional=True, description="the images' own caption, to invert them under when "
-                        "`caption` is the target caption (condition 'target'); unconnected = `caption`")
 CONDITIONS = ("none", "source", "target")
+AS_FINE_TUNED = "as fine-tuned"
+TUNED_UNDER = "diffusionclip_condition"  # meta key: the condition a fine-tuned decoder generates under
+_EDIT_SOURCE = In(TEXT_EMBED, optional=True, description="the images' own caption: what they are inverted under "
+                  "(conditions source and target) and generated under (source)")
+_EDIT_TARGET = In(TEXT_EMBED, optional=True, description="the caption the images should get: what they are "
+                  "generated under (condition target)")
+_EDIT_CONDITION = In("STRING", default=AS_FINE_TUNED, choices=(AS_FINE_TUNED, *CONDITIONS), description="what the "
+                     "fine-tuned decoder generates under: as it was fine-tuned (the fine-tuning node's condition; a "
+                     "decoder from a loader: none), or none / source / target as on the fine-tuning node")
 _GUIDANCE = In("FLOAT", default=1.0, min=0.0, max=50.0, step=0.5, description="classifier-free guidance of the "
-               "fine-tuned decoder: `caption` against its unconditional mode; 1 = none (needs `caption` otherwise). "
+               "fine-tuned decoder: the caption it generates under against its unconditional mode; 1 = none (other "
+               "scales need a condition other than none). "
                "Measured in docs/editing.md: 1.5 makes more kind edits with models fine-tuned under the target "
                "caption")
 
@@ -48,9 +53,36 @@ def _condition(caption: TextEncoding | None):
     return None if caption is None else conditions.Condition(text=caption)
 
 
-def _inverted(original: DiffusionModel, images: Tensor, t0: int, steps: int, caption: TextEncoding | None):
+def _captions(condition: str, source: TextEncoding | None, target: TextEncoding | None):
+    """(what the decoder generates under, what the images are inverted under) for a condition; one rule for
+    fine-tuning and editing, so an edit retraces the chain its decoder was fine-tuned on."""
+    return {"none": (None, None), "source": (source, source), "target": (target, source)}[condition]
+
+
+def _edit_captions(condition: str, decoders: list[DiffusionModel], source, target, inverts: bool):
+    """The edit nodes' captions: the condition resolved from the decoders when "as fine-tuned", and every
+    caption it needs connected."""
+    if condition == AS_FINE_TUNED:
+        tuned = sorted({d.meta.get(TUNED_UNDER, "none") for d in decoders})
+        if len(tuned) > 1:
+            raise InputValueError("condition", f"the decoders were fine-tuned under different conditions "
+                                  f"({', '.join(tuned)}); choose the one to edit under")
+        condition = tuned[0]
+    generate, invert = _captions(condition, source, target)
+    needed = {"none": (), "source": ("source",), "target": ("target", "source") if inverts else ("target",)}
+    what = {"source": "the caption the images have now", "target": "the caption they should get"}
+    for name in needed[condition]:
+        if {"source": source, "target": target}[name] is None:
+            raise InputValueError(name, f"condition {condition!r} (the decoder generates under the {condition} "
+                                  f"caption) needs `{name}` connected: {what[name]}")
+    return generate, invert
+
+
+def _inverted(original: DiffusionModel, images: Tensor, t0: int, steps: int, generate, invert):
     """x_t0 of the images under their own caption, when it differs from what the edit generates under."""
-    return None if caption is None else dclip.invert(original, images, t0, steps, _condition(caption))
+    if invert is None or invert is generate:
+        return None
+    return dclip.invert(original, images, t0, steps, _condition(invert))
 
 
 class DiffusionCLIPFinetune(Node):
@@ -108,8 +140,8 @@ class DiffusionCLIPFinetune(Node):
                                           l1_weight=l1_weight, tv_weight=tv_weight, keep_weight=keep_weight,
                                           uniform_weight=uniform_weight, variant=variant,
                                           grad_checkpoint=grad_checkpoint)
-        generate_under = {"none": None, "source": source, "target": target}[condition]
-        latents = _inverted(decoder, images, t0, invert_steps, source) if condition == "target" else None
+        generate_under, invert_under = _captions(condition, source, target)
+        latents = _inverted(decoder, images, t0, invert_steps, generate_under, invert_under)
         keep = uniform = None
         if edit_region is not None:
             if edit_region.shape[0] not in (1, images.shape[0]):
@@ -117,9 +149,11 @@ class DiffusionCLIPFinetune(Node):
                                       f"connect one mask or one per image")
             region = edit_region.expand(images.shape[0], -1, -1, -1)
             keep, uniform = 1 - region, (region if uniform_weight else None)
-        return (dclip.finetune(decoder, objective, images, source, target, settings,
+        tuned = dclip.finetune(decoder, objective, images, source, target, settings,
                                condition=_condition(generate_under), latents=latents, keep=keep, uniform=uniform,
-                               generator=ctx.generator(seed, "cpu"), callback=optimisation_callback(ctx)),)
+                               generator=ctx.generator(seed, "cpu"), callback=optimisation_callback(ctx))
+        tuned.meta[TUNED_UNDER] = condition  # edits of other images follow it ("as fine-tuned")
+        return (tuned,)
 
 
 class DiffusionCLIPEdit(Node):
@@ -136,8 +170,9 @@ class DiffusionCLIPEdit(Node):
         "generate_steps": _GENERATE_STEPS,
         "mode": In("STRING", default="invert", choices=("invert", "noise"), description="invert: DDIM inversion "
                    "(keeps the image); noise: stochastic forward to t0 (images unlike the training data)"),
-        "caption": _CAPTION,
-        "inversion_caption": _INVERSION_CAPTION,
+        "source": _EDIT_SOURCE,
+        "target": _EDIT_TARGET,
+        "condition": _EDIT_CONDITION,
         "edit_region": In(MASK, optional=True, description="makes the edit local: 1 where it shows; elsewhere the "
                           "image is kept, pixel for pixel, and the model fills the region to fit it (ObjectMask's "
                           "background for a background edit)"),
@@ -147,11 +182,12 @@ class DiffusionCLIPEdit(Node):
     outputs = (Out(IMAGE, "images"),)
 
     def run(self, ctx: RunContext, original: DiffusionModel, decoder: DiffusionModel, images: Tensor, t0: int,
-            invert_steps: int, generate_steps: int, mode: str, caption, inversion_caption, edit_region: Tensor | None,
-            guidance_scale: float, seed: int) -> tuple[Tensor]:
-        latents = _inverted(original, images, t0, invert_steps, inversion_caption) if mode == "invert" else None
+            invert_steps: int, generate_steps: int, mode: str, source, target, condition: str,
+            edit_region: Tensor | None, guidance_scale: float, seed: int) -> tuple[Tensor]:
+        generate, invert = _edit_captions(condition, [decoder], source, target, inverts=mode == "invert")
+        latents = _inverted(original, images, t0, invert_steps, generate, invert) if mode == "invert" else None
         return (dclip.edit(original, decoder, images, t0=t0, invert_steps=invert_steps,
-                           generate_steps=generate_steps, condition=_condition(caption), latents=latents, mode=mode,
+                           generate_steps=generate_steps, condition=_condition(generate), latents=latents, mode=mode,
                            edit_region=edit_region, guidance_scale=guidance_scale,
                            generator=ctx.generator(seed, "cpu"),
                            callback=optimisation_callback(ctx)),)
@@ -192,17 +228,20 @@ class DiffusionCLIPMultiEdit(Node):
         "t0": _T0,
         "invert_steps": _INVERT_STEPS,
         "generate_steps": _GENERATE_STEPS,
-        "caption": _CAPTION,
-        "inversion_caption": _INVERSION_CAPTION,
+        "source": _EDIT_SOURCE,
+        "target": In(TEXT_EMBED, optional=True, description="the caption the images should get, every "
+                     "attribute changed: what they are generated under (condition target)"),
+        "condition": _EDIT_CONDITION,
         "guidance_scale": _GUIDANCE,
     }
     outputs = (Out(IMAGE, "images"),)
 
     def run(self, ctx: RunContext, original: DiffusionModel, decoder_1: DiffusionModel, decoder_2: DiffusionModel,
             decoder_3, images: Tensor, schedule: str, t0: int, invert_steps: int, generate_steps: int,
-            caption, inversion_caption, guidance_scale: float) -> tuple[Tensor]:
+            source, target, condition: str, guidance_scale: float) -> tuple[Tensor]:
         models = [m for m in (decoder_1, decoder_2, decoder_3) if m is not None]
+        generate, invert = _edit_captions(condition, models, source, target, inverts=True)
         return (dclip.edit(original, models, images, t0=t0, invert_steps=invert_steps, generate_steps=generate_steps,
-                           condition=_condition(caption), schedule=parse_schedule(schedule, len(models)),
-                           latents=_inverted(original, images, t0, invert_steps, inversion_caption),
+                           condition=_condition(generate), schedule=parse_schedule(schedule, len(models)),
+                           latents=_inverted(original, images, t0, invert_steps, generate, invert),
                            guidance_scale=guidance_scale, callback=optimisation_callback(ctx)),)

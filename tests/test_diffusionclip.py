@@ -346,17 +346,21 @@ def test_the_edit_node_keeps_the_image_outside_its_edit_region(tiny):
 
 
 def test_the_nodes_fine_tune_and_edit_under_the_target_caption(tiny):
-    """condition "target" on the fine-tuning node; the edit nodes invert under `inversion_caption` and generate
-    under `caption`, as the library does with latents from an inversion under the source caption."""
+    """condition "target" on the fine-tuning node; the edit nodes follow it ("as fine-tuned": inverted under
+    `source`, generated under `target`), as the library does with latents from an inversion under the source
+    caption."""
     target = {"class_type": "TextEncode", "inputs": {"clip": ["p_clip", 0], "text": TARGET}}
     finetune = {**NODES["finetune"], "inputs": {**NODES["finetune"]["inputs"], "target": ["p_target", 0],
                                                 "condition": "target"}}
-    captions = {"caption": ["p_target", 0], "inversion_caption": ["p_text", 0]}
+    captions = {"source": ["p_text", 0], "target": ["p_target", 0]}
     edit = {**NODES["edit"], "inputs": {**NODES["edit"]["inputs"], **captions}}
-    multi = {**NODES["multi"], "inputs": {**NODES["multi"]["inputs"], **captions}}
-    no_inversion_caption = {**NODES["edit"], "inputs": {**NODES["edit"]["inputs"], "caption": ["p_target", 0]}}
+    # decoder_2 comes from the loader (condition none): the multi-edit is told which condition to edit under
+    multi = {**NODES["multi"], "inputs": {**NODES["multi"]["inputs"], **captions, "condition": "target"}}
+    explicit = {**NODES["edit"], "inputs": {**edit["inputs"], "condition": "target"}}
+    unconditional = {**NODES["edit"], "inputs": {**edit["inputs"], "condition": "none"}}
     graph = {**PRODUCERS, **NODES, "p_target": target, "finetune": finetune, "edit": edit, "multi": multi,
-             "edit_t": no_inversion_caption, "o_t": {"class_type": "Preview", "inputs": {"value": ["edit_t", 0]}},
+             "edit_x": explicit, "o_x": {"class_type": "Preview", "inputs": {"value": ["edit_x", 0]}},
+             "edit_u": unconditional, "o_u": {"class_type": "Preview", "inputs": {"value": ["edit_u", 0]}},
              "o_tuned": {"class_type": "Preview", "inputs": {"value": ["finetune", 0]}},
              "o_image": {"class_type": "Preview", "inputs": {"value": ["p_image", 0]}},
              "o_dec": {"class_type": "Preview", "inputs": {"value": ["p_dec", 0]}}}
@@ -369,7 +373,10 @@ def test_the_nodes_fine_tune_and_edit_under_the_target_caption(tiny):
     expected = D.edit(decoder, out["o_tuned"]["value"], image, t0=20, invert_steps=4, generate_steps=3,
                       condition=target_cond, latents=latents)
     torch.testing.assert_close(out["o_edit"]["value"], expected)
-    assert (out["o_t"]["value"] - expected).abs().max() > 1e-5  # without it: inverted under the target caption
+    torch.testing.assert_close(out["o_x"]["value"], expected)
+    unconditional = D.edit(decoder, out["o_tuned"]["value"], image, t0=20, invert_steps=4, generate_steps=3)
+    torch.testing.assert_close(out["o_u"]["value"], unconditional)
+    assert (unconditional - expected).abs().max() > 1e-5
     # guidance_scale reaches both edit nodes as the library's
     guided = {name: {**graph[name], "inputs": {**graph[name]["inputs"], "guidance_scale": 2.5}}
               for name in ("edit", "multi")}
@@ -378,6 +385,17 @@ def test_the_nodes_fine_tune_and_edit_under_the_target_caption(tiny):
         decoder, out["o_tuned"]["value"], image, t0=20, invert_steps=4, generate_steps=3, condition=target_cond,
         latents=latents, guidance_scale=2.5))
     assert (again["o_multi"]["value"] - out["o_multi"]["value"]).abs().max() > 1e-5
+
+
+def test_a_multi_edit_of_decoders_tuned_under_different_conditions_asks_which(tiny):
+    finetune = {**NODES["finetune"], "inputs": {**NODES["finetune"]["inputs"], "condition": "source"}}
+    multi = {**NODES["multi"], "inputs": {**NODES["multi"]["inputs"], "source": ["p_text", 0]}}
+    graph = {**PRODUCERS, "finetune": finetune, "multi": multi, "o_multi": NODES["o_multi"]}
+    with pytest.raises(NodeExecutionError) as err:
+        tiny["engine"].run(graph)
+    assert err.value.input == "condition" and "none, source" in str(err.value)
+    multi["inputs"]["condition"] = "source"  # chosen: both decoders generate under the source caption
+    assert tiny["engine"].run(graph).outputs["o_multi"]["value"].shape == (1, 3, 32, 32)
 
 
 def test_the_finetune_node_keeps_what_lies_outside_its_edit_region(tiny):
@@ -423,7 +441,10 @@ def test_interrupt_stops_fine_tuning_within_one_iteration(tiny):
 @pytest.mark.parametrize(("node", "inputs", "blamed"), [
     ("finetune", {"t0": 60}, "t0"),
     ("finetune", {"t0": 60, "condition": "target"}, "t0"),
-    ("edit", {"t0": 60, "inversion_caption": ["p_text", 0]}, "t0"),
+    ("edit", {"t0": 60, "condition": "source", "source": ["p_text", 0]}, "t0"),
+    ("edit", {"condition": "source"}, "source"),  # a condition's caption not connected
+    ("edit", {"condition": "target", "target": ["p_text", 0]}, "source"),  # nothing to invert under
+    ("multi", {"condition": "target", "source": ["p_text", 0]}, "target"),
     ("finetune", {"invert_steps": 30, "condition": "target"}, "invert_steps"),
     ("finetune", {"generate_steps": 30}, "generate_steps"),
     ("multi", {"schedule": "1.0-0.5"}, "schedule"),
@@ -465,11 +486,50 @@ def test_a_workflows_step_params_reach_fine_tuning_and_editing_alike(engine, nam
     assert {value(n, "generate_steps") for n in edits} == {11}
 
 
+@pytest.mark.parametrize("name", list(WORKFLOW_FAST))
+def test_a_workflows_condition_reaches_fine_tuning_and_editing_alike(engine, name):
+    """`condition` sets what every fine-tuning node generates under; the edit follows the decoders ("as
+    fine-tuned"), with the source and target captions connected for it, and `guidance_scale` reaches it."""
+    nodes = engine.prepare(str(REPO / "workflows" / f"{name}.json"),
+                           {"condition": "target", "guidance_scale": 1.5}).nodes
+
+    def value(node: str, input_name: str) -> Any:
+        v = nodes[node]["inputs"].get(input_name)
+        return nodes[v[0]]["inputs"]["value"] if isinstance(v, list) else v
+
+    finetunes = [n for n, d in nodes.items() if d["class_type"] == "DiffusionCLIPFinetune"]
+    [edit] = [n for n, d in nodes.items() if d["class_type"].startswith("DiffusionCLIP") and n not in finetunes]
+    assert {value(n, "condition") for n in finetunes} == {"target"}
+    assert value(edit, "condition") is None and value(edit, "guidance_scale") == 1.5  # None: the default
+    source, target = (nodes[edit]["inputs"][k][0] for k in ("source", "target"))
+    assert {nodes[source]["class_type"], nodes[target]["class_type"]} == {"TextEncode"}
+    assert {nodes[n]["inputs"]["source"][0] for n in finetunes} == {source}  # the captions they inverted under
+    if len(finetunes) == 1:
+        assert nodes[finetunes[0]]["inputs"]["target"][0] == target
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(WORKFLOW_FAST))
 def test_diffusionclip_workflow_runs_on_the_bundled_models(tmp_path, name, monkeypatch):
     result = run_bundled_workflow(name, WORKFLOW_FAST[name], tmp_path, monkeypatch)
     assert result.files and 0.0 <= result.outputs["score"]["attribute_accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(WORKFLOW_FAST))
+def test_diffusionclip_workflows_edit_under_the_target_caption_with_guidance(tmp_path, name, monkeypatch):
+    """The setting measured best for kind edits (decoders fine-tuned and edited under the target caption, guided
+    at 1.5) is reachable from the workflow's params, and changes the edit."""
+    from nodegraph.engine.imageio import read_image
+
+    edits = {}
+    for condition, extra in (("none", {}), ("target", {"guidance_scale": 1.5})):
+        out = tmp_path / condition
+        out.mkdir()
+        params = {**WORKFLOW_FAST[name], "condition": condition, **extra}
+        assert run_bundled_workflow(name, params, out, monkeypatch).files
+        [edits[condition]] = (read_image(f)[0] for f in out.glob("diffusionclip_*.png"))
+    assert (edits["target"] - edits["none"]).abs().mean() > 0.01
 
 
 @pytest.mark.slow
