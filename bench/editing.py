@@ -775,6 +775,7 @@ def editing_table(ctx: Context, names: list[str], out: Path) -> None:
             picture.save(out / "edits" / f"{name.split()[0].lower()}_{e.file}")
     n = len(ctx.edits)
     sets = list(dict.fromkeys(e.edit_set for e in ctx.edits))  # in the order given
+    by_set: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (row, category) -> per set (made, kept)
     for edit_set in sets:
         idx = [i for i, e in enumerate(ctx.edits) if e.edit_set == edit_set]
         edits = [ctx.edits[i] for i in idx]
@@ -790,6 +791,7 @@ def editing_table(ctx: Context, names: list[str], out: Path) -> None:
             for category, r in report.items():
                 if category not in result.categories:
                     continue
+                by_set.setdefault((name, category), []).append((r["success"], r["preserved"]))
                 rows.append([name, category, r["success"], r["preserved"], round(r["outside"], 1), psnr,
                              round(result.seconds / n, 2), round(result.setup_seconds, 1)])
         per = len(edits) // len({e.category for e in edits})
@@ -809,6 +811,22 @@ def editing_table(ctx: Context, names: list[str], out: Path) -> None:
             table(f"Fine-tuned once, then used on images it never saw{where}: success on its training renders "
                   "against the held-out edits above",
                   ["method", "edit", "success on training renders", "success held out", "gap"], gaps)
+    if len(sets) > 1:
+        across_sets_table(by_set, sets)
+
+
+def across_sets_table(by_set: dict[tuple[str, str], list[tuple[float, float]]], sets: list[int]) -> None:
+    """Each row over every edit set: the mean and the worst and best set, so that a setting is judged by its
+    spread rather than by the set it was chosen on (the sets are the same size, so the mean is over all edits)."""
+    def spread(values: list[float]) -> str:
+        return f"{min(values):.3f}-{max(values):.3f}"
+
+    rows = []
+    for (name, category), results in by_set.items():
+        made, kept = [r[0] for r in results], [r[1] for r in results]
+        rows.append([name, category, sum(made) / len(made), spread(made), sum(kept) / len(kept), spread(kept)])
+    table(f"Over the {len(sets)} edit sets ({', '.join(map(str, sets))}): mean, and the worst and best set",
+          ["method", "edit", "success", "success range", "preserved", "preserved range"], rows)
 
 # ------------------------------------------------------------------------------------------------ objective
 def objective_table(models: Models, quick: bool, seed: int) -> None:
@@ -890,7 +908,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--edit-seed", default=str(EDIT_SEED),
                     help=f"seed of the edits' scenes (default {EDIT_SEED}, the set the rows' settings were chosen "
                     "on; another seed reports them on edits no setting saw, e.g. 4242 in docs/editing.md); several, "
-                    "comma-separated, run every row once over all the sets (one fine-tuning) and print a table per set")
+                    "comma-separated, run every row once over all the sets (one fine-tuning) and print a table per set "
+                    "and one over the sets (mean, worst and best)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "editing")
     args = ap.parse_args(argv)
