@@ -7,6 +7,7 @@
     python bench/editing.py --edit-seed 90000,4242
                                                  # the set the settings were chosen on and one they were
                                                  # not: every row run once over both, a table per set
+                                                 # and one over the sets (mean, worst and best)
     python bench/editing.py --only edits --rows "DiffusionCLIP GPU" --categories background --dclip tv=1.0,l1=0.1
                                                  # DiffusionCLIP's settings, one sweep point (DclipOptions)
 
@@ -14,7 +15,7 @@ Edits (`make_edits`): one-shape Shapes World scenes from a seed no training pool
 training-style jitter, so no method has seen the images. Four categories of `--n` edits each: colour (the
 shape's colour), kind, background, and two attributes at once (colour and kind). The source images are
 written as PNG files (`OUT/sources/`, with `edits.json`) and every method reads those files, so all rows
-start from the same pixels.
+start from the same pixels; each row's edits are saved beside their sources in `OUT/edits/ROW_FILE`.
 
 Per row and category:
 - success: the scorer reads every changed attribute as the target caption says;
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -763,6 +765,12 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
     sys.stdout.flush()
 
 
+def row_slug(name: str) -> str:
+    """A row's file prefix: the whole name, since rows share first words (three DiffusionCLIP rows overwrote
+    each other's saved edits when only the first was used)."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
 def editing_table(ctx: Context, names: list[str], out: Path) -> None:
     results = []
     for name in names:
@@ -772,7 +780,7 @@ def editing_table(ctx: Context, names: list[str], out: Path) -> None:
         results.append((name, result, report))
         grid = torch.cat([ctx.sources, result.images.float().cpu()], dim=3)  # source | edit, side by side
         for picture, e in zip(to_pil(grid), ctx.edits, strict=True):
-            picture.save(out / "edits" / f"{name.split()[0].lower()}_{e.file}")
+            picture.save(out / "edits" / f"{row_slug(name)}_{e.file}")
     n = len(ctx.edits)
     sets = list(dict.fromkeys(e.edit_set for e in ctx.edits))  # in the order given
     by_set: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (row, category) -> per set (made, kept)
