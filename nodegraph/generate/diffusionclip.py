@@ -382,10 +382,11 @@ def edit(
     if not models:
         raise InputValueError("decoder", "connect at least one fine-tuned decoder")
     if not 0.0 <= guidance_scale <= 50.0:  # NaN too
-        raise InputValueError("guidance_scale", f"{guidance_scale} is out of range; use 1 (no guidance) ... 50")
+        raise InputValueError("guidance_scale", f"{guidance_scale} is out of range; use 0 ... 50 (1: no guidance)")
     if guidance_scale != 1.0 and (condition is None or (condition.text is None and condition.image_embed is None)):
-        raise InputValueError("guidance_scale", "guidance needs a caption to guide toward: connect `caption` "
-                              "(the source or target caption), or set guidance_scale to 1")
+        raise InputValueError("guidance_scale", "guidance needs a caption to guide toward: give a `condition` "
+                              "(the edit nodes' condition 'source' or 'target', with that caption connected), or "
+                              "set guidance_scale to 1")
     FinetuneSettings(t0=t0, invert_steps=invert_steps, generate_steps=generate_steps).check(
         original.diffusion.num_timesteps)
     for m in models:
