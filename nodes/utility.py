@@ -12,6 +12,7 @@ class Int(Node):
     """An integer constant."""
 
     category = "utility"
+    passthrough = "value"
     inputs = {"value": In("INT", default=0, description="the integer to output")}
     outputs = (Out("INT", "value"),)
 
@@ -23,6 +24,7 @@ class Float(Node):
     """A floating-point constant (integers are accepted and widened)."""
 
     category = "utility"
+    passthrough = "value"
     inputs = {"value": In("FLOAT", default=0.0, description="the number to output")}
     outputs = (Out("FLOAT", "value"),)
 
@@ -34,6 +36,7 @@ class String(Node):
     """A text constant."""
 
     category = "utility"
+    passthrough = "value"
     inputs = {"value": In("STRING", default="", multiline=True, description="the text to output")}
     outputs = (Out("STRING", "value"),)
 

@@ -169,6 +169,9 @@ class Node:
     outputs: ClassVar[tuple[Out, ...]] = ()
     output_node: ClassVar[bool] = False
     node_name: ClassVar[str | None] = None  # the workflow's class_type; defaults to the class name
+    # the input whose value output 0 repeats unchanged (the constant nodes): a constant there that reaches a
+    # bounded input downstream is checked against that input's range or choices when the graph is validated
+    passthrough: ClassVar[str | None] = None
 
     def run(self, ctx: RunContext, **inputs: Any) -> tuple[Any, ...] | None:
         raise NotImplementedError(f"{type(self).__name__} does not implement run()")
@@ -187,6 +190,7 @@ class NodeSpec:
     category: str
     description: str
     has_fingerprint: bool
+    passthrough: str | None = None  # Node.passthrough
     # per input: the constant check to run on inline values (None for link-only inputs)
     constant_checks: dict[str, Any] = field(default_factory=dict)
 
@@ -215,6 +219,10 @@ class NodeSpec:
             raise NodeDefinitionError(f"{where}: fingerprint must be a classmethod")
         description = node_cls.description or inspect.cleandoc(node_cls.__doc__ or "")
         checks = {input_name: sockets.CONSTANT_CHECKS.get(spec.type) for input_name, spec in inputs.items()}
+        passthrough = node_cls.passthrough
+        if passthrough is not None and (passthrough not in inputs or not outputs):
+            raise NodeDefinitionError(f"{where}: passthrough {passthrough!r} must name an input, and the node "
+                                      "must have an output to repeat it on")
         return cls(
             name=node_name,
             cls=node_cls,
@@ -225,6 +233,7 @@ class NodeSpec:
             category=str(node_cls.category),
             description=description,
             has_fingerprint=fingerprint is not None,
+            passthrough=passthrough,
             constant_checks=checks,
         )
 

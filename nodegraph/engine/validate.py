@@ -223,8 +223,30 @@ def _check_link(
         )
         return
     node.links[input_name] = (source, index, converter)
-    if node.spec.inputs[input_name].is_bounded:
-        node.bounded_links += (input_name,)
+    input_spec = node.spec.inputs[input_name]
+    if not input_spec.is_bounded:
+        return
+    repeated = source_node.spec.passthrough
+    if index == 0 and repeated is not None and repeated in source_node.constants:
+        # a constant node's value is known now: report it with the other problems, before anything runs
+        value = source_node.constants[repeated]
+        value = converter(value) if converter is not None else value
+        try:
+            problem = input_spec.bounds_problem(value)
+        except TypeError:
+            problem = ("wrong_type", ", which cannot be compared with its range")
+        if problem is not None:
+            issues.append(
+                _issue(
+                    problem[0],
+                    f"input {input_name!r} is {_short(value)} (the value of node {source!r}, "
+                    f"{source_node.spec.name}){problem[1]}",
+                    node.id,
+                    input_name,
+                )
+            )
+        return
+    node.bounded_links += (input_name,)
 
 
 def _unknown_class(node_id: str, class_type: str, registry: Registry) -> ValidationIssue:
