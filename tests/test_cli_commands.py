@@ -319,3 +319,16 @@ def test_run_and_serve_refuse_the_same_backend_options(cli_main: Any, capsys: py
     assert ran.returncode == 2 and problem in ran.stderr
     assert serve_main(["--port", "0", *options]) == 2
     assert problem in capsys.readouterr().err
+
+
+def test_a_param_a_shared_constant_node_passes_on_is_checked_before_anything_runs(cli_main: Any,
+                                                                                 tmp_path: Path) -> None:
+    """`condition` lands in one String node that feeds both fine-tuning nodes: a value neither accepts is one
+    report naming both consumers and the choices, exit 2, and no image is written (no model was loaded)."""
+    workflow = REPO / "workflows" / "diffusionclip_multi_attribute.json"
+    proc = cli_main("run", str(workflow), "--param", "condition=bogus", "--json", "--out", str(tmp_path))
+    assert proc.returncode == 2
+    errors = json.loads(proc.stdout)["errors"]
+    assert sorted(e["node"] for e in errors) == ["finetune_colour", "finetune_kind"]
+    assert all(e["input"] == "condition" and "'none', 'source', 'target'" in e["message"] for e in errors)
+    assert not list(tmp_path.iterdir())
