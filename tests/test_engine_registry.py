@@ -118,6 +118,8 @@ def declare(**attributes: Any) -> type[Node]:
         ({"inputs": {"not valid": In("INT")}}, "identifier"),
         ({"outputs": (Out("*"),)}, "invalid type"),
         ({"outputs": ("FLOAT",)}, "must be Out"),
+        ({"passthrough": "value", "outputs": (Out("INT"),)}, "passthrough 'value' must name an input"),
+        ({"passthrough": "x", "inputs": {"x": In("INT", default=0)}}, "must have an output"),
     ],
 )
 def test_bad_declarations_are_refused_at_registration(attributes: dict[str, Any], fragment: str) -> None:
