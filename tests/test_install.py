@@ -38,6 +38,9 @@ def test_wheel_installed_in_a_fresh_venv_runs_the_main_job_from_an_unrelated_dir
     [wheel] = dist.glob("nodegraph-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "nodegraph/weights/decoder.safetensors" in names and "nodegraph/weights/decoder.md" in names
+    # the data folders: the workflows' default input images, the CLIP config, the GUI's extension script
+    for folder, pattern in (("world/example_images", ".png"), ("models/configs", ".json"), ("server/web", ".js")):
+        assert any(n.startswith(f"nodegraph/{folder}/") and n.endswith(pattern) for n in names), folder
 
     # A fresh venv; its dependencies (torch, open_clip, ...) come from this environment through a .pth
     # line, which adds the directory without running the editable install's hooks in it, so the only
@@ -114,4 +117,11 @@ def test_every_package_in_the_tree_is_listed_for_the_wheel() -> None:
                 in_tree.add(".".join((package, *inner)))
     listed = set(setuptools["packages"])
     assert not in_tree - listed, f"add {sorted(in_tree - listed)} to [tool.setuptools] packages in pyproject.toml"
-    assert not listed - in_tree, f"{sorted(listed - in_tree)} are listed in pyproject.toml but not in the tree"
+    # a folder of data files only is listed as a package of its own, with its files in package-data
+    data_only = {package for package in listed - in_tree if package in setuptools["package-data"]}
+    for package in data_only:  # under the longest package-dir root it extends
+        folder, root = max(((f, p) for f, p in roots.items() if package.startswith(p + ".")), key=lambda r: len(r[1]))
+        inner = package[len(root) + 1:].split(".")
+        assert (REPO / folder).joinpath(*inner).is_dir(), f"{package} is listed for its data but has no folder"
+    stray = listed - in_tree - data_only
+    assert not stray, f"{sorted(stray)} are listed in pyproject.toml but not in the tree"
