@@ -233,10 +233,7 @@ def _check_result(spec: Any, result: Any) -> tuple[Any, ...]:
 
 
 def _check_bounds(spec: Any, name: str, value: Any, source: str) -> None:
-    try:
-        problem = spec.inputs[name].bounds_problem(value)
-    except TypeError:  # not comparable: the socket check of the source's output lets only declared types through
-        problem = ("wrong_type", ", which cannot be compared with its range")
+    problem = spec.inputs[name].bounds_problem(value)
     if problem is not None:
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
         raise InputValueError(name, f"{shown} arrived from node {source!r}{problem[1]}", problem[0])

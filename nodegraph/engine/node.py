@@ -110,11 +110,15 @@ class In:
     def bounds_problem(self, value: Any) -> tuple[str, str] | None:
         """(issue code, what is wrong after "input X is VALUE") when `value` is outside the declared range or
         choices; the same check for constants at validation and for linked values when they arrive."""
-        if self.min is not None and value < self.min:
-            return "out_of_range", f", below the minimum {self.min}"
-        if self.max is not None and value > self.max:
-            return "out_of_range", f", above the maximum {self.max}"
-        if self.choices is not None and value not in self.choices:
+        try:
+            if self.min is not None and value < self.min:
+                return "out_of_range", f", below the minimum {self.min}"
+            if self.max is not None and value > self.max:
+                return "out_of_range", f", above the maximum {self.max}"
+            outside = self.choices is not None and value not in self.choices
+        except TypeError:  # a linked value of another type: the socket check lets only declared types through
+            return "wrong_type", ", which cannot be compared with its range"
+        if outside:
             if isinstance(self.choices, DynamicChoices):
                 return "not_in_choices", ", which is not a name these choices can take"
             return "not_in_choices", f"; choose one of {', '.join(repr(choice) for choice in self.choices)}"

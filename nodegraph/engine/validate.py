@@ -231,10 +231,7 @@ def _check_link(
         # a constant node's value is known now: report it with the other problems, before anything runs
         value = source_node.constants[repeated]
         value = converter(value) if converter is not None else value
-        try:
-            problem = input_spec.bounds_problem(value)
-        except TypeError:
-            problem = ("wrong_type", ", which cannot be compared with its range")
+        problem = input_spec.bounds_problem(value)
         if problem is not None:
             issues.append(
                 _issue(
