@@ -518,12 +518,13 @@ def test_diffusionclip_workflow_runs_on_the_bundled_models(tmp_path, name, monke
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(WORKFLOW_FAST))
 def test_diffusionclip_workflows_edit_under_the_target_caption_with_guidance(tmp_path, name, monkeypatch):
-    """The setting measured best for kind edits (decoders fine-tuned and edited under the target caption, guided
-    at 1.5) is reachable from the workflow's params, and changes the edit."""
+    """The settings measured best for colour and kind edits (decoders fine-tuned and edited under the target
+    caption, guided at 2 or 1.5) are reachable from the workflow's params, and change the edit against the
+    unconditional mode (which has no caption to guide toward: guidance 1)."""
     from nodegraph.engine.imageio import read_image
 
     edits = {}
-    for condition, extra in (("none", {}), ("target", {"guidance_scale": 1.5})):
+    for condition, extra in (("none", {"guidance_scale": 1.0}), ("target", {"guidance_scale": 1.5})):
         out = tmp_path / condition
         out.mkdir()
         params = {**WORKFLOW_FAST[name], "condition": condition, **extra}
