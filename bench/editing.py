@@ -530,9 +530,9 @@ class DclipOptions:
 # structure to change, so t0 400 under strong L1, and twice the
 # training renders (more varied sources for the same compute: 0.667 against 0.625 on 24 edits), generating under
 # the target caption (0.708 on 24; a two-attribute mix runs under its kind model's condition: 0.083 -> 0.417
-# made on colour+kind, the colour model tuned under the source caption as before), and editing with
-# classifier-free guidance 1.5 toward that caption (0.625 -> 0.708 made on the set 4242, 0.500 -> 0.667 on its
-# colour+kind edits; 2.0 the same success, docs/editing.md); background: the
+# made on colour+kind; since the colour models generate under it too, a mix runs from their t0 750: 0.833), and
+# editing with classifier-free guidance 1.5 toward that caption (0.625 -> 0.708 made on the set 4242, 0.500 ->
+# 0.667 on its colour+kind edits; 2.0 the same success, docs/editing.md); background: the
 # whole image changes colour, so no global L1 but the `keep` term on the shape and the `uniform` term on the rest
 # (a shape grown into the new background is not in the keep term's reach: 0.938 -> 0.979 preserved), and four
 # times the quick setting's iterations (40: 1.000 / 0.938 on 24 edits against 0.875 / 0.917 with 20). Colour
