@@ -534,6 +534,16 @@ def test_diffusionclip_workflows_edit_under_the_target_caption_with_guidance(tmp
 
 
 @pytest.mark.slow
+def test_the_edit_workflows_defaults_make_its_colour_edit(tmp_path, monkeypatch):
+    """With no param given, diffusionclip_edit fine-tunes at the measured colour preset (target caption, t0 750,
+    lr 1e-5, guidance 2) and the example's red circle is read back green, every other attribute kept."""
+    result = run_bundled_workflow("diffusionclip_edit", {}, tmp_path, monkeypatch)
+    assert result.files
+    assert result.outputs["score"]["per_attribute"] == dict.fromkeys(
+        ("kind", "color", "size", "position", "background"), 1.0)
+
+
+@pytest.mark.slow
 def test_a_local_background_edit_keeps_the_shape_of_the_users_image(tmp_path, monkeypatch):
     from nodegraph.engine.imageio import read_image, to_pil
     from nodegraph.generate.masks import object_mask
